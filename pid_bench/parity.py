@@ -1,0 +1,173 @@
+"""`pid-bench parity DIR`: our PiD against the reference oracle's vectors and key manifests.
+
+DIR has the layout of `pid_reference/`: `golden/INDEX.json` lists forward and sampler cases,
+`keys/*.json` are state-dict manifests of the released checkpoints. Pass criterion is the
+oracle's standard tolerance: allclose(atol=1e-4, rtol=1e-4) and mean |diff| <= 1e-6.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file
+
+from pid_models.checkpoints import build_net, load_weights
+from pid_models.pid_net import PidNet
+from pid_models.registry import experiment_by_name, registry_keys
+from pid_models.sampler import sample
+
+ATOL = RTOL = 1e-4
+MEAN_TOL = 1e-6
+
+
+@dataclass
+class CaseResult:
+    name: str
+    kind: str  # forward | sampler | manifest | skipped
+    passed: bool
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    detail: str = ""
+
+    def line(self) -> str:
+        verdict = "SKIP" if self.kind == "skipped" else ("PASS" if self.passed else "FAIL")
+        numbers = (
+            f"max_abs={self.max_abs:.3e}  mean_abs={self.mean_abs:.3e}"
+            if self.max_abs is not None
+            else ""
+        )
+        return "  ".join(part for part in (f"{self.name:<58}", numbers, verdict, self.detail) if part)
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, bool]:
+    if out.shape != ref.shape:
+        return float("inf"), float("inf"), False
+    diff = (out.double() - ref.double()).abs()
+    ok = torch.allclose(out, ref, atol=ATOL, rtol=RTOL) and diff.mean().item() <= MEAN_TOL
+    return diff.max().item(), diff.mean().item(), ok
+
+
+def _load_case(golden: Path, entry: dict) -> tuple[dict, dict[str, torch.Tensor], PidNet]:
+    sidecar = json.loads((golden / entry["sidecar"]).read_text())
+    # Clone: memory-mapped tensors are not 64-byte aligned and round differently on CPU.
+    tensors = {k: v.clone() for k, v in load_file(golden / entry["safetensors"]).items()}
+    net = PidNet(**sidecar["net_kwargs"])
+    weights = {k: v for k, v in tensors.items() if k.startswith("net.")}
+    load_weights(net, weights, str(golden / entry["safetensors"]))
+    return sidecar, tensors, net.eval()
+
+
+@torch.no_grad()
+def run_forward(golden: Path, entry: dict) -> CaseResult:
+    _, t, net = _load_case(golden, entry)
+    want_aux = "output_aux.pred_lq_rgb" in t
+    out = net(
+        t["input.x"], t["input.t"], t["input.y"],
+        lq_latent=t["input.lq_latent"], degrade_sigma=t["input.degrade_sigma"],
+        return_lq_aux=want_aux,
+    )  # fmt: skip
+    pairs = [(out[0], t["output"]), (out[1]["pred_lq_rgb"], t["output_aux.pred_lq_rgb"])] if want_aux else [(out, t["output"])]
+    return _worst(entry["case"], "forward", pairs, "output + aux head" if want_aux else "")
+
+
+@torch.no_grad()
+def run_sampler(golden: Path, entry: dict) -> CaseResult:
+    _, t, net = _load_case(golden, entry)
+    t_list = t["sampler.t_list"].tolist()
+    steps = len(t_list) - 1
+    result = sample(
+        net, t["input.y"], t["input.lq_latent"], t["input.degrade_sigma"],
+        tuple(t["sampler.noise"].shape), steps=steps, t_list=t_list,
+        noise=t["sampler.noise"], eps=[t[f"sampler.eps.{k}"] for k in range(steps - 1)],
+        record_steps=True,
+    )  # fmt: skip
+    pairs = [(result.unclamped, t["output_unclamped"]), (result.image, t["output"])]
+    for k, step in enumerate(result.steps):
+        for name in ("v_pred", "x0_pred"):
+            if f"sampler.{name}.{k}" in t:
+                pairs.append((step[name], t[f"sampler.{name}.{k}"]))
+    return _worst(entry["case"], "sampler", pairs, f"{steps} steps, every intermediate")
+
+
+def _worst(name: str, kind: str, pairs: list, detail: str) -> CaseResult:
+    results = [compare(out, ref) for out, ref in pairs]
+    return CaseResult(
+        name, kind, all(ok for _, _, ok in results),
+        max(r[0] for r in results), max(r[1] for r in results), detail,
+    )  # fmt: skip
+
+
+def run_manifest(path: Path) -> CaseResult:
+    """State-dict keys (in order), shapes and parameter count of the meta-built network."""
+    manifest = json.loads(path.read_text())
+    name = f"keys/{path.stem}"
+    net = build_net(manifest["net_kwargs"], "meta")
+    ours = {k: list(v.shape) for k, v in net.state_dict().items()}
+    problems = []
+    if list(ours) != list(manifest["state_dict"]):
+        missing = sorted(set(manifest["state_dict"]) - set(ours))
+        extra = sorted(set(ours) - set(manifest["state_dict"]))
+        problems.append(
+            f"keys differ (missing {missing[:4]}, extra {extra[:4]})" if missing or extra else "key order differs"
+        )
+    shapes = [k for k in ours if k in manifest["state_dict"] and ours[k] != manifest["state_dict"][k]]
+    if shapes:
+        problems.append(f"shapes differ: {shapes[:4]}")
+    num_params = sum(p.numel() for p in net.parameters())
+    if num_params != manifest["num_params"]:
+        problems.append(f"num_params {num_params} != {manifest['num_params']}")
+    problems += _registry_problems(manifest)
+    detail = f"{len(ours)} tensors, {num_params:,} params" if not problems else "; ".join(problems)
+    return CaseResult(name, "manifest", not problems, detail=detail)
+
+
+def _registry_problems(manifest: dict) -> list[str]:
+    experiment = experiment_by_name(manifest["experiment"])
+    if experiment is None:
+        return [f"experiment {manifest['experiment']} is not in pid_models.registry"]
+    problems = []
+    if dict(experiment.net_kwargs) != manifest["net_kwargs"]:
+        differ = sorted(
+            k for k in set(experiment.net_kwargs) | set(manifest["net_kwargs"])
+            if experiment.net_kwargs.get(k) != manifest["net_kwargs"].get(k)
+        )  # fmt: skip
+        problems.append(f"registry net_kwargs differ: {differ}")
+    want = sorted(tuple(pair) for pair in manifest.get("registry_keys_backbone_ckpt_type", []))
+    if want and sorted(registry_keys(experiment)) != want:
+        problems.append(f"registry keys {sorted(registry_keys(experiment))} != {want}")
+    if manifest.get("checkpoint_path") not in (None, experiment.checkpoint_relpath):
+        problems.append(f"checkpoint path {experiment.checkpoint_relpath} != {manifest['checkpoint_path']}")
+    return problems
+
+
+RUNNERS = {"forward": run_forward, "sampler": run_sampler}
+
+
+def run_parity(root: Path) -> Iterator[CaseResult]:
+    """Every case found under `root`, one result each, in a stable order."""
+    index = root / "golden" / "INDEX.json"
+    if index.is_file():
+        for entry in json.loads(index.read_text())["files"]:
+            runner = RUNNERS.get(entry.get("kind"))
+            if runner is None:
+                yield CaseResult(entry["case"], "skipped", True, detail=f"unknown kind {entry.get('kind')!r}")
+                continue
+            try:
+                yield runner(root / "golden", entry)
+            except Exception as err:  # a broken case is a failure with its reason, not a crash
+                yield CaseResult(entry["case"], entry["kind"], False, detail=f"error: {err}")
+    for path in sorted((root / "keys").glob("*.json")):
+        try:
+            yield run_manifest(path)
+        except Exception as err:
+            yield CaseResult(f"keys/{path.stem}", "manifest", False, detail=f"error: {err}")
+    if (root / "backbones" / "golden").is_dir():
+        yield CaseResult(
+            "backbones/golden", "skipped", True,
+            detail="codec vectors: the backbone codecs are not implemented yet (Backbones issue)",
+        )  # fmt: skip
+

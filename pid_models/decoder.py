@@ -1,0 +1,198 @@
+"""`PiDDecoder`: latent + caption -> image, the way upstream runs PiD for inference.
+
+CPU runs float32 eagerly. CUDA keeps the float32 network under
+`torch.autocast("cuda", dtype=torch.bfloat16)` and rounds the LQ latent to bf16 first, as the
+upstream demos do; pass `autocast_dtype=None` for float32 on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Sequence
+
+import torch
+
+from pid_models.caption import CachedCaptionEncoder, CaptionCache, CaptionEncoder, GemmaCaptionEncoder
+from pid_models.checkpoints import load_pid_net
+from pid_models.pid_net import PidNet
+from pid_models.registry import resolve
+from pid_models.sampler import DISTILLED_T_LIST, SampleOutput, sample
+
+_DEFAULT = object()
+
+
+class PiDDecoder:
+    """A PiD network with its caption encoder and sampler.
+
+    Args:
+        net: the network (float32).
+        caption_encoder: produces `y`; its hidden size must equal the net's txt_embed_dim.
+        device: where to run; the net and encoder are moved there.
+        autocast_dtype: autocast dtype on CUDA (default bfloat16, as upstream); ignored on CPU.
+        t_list: the distilled t list the sampler sub-samples.
+    """
+
+    def __init__(
+        self,
+        net: PidNet,
+        caption_encoder: CaptionEncoder,
+        device: str | torch.device = "cpu",
+        autocast_dtype: torch.dtype | None | object = _DEFAULT,
+        t_list: Sequence[float] = DISTILLED_T_LIST,
+    ) -> None:
+        if caption_encoder.hidden_size != net.config["txt_embed_dim"]:
+            raise ValueError(
+                f"caption encoder width {caption_encoder.hidden_size} != PiD txt_embed_dim "
+                f"{net.config['txt_embed_dim']}"
+            )
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.caption_encoder = caption_encoder
+        on_cuda = self.device.type == "cuda"
+        if autocast_dtype is _DEFAULT:
+            autocast_dtype = torch.bfloat16 if on_cuda else None
+        self.autocast_dtype = autocast_dtype if on_cuda else None
+        self.t_list = tuple(t_list)
+
+    # ---- constructors ----------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        backbone: str,
+        ckpt_type: str,
+        checkpoints: str | os.PathLike | None = None,
+        text_encoder: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> PiDDecoder:
+        """The released decoder for (backbone, ckpt_type), entirely from local files.
+
+        `checkpoints` (or $PID_BENCH_CHECKPOINTS) is the `hf download nvidia/PiD` folder;
+        `text_encoder` a local Gemma-2-2b-it folder or repo id in the HF cache.
+        """
+        resolve(backbone, ckpt_type)  # unknown pairs fail before anything loads
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        net = load_pid_net(backbone, ckpt_type, checkpoints, device)
+        gemma = GemmaCaptionEncoder.from_pretrained(
+            text_encoder or "Efficient-Large-Model/gemma-2-2b-it", device=device
+        )
+        return cls(net, CachedCaptionEncoder(gemma, CaptionCache(cache_dir)), device)
+
+    @classmethod
+    def tiny(
+        cls,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> PiDDecoder:
+        """The embedded default: tiny seeded PiD (2k FLUX layout) + tiny seeded Gemma-2."""
+        from pid_models.tiny import build_tiny_caption_encoder, build_tiny_net
+
+        encoder = CachedCaptionEncoder(build_tiny_caption_encoder(seed), CaptionCache(cache_dir))
+        return cls(build_tiny_net(seed), encoder, device)
+
+    # ---- decoding --------------------------------------------------------------------------
+
+    @property
+    def scale(self) -> int:
+        """PiD upscale relative to the codec's native decode (4 or 8)."""
+        return self.net.sr_scale
+
+    def encode_captions(self, caption: str | Sequence[str], batch: int) -> torch.Tensor:
+        captions = [caption] if isinstance(caption, str) else list(caption)
+        if len(captions) == 1:
+            captions = captions * batch
+        if len(captions) != batch:
+            raise ValueError(f"{len(captions)} captions for a batch of {batch} latents")
+        return self.caption_encoder.encode(captions).to(self.device)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latent: torch.Tensor,
+        sigma: float | Sequence[float] | torch.Tensor = 0.0,
+        caption: str | Sequence[str] = "",
+        out_size: int | tuple[int, int] | None = None,
+        seed: int = 0,
+        steps: int = 4,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decode (and upsample) PiD latents.
+
+        Args:
+            latent: [B, C, h, w] (or [C, h, w]) in the backbone's PiD latent convention.
+            sigma: noise level of `latent` (0 for a clean latent), scalar or per sample.
+            caption: one caption for all, or one per latent.
+            out_size: (H, W) or an int for square; must equal latent size x down x sr.
+            seed: seeds the sampler's noise (a generator on the decoder's device).
+            steps: network evaluations, 1..4.
+            y: precomputed caption embeddings (skips `caption`).
+
+        Returns:
+            [B, 3, H, W] float32 in [-1, 1], on the decoder's device.
+        """
+        return self.sample(latent, sigma, caption, out_size, seed, steps, y).image
+
+    def sample(
+        self,
+        latent: torch.Tensor,
+        sigma: float | Sequence[float] | torch.Tensor = 0.0,
+        caption: str | Sequence[str] = "",
+        out_size: int | tuple[int, int] | None = None,
+        seed: int = 0,
+        steps: int = 4,
+        y: torch.Tensor | None = None,
+    ) -> SampleOutput:
+        """Like `decode`, returning the unclamped result too."""
+        if latent.dim() == 3:
+            latent = latent[None]
+        if latent.dim() != 4:
+            raise ValueError(f"latent must be [B, C, h, w], got shape {tuple(latent.shape)}")
+        batch = latent.shape[0]
+        height, width = self._check_size(latent, out_size)
+        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
+        if sigma_t.numel() == 1:
+            sigma_t = sigma_t.expand(batch)
+        if sigma_t.numel() != batch:
+            raise ValueError(f"{sigma_t.numel()} sigmas for a batch of {batch} latents")
+        if y is None:
+            y = self.encode_captions(caption, batch)
+        latent = latent.to(self.device, torch.float32)
+        if self.autocast_dtype is not None:
+            latent = latent.to(self.autocast_dtype).float()
+        generator = torch.Generator(self.device).manual_seed(seed)
+        with self._autocast():
+            return sample(
+                self.net,
+                y.to(self.device),
+                latent,
+                sigma_t,
+                (batch, 3, height, width),
+                steps=steps,
+                generator=generator,
+                t_list=self.t_list,
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _check_size(
+        self, latent: torch.Tensor, out_size: int | tuple[int, int] | None
+    ) -> tuple[int, int]:
+        channels = self.net.config["lq_latent_channels"]
+        if latent.shape[1] != channels:
+            raise ValueError(f"latent has {latent.shape[1]} channels; this PiD takes {channels}")
+        expected = self.net.output_size(tuple(latent.shape[-2:]))
+        if out_size is None:
+            return expected
+        size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+        if size != expected:
+            raise ValueError(
+                f"out_size {size} does not match latent {tuple(latent.shape[-2:])}: this PiD "
+                f"decodes to latent size x {self.net.pixels_per_latent} = {expected}"
+            )
+        return expected
