@@ -21,7 +21,9 @@ def main() -> None:
 def parity(
     root: Annotated[
         Path,
-        typer.Argument(help="A folder in the pid_reference layout (golden/INDEX.json, keys/*.json)."),
+        typer.Argument(
+            help="A folder in the pid_reference layout (golden/INDEX.json, keys/*.json)."
+        ),
     ],
 ) -> None:
     """Check our PiD against the reference oracle: golden forward/sampler vectors and key manifests.
@@ -39,7 +41,9 @@ def parity(
         results.append(result)
     counted = [r for r in results if r.kind != "skipped"]
     if not counted:
-        err.print(f"[red]error:[/red] {root}: no golden/INDEX.json cases and no keys/*.json manifests")
+        err.print(
+            f"[red]error:[/red] {root}: no golden/INDEX.json cases and no keys/*.json manifests"
+        )
         raise typer.Exit(2)
     passed = sum(r.passed for r in counted)
     typer.echo(f"{passed}/{len(counted)} cases pass")

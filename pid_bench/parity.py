@@ -8,9 +8,9 @@ oracle's standard tolerance: allclose(atol=1e-4, rtol=1e-4) and mean |diff| <= 1
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -40,7 +40,9 @@ class CaseResult:
             if self.max_abs is not None
             else ""
         )
-        return "  ".join(part for part in (f"{self.name:<58}", numbers, verdict, self.detail) if part)
+        return "  ".join(
+            part for part in (f"{self.name:<58}", numbers, verdict, self.detail) if part
+        )
 
 
 def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, bool]:
@@ -70,7 +72,11 @@ def run_forward(golden: Path, entry: dict) -> CaseResult:
         lq_latent=t["input.lq_latent"], degrade_sigma=t["input.degrade_sigma"],
         return_lq_aux=want_aux,
     )  # fmt: skip
-    pairs = [(out[0], t["output"]), (out[1]["pred_lq_rgb"], t["output_aux.pred_lq_rgb"])] if want_aux else [(out, t["output"])]
+    pairs = (
+        [(out[0], t["output"]), (out[1]["pred_lq_rgb"], t["output_aux.pred_lq_rgb"])]
+        if want_aux
+        else [(out, t["output"])]
+    )
     return _worst(entry["case"], "forward", pairs, "output + aux head" if want_aux else "")
 
 
@@ -112,9 +118,13 @@ def run_manifest(path: Path) -> CaseResult:
         missing = sorted(set(manifest["state_dict"]) - set(ours))
         extra = sorted(set(ours) - set(manifest["state_dict"]))
         problems.append(
-            f"keys differ (missing {missing[:4]}, extra {extra[:4]})" if missing or extra else "key order differs"
+            f"keys differ (missing {missing[:4]}, extra {extra[:4]})"
+            if missing or extra
+            else "key order differs"
         )
-    shapes = [k for k in ours if k in manifest["state_dict"] and ours[k] != manifest["state_dict"][k]]
+    shapes = [
+        k for k in ours if k in manifest["state_dict"] and ours[k] != manifest["state_dict"][k]
+    ]
     if shapes:
         problems.append(f"shapes differ: {shapes[:4]}")
     num_params = sum(p.numel() for p in net.parameters())
@@ -140,7 +150,9 @@ def _registry_problems(manifest: dict) -> list[str]:
     if want and sorted(registry_keys(experiment)) != want:
         problems.append(f"registry keys {sorted(registry_keys(experiment))} != {want}")
     if manifest.get("checkpoint_path") not in (None, experiment.checkpoint_relpath):
-        problems.append(f"checkpoint path {experiment.checkpoint_relpath} != {manifest['checkpoint_path']}")
+        problems.append(
+            f"checkpoint path {experiment.checkpoint_relpath} != {manifest['checkpoint_path']}"
+        )
     return problems
 
 
@@ -154,7 +166,9 @@ def run_parity(root: Path) -> Iterator[CaseResult]:
         for entry in json.loads(index.read_text())["files"]:
             runner = RUNNERS.get(entry.get("kind"))
             if runner is None:
-                yield CaseResult(entry["case"], "skipped", True, detail=f"unknown kind {entry.get('kind')!r}")
+                yield CaseResult(
+                    entry["case"], "skipped", True, detail=f"unknown kind {entry.get('kind')!r}"
+                )
                 continue
             try:
                 yield runner(root / "golden", entry)
@@ -170,4 +184,3 @@ def run_parity(root: Path) -> Iterator[CaseResult]:
             "backbones/golden", "skipped", True,
             detail="codec vectors: the backbone codecs are not implemented yet (Backbones issue)",
         )  # fmt: skip
-

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -188,7 +189,7 @@ class CachedCaptionEncoder:
         if todo:
             fresh = self.encoder.encode(todo)
             self.encoded += len(todo)
-            for caption, embedding in zip(todo, fresh):
+            for caption, embedding in zip(todo, fresh, strict=True):
                 self.cache.put(self.identity, caption, embedding)
                 self._memory[caption] = embedding.cpu()
         return torch.stack([self._memory[c] for c in captions])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -98,9 +98,7 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def check_state_dict(
-    net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str
-) -> None:
+def check_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise CheckpointError naming the keys unless `state` matches `net` key for key and shape."""
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     missing = sorted(set(expected) - set(state))

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from pid_models.caption import CachedCaptionEncoder, CaptionCache, CaptionEncoder, GemmaCaptionEncoder
+from pid_models.caption import (
+    CachedCaptionEncoder,
+    CaptionCache,
+    CaptionEncoder,
+    GemmaCaptionEncoder,
+)
 from pid_models.checkpoints import load_pid_net
 from pid_models.pid_net import PidNet
 from pid_models.registry import resolve

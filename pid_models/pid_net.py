@@ -737,7 +737,9 @@ def _check_supported(cfg: dict[str, Any]) -> None:
     if cfg["lq_gate_type"] not in GATE_TYPES:
         problems.append(f"lq_gate_type={cfg['lq_gate_type']!r}: one of {GATE_TYPES}")
     if cfg["lq_conv_padding_mode"] not in PADDING_MODES:
-        problems.append(f"lq_conv_padding_mode={cfg['lq_conv_padding_mode']!r}: one of {PADDING_MODES}")
+        problems.append(
+            f"lq_conv_padding_mode={cfg['lq_conv_padding_mode']!r}: one of {PADDING_MODES}"
+        )
     if cfg["rope_mode"] not in ROPE_MODES:
         problems.append(f"rope_mode={cfg['rope_mode']!r}: one of {ROPE_MODES}")
     if cfg["patch_size"] % cfg["sr_scale"]:

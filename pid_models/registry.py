@@ -7,9 +7,10 @@ are plain data: the resolved 2k FLUX kwargs plus the few overrides each experime
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5")
 

@@ -6,8 +6,8 @@ sees t * 1000. Per step: x0 = x - t v (in float64), then re-noise to the next t 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -16,7 +16,9 @@ DISTILLED_T_LIST: tuple[float, ...] = (0.999, 0.866, 0.634, 0.342, 0.0)
 TIMESCALE = 1000.0
 
 #: (x, t_scaled [B], y, lq_latent, degrade_sigma) -> velocity, same shape as x.
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+VelocityFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
 
 
 def t_schedule(steps: int = 4, t_list: Sequence[float] = DISTILLED_T_LIST) -> torch.Tensor:

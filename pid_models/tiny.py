@@ -6,8 +6,9 @@ Their numbers prove the machinery, not PiD's quality: the weights are random.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -54,7 +55,9 @@ def randomize_(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     """
     generator = torch.Generator().manual_seed(seed)
     norm_types = (RMSNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
-    norm_params = {id(p) for m in net.modules() if isinstance(m, norm_types) for p in m.parameters()}
+    norm_params = {
+        id(p) for m in net.modules() if isinstance(m, norm_types) for p in m.parameters()
+    }
     with torch.no_grad():
         for name, param in net.named_parameters():
             draw = torch.randn(param.shape, generator=generator, dtype=torch.float64)
@@ -122,5 +125,8 @@ def build_tiny_gemma(seed: int = 0):
 def build_tiny_caption_encoder(seed: int = 0) -> GemmaCaptionEncoder:
     model, tokenizer = build_tiny_gemma(seed)
     return GemmaCaptionEncoder(
-        model, tokenizer, identity=f"tiny-gemma2:seed={seed}", max_length=TINY_NET_KWARGS["txt_max_length"]
+        model,
+        tokenizer,
+        identity=f"tiny-gemma2:seed={seed}",
+        max_length=TINY_NET_KWARGS["txt_max_length"],
     )

@@ -1,0 +1,47 @@
+"""Shared fixtures: the reference oracle folder and small seeded models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+_CANDIDATES = [
+    os.environ.get("PID_REFERENCE_DIR"),
+    REPO.parent / "shared" / "pid_reference",
+    "/work/shared/pid_reference",
+]
+
+
+def find_reference() -> Path | None:
+    for candidate in _CANDIDATES:
+        if candidate and (Path(candidate) / "golden" / "INDEX.json").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """../shared/pid_reference; CI sets PID_BENCH_REQUIRE_REFERENCE=1 so a missing oracle fails."""
+    found = find_reference()
+    if found is None:
+        message = f"pid_reference oracle not found (looked in {[c for c in _CANDIDATES if c]}); set PID_REFERENCE_DIR"
+        if os.environ.get("PID_BENCH_REQUIRE_REFERENCE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Caption embeddings of a test never land in the user's cache."""
+    monkeypatch.setenv("PID_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(2)
