@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -49,6 +49,78 @@ def parity(
     typer.echo(f"{passed}/{len(counted)} cases pass")
     if passed != len(counted):
         raise typer.Exit(1)
+
+
+@app.command()
+def decode(
+    out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],
+    backbone: Annotated[str, typer.Option(help="'tiny' (embedded, random weights) or a released backbone.")] = "tiny",
+    ckpt_type: Annotated[str, typer.Option(help="2k, 2kto4k or 2kto4k_v1pt5.")] = "2k",
+    latent: Annotated[
+        Path | None,
+        typer.Option(help="safetensors file with a 'latent' tensor [B, C, h, w] or [C, h, w] (PiD convention)."),
+    ] = None,
+    latent_size: Annotated[int, typer.Option(help="Random latent grid size when no --latent (tiny only).")] = 8,
+    sigma: Annotated[float, typer.Option(help="Noise level of the latent (0 = clean).")] = 0.0,
+    caption: Annotated[str, typer.Option(help="Caption for PiD's text conditioning.")] = "",
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    steps: Annotated[int, typer.Option(help="Sampler steps, 1..4.")] = 4,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
+    ] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option(help="Gemma-2-2b-it folder or HF-cache repo id.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+) -> None:
+    """Decode one latent with PiD and write the image; the tiny default needs no download."""
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pid_models.decoder import PiDDecoder
+    from pid_models.registry import UnknownCheckpointError
+
+    try:
+        if backbone == "tiny":
+            decoder = PiDDecoder.tiny(seed=0, device=device or "cpu")
+        else:
+            decoder = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, text_encoder, device)
+        if latent is not None:
+            z = load_file(latent)["latent"]
+        elif backbone == "tiny":
+            gen = torch.Generator().manual_seed(seed)
+            z = torch.randn(1, 16, latent_size, latent_size, generator=gen)
+        else:
+            raise ValueError("--latent is required for a released backbone")
+        started = time.perf_counter()
+        y = decoder.encode_captions(caption, z.shape[0] if z.dim() == 4 else 1)
+        caption_s = time.perf_counter() - started
+        started = time.perf_counter()
+        image = decoder.decode(z, sigma=sigma, y=y, seed=seed, steps=steps)
+        if image.is_cuda:
+            torch.cuda.synchronize()
+        decode_s = time.perf_counter() - started
+    except (UnknownCheckpointError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _write_png(image[0], out)
+    typer.echo(
+        f"{backbone}/{ckpt_type}: latent {tuple(z.shape)} -> image {tuple(image.shape)} in "
+        f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
+    )
+    if backbone == "tiny":
+        typer.echo("note: the tiny backbone has random weights; it proves the machinery, not PiD's quality")
+
+
+def _write_png(image, path: Path) -> None:
+    """[3, H, W] in [-1, 1] -> 8-bit RGB PNG."""
+    from PIL import Image
+
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.cpu().numpy()).save(path)
 
 
 if __name__ == "__main__":

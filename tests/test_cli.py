@@ -1,0 +1,77 @@
+"""`pid-bench parity DIR`: one line per case, a summary, exit status 1 on any failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from pid_bench.cli import app
+
+runner = CliRunner()
+
+
+def test_parity_passes_on_the_reference_oracle(reference_dir):
+    result = runner.invoke(app, ["parity", str(reference_dir)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    index = json.loads((reference_dir / "golden/INDEX.json").read_text())["files"]
+    manifests = list((reference_dir / "keys").glob("*.json"))
+    total = len(index) + len(manifests)
+    assert lines[-1] == f"{total}/{total} cases pass"
+    for entry in index:
+        assert any(line.startswith(entry["case"]) and line.rstrip().find("PASS") > 0 for line in lines)
+    assert sum("keys/" in line and "PASS" in line for line in lines) == len(manifests)
+
+
+def _copy_case(reference_dir, target, case):
+    (target / "golden").mkdir(parents=True)
+    index = json.loads((reference_dir / "golden/INDEX.json").read_text())
+    entry = next(e for e in index["files"] if e["case"] == case)
+    (target / "golden/INDEX.json").write_text(json.dumps({**index, "files": [entry]}))
+    shutil.copy(reference_dir / "golden" / entry["sidecar"], target / "golden")
+    return entry
+
+
+def test_a_vector_off_by_more_than_the_tolerance_fails_with_exit_1(reference_dir, tmp_path):
+    entry = _copy_case(reference_dir, tmp_path, "a_2k_flux_B2_64x96")
+    tensors = load_file(reference_dir / "golden" / entry["safetensors"])
+    tensors["output"] = tensors["output"] + 3e-4
+    save_file(tensors, tmp_path / "golden" / entry["safetensors"])
+    result = runner.invoke(app, ["parity", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and result.output.strip().endswith("0/1 cases pass")
+
+
+def test_a_manifest_that_disagrees_fails(reference_dir, tmp_path):
+    (tmp_path / "keys").mkdir()
+    path = next(iter(sorted((reference_dir / "keys").glob("*.json"))))
+    manifest = json.loads(path.read_text())
+    manifest["state_dict"]["final_layer.linear.weight"] = [3, 17]
+    (tmp_path / "keys" / path.name).write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["parity", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "shapes differ: ['final_layer.linear.weight']" in result.output
+
+
+def test_an_empty_folder_is_bad_input(tmp_path):
+    result = runner.invoke(app, ["parity", str(tmp_path)])
+    assert result.exit_code == 2
+
+
+def test_decode_with_the_tiny_default_writes_a_png_of_the_output_size(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "tiny.png"
+    result = runner.invoke(app, ["decode", "--out", str(out), "--latent-size", "4", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (128, 128)
+    assert "random weights" in result.output
+
+
+def test_decode_of_an_unreleased_pair_is_bad_input_listing_valid_pairs(tmp_path):
+    result = runner.invoke(app, ["decode", "--out", str(tmp_path / "x.png"), "--backbone", "sdxl", "--ckpt-type", "2k"])
+    assert result.exit_code == 2
+    assert "sdxl/2kto4k" in result.output
