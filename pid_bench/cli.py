@@ -54,13 +54,19 @@ def parity(
 @app.command()
 def decode(
     out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],
-    backbone: Annotated[str, typer.Option(help="'tiny' (embedded, random weights) or a released backbone.")] = "tiny",
+    backbone: Annotated[
+        str, typer.Option(help="'tiny' (embedded, random weights) or a released backbone.")
+    ] = "tiny",
     ckpt_type: Annotated[str, typer.Option(help="2k, 2kto4k or 2kto4k_v1pt5.")] = "2k",
     latent: Annotated[
         Path | None,
-        typer.Option(help="safetensors file with a 'latent' tensor [B, C, h, w] or [C, h, w] (PiD convention)."),
+        typer.Option(
+            help="safetensors file with a 'latent' tensor [B, C, h, w] or [C, h, w] (PiD convention)."
+        ),
     ] = None,
-    latent_size: Annotated[int, typer.Option(help="Random latent grid size when no --latent (tiny only).")] = 8,
+    latent_size: Annotated[
+        int, typer.Option(help="Random latent grid size when no --latent (tiny only).")
+    ] = 8,
     sigma: Annotated[float, typer.Option(help="Noise level of the latent (0 = clean).")] = 0.0,
     caption: Annotated[str, typer.Option(help="Caption for PiD's text conditioning.")] = "",
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
@@ -71,7 +77,9 @@ def decode(
     text_encoder: Annotated[
         str | None, typer.Option(help="Gemma-2-2b-it folder or HF-cache repo id.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+    ] = None,
 ) -> None:
     """Decode one latent with PiD and write the image; the tiny default needs no download."""
     import time
@@ -86,7 +94,9 @@ def decode(
         if backbone == "tiny":
             decoder = PiDDecoder.tiny(seed=0, device=device or "cpu")
         else:
-            decoder = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, text_encoder, device)
+            decoder = PiDDecoder.from_pretrained(
+                backbone, ckpt_type, checkpoints, text_encoder, device
+            )
         if latent is not None:
             z = load_file(latent)["latent"]
         elif backbone == "tiny":
@@ -111,7 +121,9 @@ def decode(
         f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
     )
     if backbone == "tiny":
-        typer.echo("note: the tiny backbone has random weights; it proves the machinery, not PiD's quality")
+        typer.echo(
+            "note: the tiny backbone has random weights; it proves the machinery, not PiD's quality"
+        )
 
 
 def _write_png(image, path: Path) -> None:

@@ -127,6 +127,8 @@ def run_manifest(path: Path) -> CaseResult:
     ]
     if shapes:
         problems.append(f"shapes differ: {shapes[:4]}")
+    if net.config != manifest["net_kwargs"]:
+        problems.append("PidNet.config differs from the manifest's net_kwargs")
     num_params = sum(p.numel() for p in net.parameters())
     if num_params != manifest["num_params"]:
         problems.append(f"num_params {num_params} != {manifest['num_params']}")

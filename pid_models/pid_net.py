@@ -530,13 +530,13 @@ class PidNet(nn.Module):
         **inert_kwargs: Any,
     ) -> None:
         super().__init__()
+        config = {
+            k: v for k, v in locals().items() if k not in ("self", "inert_kwargs", "__class__")
+        }
         unknown = sorted(set(inert_kwargs) - set(_INERT_KWARGS))
         if unknown:
             raise TypeError(f"PidNet got unknown kwargs {unknown}")
-        self.config: dict[str, Any] = {
-            k: v for k, v in locals().items() if k not in ("self", "inert_kwargs", "__class__")
-        }
-        self.config.update({**_INERT_KWARGS, **inert_kwargs})
+        self.config: dict[str, Any] = {**config, **_INERT_KWARGS, **inert_kwargs}
         _check_supported(self.config)
 
         self.patch_size = patch_size

@@ -84,7 +84,9 @@ def test_unprefixed_keys_load_as_upstream_allows():
 def test_missing_key_is_named_with_the_file():
     state = released_format(build_tiny_net(seed=1))
     del state["net.lq_proj.output_heads.1.weight"]
-    with pytest.raises(CheckpointError, match=r"ckpt\.pth .*missing keys: lq_proj\.output_heads\.1\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"ckpt\.pth .*missing keys: lq_proj\.output_heads\.1\.weight"
+    ):
         load_weights(build_tiny_net(seed=2), state, "ckpt.pth")
 
 
@@ -99,7 +101,9 @@ def test_shape_mismatch_names_key_and_both_shapes():
     state = released_format(build_tiny_net(seed=1, lq_latent_channels=4))
     with pytest.raises(CheckpointError) as info:
         load_weights(build_tiny_net(seed=2), state, "sdxl.pth")
-    assert "lq_proj.latent_proj.0.weight (file (16, 4, 3, 3), model (16, 16, 3, 3))" in str(info.value)
+    assert "lq_proj.latent_proj.0.weight (file (16, 4, 3, 3), model (16, 16, 3, 3))" in str(
+        info.value
+    )
 
 
 def test_a_failed_load_changes_no_parameter():

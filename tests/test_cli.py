@@ -22,7 +22,9 @@ def test_parity_passes_on_the_reference_oracle(reference_dir):
     total = len(index) + len(manifests)
     assert lines[-1] == f"{total}/{total} cases pass"
     for entry in index:
-        assert any(line.startswith(entry["case"]) and line.rstrip().find("PASS") > 0 for line in lines)
+        assert any(
+            line.startswith(entry["case"]) and line.rstrip().find("PASS") > 0 for line in lines
+        )
     assert sum("keys/" in line and "PASS" in line for line in lines) == len(manifests)
 
 
@@ -72,6 +74,8 @@ def test_decode_with_the_tiny_default_writes_a_png_of_the_output_size(tmp_path):
 
 
 def test_decode_of_an_unreleased_pair_is_bad_input_listing_valid_pairs(tmp_path):
-    result = runner.invoke(app, ["decode", "--out", str(tmp_path / "x.png"), "--backbone", "sdxl", "--ckpt-type", "2k"])
+    result = runner.invoke(
+        app, ["decode", "--out", str(tmp_path / "x.png"), "--backbone", "sdxl", "--ckpt-type", "2k"]
+    )
     assert result.exit_code == 2
     assert "sdxl/2kto4k" in result.output

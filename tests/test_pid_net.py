@@ -24,7 +24,9 @@ FORWARD_CASES = [
 
 
 def _index(reference_dir):
-    return {e["case"]: e for e in json.loads((reference_dir / "golden/INDEX.json").read_text())["files"]}
+    return {
+        e["case"]: e for e in json.loads((reference_dir / "golden/INDEX.json").read_text())["files"]
+    }
 
 
 @pytest.mark.parametrize("case", FORWARD_CASES)

@@ -20,9 +20,7 @@ def test_nineteen_registry_keys_map_to_ten_experiments():
     assert len({resolve(*pair).name for pair in released_pairs()}) == 10
 
 
-@pytest.mark.parametrize(
-    "alias, target", sorted(BACKBONE_ALIASES.items())
-)
+@pytest.mark.parametrize("alias, target", sorted(BACKBONE_ALIASES.items()))
 def test_aliases_share_their_targets_checkpoints(alias, target):
     for ckpt_type in ("2k", "2kto4k", "2kto4k_v1pt5"):
         try:
@@ -42,7 +40,11 @@ def test_aliases_share_their_targets_checkpoints(alias, target):
         ("siglip", "2k", "PiD_res2k_sr8x_official_siglip_distill_4step"),
         ("sdxl", "2kto4k", "PiD_res2kto4k_sr4x_official_sdxl_distill_4step"),
         ("flux2-klein-9b", "2k", "PiD_res2k_sr4x_official_flux2_distill_4step"),
-        ("qwenimage-2512", "2kto4k_v1pt5", "PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step"),
+        (
+            "qwenimage-2512",
+            "2kto4k_v1pt5",
+            "PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step",
+        ),
     ],
 )
 def test_resolve_names_the_experiment_and_its_file(backbone, ckpt_type, experiment):

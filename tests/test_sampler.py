@@ -51,7 +51,11 @@ def test_velocity_to_x0_runs_in_float64():
 
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 4, 24, generator=g), torch.randn(1, 16, 2, 2, generator=g), torch.tensor([0.2])
+    return (
+        torch.randn(1, 4, 24, generator=g),
+        torch.randn(1, 16, 2, 2, generator=g),
+        torch.tensor([0.2]),
+    )
 
 
 def test_generator_draws_noise_then_each_eps_in_order():
