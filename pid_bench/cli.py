@@ -51,6 +51,111 @@ def parity(
         raise typer.Exit(1)
 
 
+def _load_suite_or_exit(path: Path):
+    from pid_bench.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(path)
+    except (SuiteError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def plan(
+    suite_path: Annotated[Path, typer.Argument(help="Suite YAML.", metavar="SUITE")],
+) -> None:
+    """Print the cells a suite expands to, without computing anything."""
+    from rich.table import Table
+
+    from pid_bench.runner import plan as plan_cells
+
+    suite = _load_suite_or_exit(suite_path)
+    planned = plan_cells(suite)
+    table = Table(title=f"{suite.name}: {len(planned)} cells x {len(suite.decoders)} decoders")
+    for column in (
+        "cell_id",
+        "backbone",
+        "ckpt_type",
+        "resolution",
+        "sigma",
+        "seed",
+        "steps",
+        "image",
+    ):
+        table.add_column(column)
+    for cid, cell in planned:
+        table.add_row(
+            cid, cell.backbone, cell.ckpt_type, f"{cell.resolution[0]}x{cell.resolution[1]}",
+            f"{cell.sigma:g}", str(cell.seed), str(cell.pid_steps), cell.item.id,
+        )  # fmt: skip
+    Console().print(table)
+    typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
+
+
+@app.command()
+def run(
+    suite_path: Annotated[Path, typer.Argument(help="Suite YAML.", metavar="SUITE")],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (default runs/<suite name>); reruns resume it."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Existing Ray cluster (else $RAY_ADDRESS, else a local Ray on 127.0.0.1)."
+        ),
+    ] = None,
+    cpu_workers: Annotated[int, typer.Option(help="Actors when there is no GPU.")] = 1,
+    force: Annotated[
+        bool, typer.Option(help="Write into a run directory of a different suite.")
+    ] = False,
+    report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
+) -> None:
+    """Run a suite: every cell on every decoder, rows to Parquet, then the report."""
+    from pid_bench.runner import run_suite
+    from pid_bench.store import RunDirError
+
+    suite = _load_suite_or_exit(suite_path)
+    run_dir = output or Path("runs") / suite.name
+    try:
+        summary = run_suite(suite, run_dir, ray_address, cpu_workers, force)
+    except RunDirError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    counts = (
+        ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "nothing new"
+    )
+    typer.echo(
+        f"{summary.cells_total} cells ({summary.cells_skipped} already done); "
+        f"{summary.rows_written} rows written: {counts} -> {run_dir}"
+    )
+    if report:
+        _report(run_dir, print_leaderboard=True)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pid-bench run`.")],
+) -> None:
+    """Write leaderboard.md, report.html and plots/ for a run directory."""
+    if not (run_dir / "run.json").is_file():
+        err.print(f"[red]error:[/red] {run_dir}: no run.json (not a pid-bench run directory)")
+        raise typer.Exit(2)
+    _report(run_dir, print_leaderboard=True)
+
+
+def _report(run_dir: Path, print_leaderboard: bool) -> None:
+    from pid_bench.report import leaderboard_text, write_report
+
+    paths = write_report(run_dir)
+    if print_leaderboard:
+        typer.echo(leaderboard_text(run_dir))
+    typer.echo(f"report: {paths.html}")
+
+
 @app.command()
 def decode(
     out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],

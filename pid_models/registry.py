@@ -155,6 +155,10 @@ EXPERIMENTS: Mapping[tuple[str, str], Experiment] = MappingProxyType(
 )
 
 
+#: Embedded backbones built in code (random weights): (backbone, ckpt_type) pairs.
+EMBEDDED_PAIRS: tuple[tuple[str, str], ...] = (("tiny", "2k"),)
+
+
 class UnknownCheckpointError(KeyError):
     """A (backbone, ckpt_type) pair that PiD never released."""
 
@@ -203,3 +207,14 @@ def experiment_by_name(name: str) -> Experiment | None:
 def registry_keys(experiment: Experiment) -> list[tuple[str, str]]:
     """All (backbone, ckpt_type) keys, aliases included, that map to `experiment`."""
     return [pair for pair in released_pairs() if resolve(*pair) is experiment]
+
+
+def check_pair(backbone: str, ckpt_type: str) -> None:
+    """Accept released pairs and the embedded ones; otherwise the listing error of `resolve`."""
+    if (backbone, ckpt_type) in EMBEDDED_PAIRS:
+        return
+    try:
+        resolve(backbone, ckpt_type)
+    except UnknownCheckpointError as err:
+        embedded = ", ".join(f"{b}/{c}" for b, c in EMBEDDED_PAIRS)
+        raise UnknownCheckpointError(f"{err} (embedded: {embedded})") from None

@@ -130,3 +130,35 @@ def build_tiny_caption_encoder(seed: int = 0) -> GemmaCaptionEncoder:
         identity=f"tiny-gemma2:seed={seed}",
         max_length=TINY_NET_KWARGS["txt_max_length"],
     )
+
+
+#: A FLUX.1-like AutoencoderKL layout (16 latent channels, 8x compression, no quant convs),
+#: shrunk to a few thousand parameters per block.
+TINY_VAE_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 16,
+        "block_out_channels": (16, 32, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+    }
+)
+
+
+def build_tiny_codec(seed: int = 0):
+    """The tiny backbone's native codec: a seeded random diffusers AutoencoderKL (float32)."""
+    from diffusers import AutoencoderKL
+
+    from pid_models.codecs import ScaledVAECodec
+
+    with torch.random.fork_rng(devices=[]):  # diffusers draws its init globally
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    return ScaledVAECodec(vae, identity=f"tiny-vae:seed={seed}")

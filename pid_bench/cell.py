@@ -1,0 +1,355 @@
+"""One cell on one device: source -> latent -> [noise] -> every decoder -> timing, memory, metrics.
+
+Runs inside a worker. Rows are small dicts (columns of `pid_bench.schema`); images go to PNG
+files under the run directory, written after the timed span.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pid_bench.metrics import get_metric, to_unit_range
+from pid_bench.schema import COLUMNS
+from pid_models.codecs import LatentCodec, add_noise
+from pid_models.decoder import PiDDecoder
+from pid_models.registry import EMBEDDED_PAIRS, resolve
+
+RESIZE_KERNEL = "bicubic-antialias"
+COLOR_SPACE = "sRGB [0,1], clamped"
+
+
+@dataclass
+class ModelSet:
+    """Everything a cell of one (backbone, ckpt_type) needs, loaded once per worker."""
+
+    pid: PiDDecoder
+    codec: LatentCodec
+    random_weights: bool
+
+
+def model_identity(backbone: str, ckpt_type: str) -> str:
+    """Names the weights a cell runs with, without loading them (part of the cell id)."""
+    if (backbone, ckpt_type) in EMBEDDED_PAIRS:
+        from pid_models.tiny import TINY_NET_KWARGS, TINY_VAE_CONFIG
+
+        config = json.dumps(
+            [dict(TINY_NET_KWARGS), dict(TINY_VAE_CONFIG)], sort_keys=True, default=list
+        )
+        return f"{backbone}/{ckpt_type}:seed=0:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+    experiment = resolve(backbone, ckpt_type)
+    config = json.dumps(dict(experiment.net_kwargs), sort_keys=True)
+    return f"{backbone}:{experiment.name}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+
+
+def load_models(backbone: str, ckpt_type: str, device: str) -> ModelSet:
+    if (backbone, ckpt_type) in EMBEDDED_PAIRS:
+        from pid_models.tiny import build_tiny_codec
+
+        return ModelSet(
+            PiDDecoder.tiny(seed=0, device=device), build_tiny_codec(0).to(device), True
+        )
+    resolve(backbone, ckpt_type)
+    raise NotImplementedError(
+        f"the native codec for {backbone!r} is not implemented yet (Backbones issue); "
+        f"only the embedded 'tiny' backbone runs end to end"
+    )
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """What every cell of a run shares (from the suite and the driver)."""
+
+    run_id: str
+    suite: str
+    decoders: tuple[str, ...]
+    metrics: tuple[str, ...]
+    warmup: int
+    repeats: int
+    save_images: bool
+    run_dir: str
+    provenance: dict = field(default_factory=dict)  # git sha, versions
+
+
+# ---- image preparation ------------------------------------------------------------------------
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize of [B, 3, h, w]."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIL Lanczos resize, for the native+lanczos baseline."""
+    from PIL import Image
+
+    out = []
+    for img in image.float().clamp(-1, 1).cpu():
+        pixels = ((img + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(resized)).permute(2, 0, 1))
+    return (torch.stack(out).float() / 127.5 - 1).to(image.device)
+
+
+def reference_at(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop [3, h, w] to the aspect of `size`, then resize -> [1, 3, H, W]."""
+    _, h, w = image.shape
+    target = size[0] / size[1]
+    if h / w > target:
+        crop_h, crop_w = round(w * target), w
+    else:
+        crop_h, crop_w = h, round(h / target)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return resize(image[None, :, top : top + crop_h, left : left + crop_w], size)
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], torch.Tensor], warmup: int, repeats: int, device: torch.device):
+    """Warm up, then time each repeat; returns (last output, [ms], timer name)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        return out, times, "cuda_events"
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return out, times, "perf_counter"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
+
+
+# ---- the cell ---------------------------------------------------------------------------------
+
+
+def run_cell(
+    cell, cell_id: str, models: ModelSet, settings: CellSettings, device: str
+) -> list[dict]:
+    """All rows of one cell: one per decoder, each `ok` or carrying its error."""
+    dev = torch.device(device)
+    started = time.perf_counter()
+    base = _base_row(cell, cell_id, models, settings, dev)
+    try:
+        prepared = _prepare(cell, models, dev)
+    except Exception as exc:  # the whole cell failed before any decoder ran
+        return [{**base, "decoder": d, **failure_fields(exc)} for d in settings.decoders]
+    base |= prepared["row"]
+    rows, images = [], {}
+    for decoder in settings.decoders:
+        try:
+            row, image = _run_decoder(decoder, cell, models, prepared, settings, dev)
+            images[decoder] = image
+        except Exception as exc:
+            row = failure_fields(exc)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append({**base, "decoder": decoder, **row})
+    if settings.save_images:
+        _save_images(rows, images, prepared["reference"], cell_id, settings.run_dir)
+    wall = (time.perf_counter() - started) * 1000
+    return [{**row, "cell_wall_ms": wall} for row in rows]
+
+
+def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev) -> dict:
+    experiment = (
+        cell.backbone
+        if (cell.backbone, cell.ckpt_type) in EMBEDDED_PAIRS
+        else resolve(cell.backbone, cell.ckpt_type).name
+    )
+    return {
+        **{k: v for k, v in settings.provenance.items() if k in COLUMNS},
+        "run_id": settings.run_id,
+        "suite": settings.suite,
+        "cell_id": cell_id,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "dtype": "bfloat16-autocast" if models.pid.autocast_dtype is not None else "float32",
+        "random_weights": models.random_weights,
+        "mode": cell.mode,
+        "backbone": cell.backbone,
+        "ckpt_type": cell.ckpt_type,
+        "experiment": experiment,
+        "sigma": float(cell.sigma),
+        "save_xt_step": cell.save_xt_step,
+        "seed": cell.seed,
+        "pid_steps": cell.pid_steps,
+        "image_id": cell.item.id,
+        "caption": cell.item.caption,
+        "source": cell.item.image,
+        "out_height": cell.resolution[0],
+        "out_width": cell.resolution[1],
+        "downsample_kernel": RESIZE_KERNEL,
+        "color_space": COLOR_SPACE,
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+    }
+
+
+def _prepare(cell, models: ModelSet, dev) -> dict:
+    from pid_bench.manifests import load_image
+
+    if cell.mode != "from_clean":
+        raise NotImplementedError("from_ldm cells need the Backbones issue's LDM pipelines")
+    out_h, out_w = cell.resolution
+    per_latent = models.pid.net.pixels_per_latent
+    if out_h % per_latent or out_w % per_latent:
+        raise ValueError(
+            f"resolution {out_h}x{out_w} is not a multiple of {per_latent} "
+            f"(codec {models.codec.spatial_factor}x * PiD {models.pid.scale}x) for {cell.backbone}"
+        )
+    reference = reference_at(load_image(cell.item), (out_h, out_w)).to(dev)
+    lq = resize(reference, (out_h // models.pid.scale, out_w // models.pid.scale))
+    started = time.perf_counter()
+    latent = models.codec.encode(lq)
+    encode_ms = (time.perf_counter() - started) * 1000
+    generator = torch.Generator(dev).manual_seed(cell.seed)
+    noisy = add_noise(latent, float(cell.sigma), models.codec.noise_form, generator)
+    started = time.perf_counter()
+    y = models.pid.encode_captions(cell.item.caption, 1)
+    caption_ms = (time.perf_counter() - started) * 1000
+    row = {
+        "in_height": lq.shape[-2],
+        "in_width": lq.shape[-1],
+        "latent_shape": "x".join(str(s) for s in latent.shape[1:]),
+        "encode_ms": encode_ms,
+        "caption_ms": caption_ms,
+    }
+    return {"reference": reference, "latent": noisy, "y": y, "row": row}
+
+
+#: decoder -> the resize kernel it uses to reach the output size (None: PiD decodes there itself).
+RESIZE_KERNELS = {
+    "pid": None,
+    "native": RESIZE_KERNEL,  # the native decode is timed alone, resized only for metrics
+    "native+bicubic": RESIZE_KERNEL,
+    "native+lanczos": "lanczos",
+}
+
+
+def _decoder_fn(decoder: str, cell, models: ModelSet, prepared: dict) -> Callable[[], torch.Tensor]:
+    size, latent = tuple(cell.resolution), prepared["latent"]
+    if decoder == "pid":
+        sigma, y = float(cell.sigma), prepared["y"]
+        return lambda: models.pid.decode(
+            latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps
+        )
+    if decoder == "native":
+        return lambda: models.codec.decode(latent)
+    if decoder == "native+bicubic":
+        return lambda: resize(models.codec.decode(latent), size)
+    if decoder == "native+lanczos":
+        return lambda: lanczos(models.codec.decode(latent), size)
+    raise ValueError(f"unknown decoder {decoder!r}; known: {', '.join(RESIZE_KERNELS)}")
+
+
+def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings: CellSettings, dev):
+    fn = _decoder_fn(decoder, cell, models, prepared)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with torch.no_grad():
+        image, times, timer = timed(fn, settings.warmup, settings.repeats, dev)
+    row = {
+        "status": "ok",
+        "latency_ms": times,
+        "latency_ms_p50": percentile(times, 0.5),
+        "latency_ms_p90": percentile(times, 0.9),
+        "latency_ms_min": min(times),
+        "timer": timer,
+        "decoded_height": image.shape[-2],
+        "decoded_width": image.shape[-1],
+        "resize_kernel": RESIZE_KERNELS[decoder],
+    }
+    if dev.type == "cuda":
+        row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+        row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+    at_output = resize(image.float(), tuple(cell.resolution))
+    row |= _metrics(at_output, prepared["reference"], settings.metrics)
+    return row, at_output
+
+
+def _metrics(image: torch.Tensor, reference: torch.Tensor, names: tuple[str, ...]) -> dict:
+    values, notes = {}, {}
+    for name in names:
+        metric = get_metric(name)
+        if f"metric_{name}" not in COLUMNS:
+            notes[name] = "no column in pid_bench.schema"
+            continue
+        ref = to_unit_range(reference) if metric.kind == "full_reference" else None
+        values[f"metric_{name}"] = float(metric.compute(to_unit_range(image), ref)[0])
+    return {**values, "metric_notes": json.dumps(notes) if notes else None}
+
+
+def failure_fields(exc: BaseException) -> dict:
+    oom = type(exc).__name__ == "OutOfMemoryError"
+    summary = "".join(traceback.format_exception(exc)[-3:]).strip()
+    return {
+        "status": "oom" if oom else "error",
+        "error": f"{type(exc).__name__}: {exc}\n{summary}"[:4000],
+    }
+
+
+def _save_images(
+    rows: list[dict], images: dict, reference: torch.Tensor, cell_id: str, run_dir: str
+) -> None:
+    folder = Path(run_dir) / "images" / cell_id
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(reference[0], folder / "reference.png")
+    for row in rows:
+        if row["decoder"] in images:
+            name = row["decoder"].replace("+", "_") + ".png"
+            write_png(images[row["decoder"]][0], folder / name)
+            row["image_path"] = f"images/{cell_id}/{name}"
+        row["reference_path"] = f"images/{cell_id}/reference.png"
+
+
+def write_png(image: torch.Tensor, path: Path) -> None:
+    """[3, H, W] in [-1, 1] -> 8-bit RGB PNG (atomic)."""
+    from PIL import Image
+
+    pixels = (
+        ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    )
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(pixels).save(tmp)
+    tmp.replace(path)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

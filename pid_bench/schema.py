@@ -1,0 +1,103 @@
+"""The row schema: one row per (cell, decoder). Every column starts here.
+
+The Parquet writer, the DuckDB views and the tests import `ROW_SCHEMA`; each field carries a
+one-line description in its metadata (`doc`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Metrics with a column of their own; `metric_<name>`, float64, null when not computed.
+METRIC_COLUMNS = ("psnr", "ssim")
+
+_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    # identity and provenance
+    ("run_id", pa.string(), "run directory name"),
+    ("suite", pa.string(), "suite name"),
+    ("cell_id", pa.string(), "hash of the cell's canonical configuration and model identity"),
+    ("decoder", pa.string(), "pid | native | native+bicubic | native+lanczos"),
+    ("status", pa.string(), "ok | error | oom | worker_lost"),
+    ("error", pa.string(), "message and traceback summary when status != ok"),
+    ("git_sha", pa.string(), "pid-bench commit that produced the row"),
+    ("pid_bench_version", pa.string(), "package version"),
+    ("torch_version", pa.string(), "torch.__version__"),
+    ("diffusers_version", pa.string(), "diffusers.__version__"),
+    ("device", pa.string(), "cpu | cuda:N"),
+    ("device_name", pa.string(), "GPU name or CPU model"),
+    ("dtype", pa.string(), "compute dtype of the decoder (float32, bfloat16 autocast)"),
+    (
+        "random_weights",
+        pa.bool_(),
+        "true for the embedded tiny backbone: numbers mean nothing about PiD",
+    ),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was computed"),
+    # axes
+    ("mode", pa.string(), "from_clean | from_ldm"),
+    ("backbone", pa.string(), "backbone name as written in the suite"),
+    ("ckpt_type", pa.string(), "2k | 2kto4k | 2kto4k_v1pt5"),
+    ("experiment", pa.string(), "PiD experiment (checkpoint) name"),
+    ("sigma", pa.float64(), "noise level of the latent given to the decoders"),
+    ("save_xt_step", pa.int64(), "from_ldm: LDM step whose x_t was captured (null: from_clean)"),
+    ("seed", pa.int64(), "seed of the noise and of PiD's sampler"),
+    ("pid_steps", pa.int64(), "PiD sampler steps"),
+    ("image_id", pa.string(), "source item id (manifest id or prompt index)"),
+    ("caption", pa.string(), "caption given to PiD"),
+    ("source", pa.string(), "image path or URL of the source item"),
+    # sizes
+    ("out_height", pa.int64(), "requested output height (pixels)"),
+    ("out_width", pa.int64(), "requested output width (pixels)"),
+    ("in_height", pa.int64(), "height of the image given to the encoder"),
+    ("in_width", pa.int64(), "width of the image given to the encoder"),
+    ("latent_shape", pa.string(), "C x h x w of the PiD latent"),
+    ("decoded_height", pa.int64(), "height the decoder itself produced (before any resize)"),
+    ("decoded_width", pa.int64(), "width the decoder itself produced (before any resize)"),
+    # protocol
+    ("downsample_kernel", pa.string(), "how the reference was brought to the encoder size"),
+    (
+        "resize_kernel",
+        pa.string(),
+        "how this decoder's output was brought to the output size (null: none)",
+    ),
+    ("color_space", pa.string(), "colour space and range the metrics saw"),
+    # timing (every repeat kept)
+    ("warmup", pa.int64(), "untimed decodes before timing"),
+    ("repeats", pa.int64(), "timed decodes"),
+    ("latency_ms", pa.list_(pa.float64()), "every timed repeat, milliseconds"),
+    ("latency_ms_p50", pa.float64(), "median of latency_ms"),
+    ("latency_ms_p90", pa.float64(), "90th percentile of latency_ms"),
+    ("latency_ms_min", pa.float64(), "minimum of latency_ms"),
+    ("timer", pa.string(), "cuda_events | perf_counter"),
+    ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
+    ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),
+    ("cell_wall_ms", pa.float64(), "wall time of the whole cell on the worker"),
+    # memory
+    ("peak_mem_allocated_bytes", pa.int64(), "torch.cuda.max_memory_allocated (null on CPU)"),
+    ("peak_mem_reserved_bytes", pa.int64(), "torch.cuda.max_memory_reserved (null on CPU)"),
+    # outputs
+    ("image_path", pa.string(), "decoded PNG, relative to the run directory (null: not saved)"),
+    ("reference_path", pa.string(), "reference PNG at output size, relative to the run directory"),
+    ("metric_notes", pa.string(), "JSON {metric: reason} for metrics left null"),
+]
+_COLUMNS += [
+    (f"metric_{m}", pa.float64(), f"{m} against the reference at output size")
+    for m in METRIC_COLUMNS
+]
+
+ROW_SCHEMA = pa.schema(
+    [pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in _COLUMNS]
+)
+COLUMNS = tuple(ROW_SCHEMA.names)
+
+
+def empty_row() -> dict:
+    return dict.fromkeys(COLUMNS)
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows -> a table of exactly ROW_SCHEMA; an unknown key is a programming error."""
+    for row in rows:
+        extra = set(row) - set(COLUMNS)
+        if extra:
+            raise KeyError(f"row has columns not in pid_bench.schema: {sorted(extra)}")
+    return pa.Table.from_pylist([{**empty_row(), **row} for row in rows], schema=ROW_SCHEMA)
