@@ -1,0 +1,522 @@
+"""Reports of a run directory: DuckDB rollups -> leaderboard.md, report.html, plots/*.png.
+
+The rollups are the SQL files in `reports/` (one query per file, each headed by its grain and
+inputs); this module only loads the parts into a table named `rows`, binds parameters, formats
+and draws:
+
+  RUN_DIR/leaderboard.md   title, provenance, status counts, leaderboard table, failures
+  RUN_DIR/report.html      one self-contained page (plots and images inlined as data URIs)
+  RUN_DIR/plots/*.png      latency_vs_megapixels, memory_vs_resolution, quality_vs_sigma_<metric>
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from matplotlib.figure import Figure
+
+from pid_bench.metrics import METRICS
+from pid_bench.schema import ROW_SCHEMA
+
+#: Direction of each measure the reports rank; a metric missing here is shown unmarked.
+#: Which way is better, per measure: the metric registry's declarations plus timing and memory.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    **{name: metric.higher_is_better for name, metric in METRICS.items()},
+    "lpips": False,  # pyiqa metrics not yet in the registry (Metrics issue)
+    "dists": False,
+    "latency_ms_p50": False,
+    "peak_mem_allocated_bytes": False,
+}
+
+RANDOM_WEIGHTS_WARNING = (
+    "The `tiny` backbone uses random networks: its quality numbers say nothing about PiD."
+)
+GRID_GROUPS = 6  # image groups shown in the HTML comparison grid
+THUMB_WIDTH = 256  # px; grid thumbnails are at most this wide
+MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
+_KEYS = ("mode", "backbone", "ckpt_type", "out", "sigma", "save_xt_step")
+_MiB = 2**20
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """What `write_report` wrote."""
+
+    leaderboard: Path
+    html: Path
+    plots: list[Path] = field(default_factory=list)
+
+
+# ---- SQL ---------------------------------------------------------------------------------------
+
+
+def reports_dir() -> Path:
+    """The folder of SQL rollups and templates: $PID_BENCH_REPORTS_DIR or the checkout's reports/."""
+    folder = Path(
+        os.environ.get("PID_BENCH_REPORTS_DIR") or Path(__file__).resolve().parents[1] / "reports"
+    )
+    if not (folder / "leaderboard.sql").is_file():
+        raise FileNotFoundError(
+            f"pid-bench's report queries are not in {folder}: they live in reports/ of the source "
+            "checkout; install it editable (pip install -e .) or set PID_BENCH_REPORTS_DIR"
+        )
+    return folder
+
+
+def sql_names() -> list[str]:
+    """Names (file stems) of every rollup in reports/."""
+    return sorted(p.stem for p in reports_dir().glob("*.sql"))
+
+
+#: Parameters each query binds (the others take none).
+QUERY_PARAMS: dict[str, dict[str, Any]] = {"grid": {"groups": GRID_GROUPS}}
+
+
+def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the run's parts as table `rows` (empty, with ROW_SCHEMA, if none)."""
+    con = duckdb.connect()
+    parts = sorted(str(p) for p in (Path(run_dir) / "parts").glob("*.parquet"))
+    if parts:
+        con.execute(
+            "CREATE TEMP TABLE rows AS SELECT * FROM read_parquet(?, union_by_name = true)", [parts]
+        )
+    else:
+        empty = ROW_SCHEMA.empty_table()
+        con.register("empty_rows", empty)
+        con.execute("CREATE TEMP TABLE rows AS SELECT * FROM empty_rows")
+    return con
+
+
+def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
+    """Run reports/<name>.sql with its QUERY_PARAMS; rows as dicts (None for SQL NULL)."""
+    text = (reports_dir() / f"{name}.sql").read_text()
+    cursor = con.execute(text, QUERY_PARAMS.get(name) or None)
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+
+
+# ---- the run's data ----------------------------------------------------------------------------
+
+
+@dataclass
+class _RunData:
+    run_dir: Path
+    meta: dict[str, Any]
+    status: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    provenance: list[dict[str, Any]]
+
+    @property
+    def metrics(self) -> list[str]:
+        """metric_* columns the leaderboard query found in the parts."""
+        first = self.leaderboard[0] if self.leaderboard else {}
+        return [c for c in first if c.startswith("metric_")]
+
+    @property
+    def suite(self) -> str:
+        suite = self.meta.get("suite")
+        name = suite.get("name") if isinstance(suite, dict) else suite
+        return str(name or "unnamed suite")
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.run_dir.name)
+
+    @property
+    def git_sha(self) -> str:
+        env = self.meta.get("environment") or {}
+        found = env.get("git_sha") or _distinct(self.provenance, "git_sha")
+        return str(found or "unknown")
+
+    @property
+    def device(self) -> str:
+        names = _distinct(self.provenance, "device_name")
+        if names:
+            return names
+        env = self.meta.get("environment") or {}
+        return str(env.get("devices") or env.get("device") or "unknown")
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.meta.get("random_weights")) or any(
+            p["random_weights"] for p in self.provenance
+        )
+
+    def status_line(self) -> str:
+        total = sum(s["n"] for s in self.status)
+        counts = ", ".join(f"{s['n']} {s['status']}" for s in self.status)
+        return f"{counts} ({total} rows)" if total else "no rows"
+
+
+def _distinct(records: list[dict[str, Any]], key: str) -> str:
+    return ", ".join(dict.fromkeys(str(r[key]) for r in records if r.get(key)))
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
+    return _RunData(
+        run_dir=run_dir,
+        meta=_read_meta(run_dir),
+        status=query(con, "status"),
+        leaderboard=query(con, "leaderboard"),
+        failures=query(con, "failures"),
+        provenance=query(con, "provenance"),
+    )
+
+
+# ---- the leaderboard table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cell:
+    text: str
+    best: bool = False
+
+
+def marker(name: str) -> str:
+    """' ↑' / ' ↓' after a measure whose direction is known, '' otherwise."""
+    direction = HIGHER_IS_BETTER.get(name.removeprefix("metric_"))
+    return "" if direction is None else (" ↑" if direction else " ↓")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A measure: fixed `digits` decimals; '–' for null."""
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _key(value: Any) -> str:
+    """An axis value: shortest form (sigma 0.1, not 0.1000); '–' for null."""
+    if value is None:
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _mib(value: int | None) -> str:
+    return _fmt(None if value is None else value / _MiB, 1)
+
+
+def _measures(data: _RunData) -> list[tuple[str, str, Any]]:
+    """(column, header, formatter) of each measured column of the leaderboard."""
+    measures = [
+        ("latency_ms_p50", "latency p50 ms", lambda v: _fmt(v, 2)),
+        ("peak_mem_allocated_bytes", "peak mem MiB", _mib),
+    ]
+    for metric in data.metrics:
+        if any(r[metric] is not None for r in data.leaderboard):
+            measures.append((metric, metric.removeprefix("metric_"), _fmt))
+    return measures
+
+
+def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
+    """Indexes of the rows holding the best value of `column` within their setting."""
+    higher = HIGHER_IS_BETTER.get(column.removeprefix("metric_"))
+    if higher is None:
+        return set()
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row[column] is not None:
+            groups.setdefault(tuple(row[k] for k in _KEYS), []).append(i)
+    best: set[int] = set()
+    for members in groups.values():
+        if len(members) > 1:
+            pick = max if higher else min
+            top = pick(rows[i][column] for i in members)
+            best.update(i for i in members if rows[i][column] == top)
+    return best
+
+
+def _leaderboard_table(data: _RunData) -> tuple[list[str], list[list[_Cell]]]:
+    rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in data.leaderboard]
+    keys = [k for k in _KEYS if any(r[k] is not None for r in rows)] + ["decoder"]
+    measures = _measures(data)
+    headers = keys + ["ok / rows"] + [h + marker(c) for c, h, _ in measures]
+    best = {c: _best(rows, c) for c, _, _ in measures}
+    table = []
+    for i, row in enumerate(rows):
+        cells = [_Cell(_key(row[k])) for k in keys] + [_Cell(f"{row['n_ok']} / {row['n_rows']}")]
+        cells += [_Cell(fmt(row[c]), i in best[c]) for c, _, fmt in measures]
+        table.append(cells)
+    return headers, table
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _markdown(data: _RunData) -> str:
+    lines = [f"# pid-bench leaderboard: {data.suite}", ""]
+    lines += [f"run `{data.run_id}` · git `{data.git_sha}` · device {data.device}", ""]
+    if data.random_weights:
+        lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
+    lines += [f"Status: {data.status_line()}", ""]
+    headers, table = _leaderboard_table(data)
+    if table:
+        cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table]
+        lines += _md_table(headers, cells) + [""]
+        lines += [
+            "↑ higher is better, ↓ lower is better; bold: best decoder of its setting. Metrics are "
+            "means over ok rows; latency is the median of the rows' p50; memory the max.",
+            "",
+        ]
+    else:
+        lines += ["No rows in this run yet.", ""]
+    lines += _failures_md(data.failures)
+    return "\n".join(lines)
+
+
+def _failures_md(failures: list[dict[str, Any]]) -> list[str]:
+    if not failures:
+        return []
+    shown = failures[:MAX_FAILURES_MD]
+    rows = [
+        [f["decoder"] or "", f["cell_id"] or "", f["status"], f["error_first_line"]] for f in shown
+    ]
+    lines = [f"## Failures ({len(failures)})", ""]
+    lines += _md_table(["decoder", "cell_id", "status", "error"], rows)
+    if len(failures) > len(shown):
+        lines.append(f"\n… and {len(failures) - len(shown)} more (see report.html)")
+    return lines + [""]
+
+
+def leaderboard_text(run_dir: Path) -> str:
+    """The markdown leaderboard of a run directory (what `pid-bench run` prints at its end)."""
+    run_dir = Path(run_dir)
+    with connect(run_dir) as con:
+        return _markdown(_load(run_dir, con))
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+
+def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _no_data(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _series(records: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[list, list]]:
+    """decoder -> (xs, ys) of the records with a value of y."""
+    out: dict[str, tuple[list, list]] = {}
+    for r in records:
+        if r[y] is not None and r[x] is not None:
+            xs, ys = out.setdefault(r["decoder"], ([], []))
+            xs.append(r[x])
+            ys.append(r[y])
+    return out
+
+
+#: One colour per decoder in every plot; another decoder gets a colour from its name's hash.
+_COLORS = {"pid": "C2", "native": "C0", "native+bicubic": "C1", "native+lanczos": "C3"}
+
+
+def _color(decoder: str) -> str:
+    return _COLORS.get(decoder) or f"C{4 + zlib.crc32(decoder.encode()) % 6}"
+
+
+def _draw(ax: Any, series: dict[str, tuple[list, list]], empty: str) -> None:
+    if not series:
+        _no_data(ax, empty)
+        return
+    for decoder, (xs, ys) in sorted(series.items()):
+        ax.plot(xs, ys, marker="o", label=decoder, color=_color(decoder))
+    ax.legend()
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png")
+    return path
+
+
+def _plot_latency(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
+    fig, ax = _new_figure("Decode latency", "output megapixels", "median latency p50 (ms) ↓")
+    _draw(ax, _series(query(con, "latency"), "out_megapixels", "latency_ms_p50"), "no data")
+    return _save(fig, folder / "latency_vs_megapixels.png")
+
+
+def _plot_memory(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
+    records = query(con, "memory")
+    sizes = sorted(
+        {(r["out_height"], r["out_width"]) for r in records}, key=lambda s: (s[0] * s[1], s)
+    )
+    index = {size: i for i, size in enumerate(sizes)}
+    for r in records:
+        r["x"] = index[(r["out_height"], r["out_width"])]
+        r["mib"] = (
+            None if r["peak_mem_allocated_bytes"] is None else r["peak_mem_allocated_bytes"] / _MiB
+        )
+    fig, ax = _new_figure("Peak GPU memory", "output resolution (H x W)", "peak allocated (MiB) ↓")
+    series = _series(records, "x", "mib")
+    empty = "no GPU memory readings (CPU run)" if records else "no data"
+    _draw(ax, series, empty)
+    if series:
+        ax.set_xticks(range(len(sizes)), [f"{h}x{w}" for h, w in sizes])
+    return _save(fig, folder / "memory_vs_resolution.png")
+
+
+def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
+    records = query(con, "quality_vs_sigma")
+    columns = list(records[0]) if records else _metric_columns(con)
+    paths = []
+    for column in (c for c in columns if c.startswith("metric_") and c != "metric_notes"):
+        name = column.removeprefix("metric_")
+        fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{marker(name)}")
+        _draw(ax, _series(records, "sigma", column), "no data")
+        paths.append(_save(fig, folder / f"quality_vs_sigma_{_safe(name)}.png"))
+    return paths
+
+
+def _metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("DESCRIBE rows").fetchall() if r[0].startswith("metric_")]
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_plot_latency(con, folder), _plot_memory(con, folder), *_plot_quality(con, folder)]
+
+
+# ---- images for the grid -----------------------------------------------------------------------
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _inside(run_dir: Path, relative: str | None) -> Path | None:
+    """The file a row's relative path names, if it exists inside the run directory."""
+    if not relative:
+        return None
+    root = run_dir.resolve()
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
+def _thumbs(run_dir: Path, relative: str | None) -> dict[str, str] | None:
+    """{'full': uri, 'crop': uri}: a thumbnail and the centre crop (half of each side) enlarged
+    with nearest-neighbour to the thumbnail's size, so per-pixel detail shows."""
+    from PIL import Image
+
+    path = _inside(run_dir, relative)
+    if path is None:
+        return None
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    w, h = image.size
+    size = (min(THUMB_WIDTH, w), max(1, round(h * min(THUMB_WIDTH, w) / w)))
+    crop = image.crop((w // 4, h // 4, w // 4 + max(1, w // 2), h // 4 + max(1, h // 2)))
+    full = image.resize(size, Image.Resampling.LANCZOS)
+    zoom = crop.resize(size, Image.Resampling.NEAREST)
+    return {"full": _data_uri(_png(full)), "crop": _data_uri(_png(zoom))}
+
+
+def _grid(run_dir: Path, con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    groups = []
+    for g in query(con, "grid"):
+        native = "native+bicubic" if g["bicubic_path"] else "native"
+        columns = [
+            ("reference", g["reference_path"]),
+            (native, g["bicubic_path"] or g["native_path"]),
+            ("pid", g["pid_path"]),
+        ]
+        label = f"{g['image_id']} · σ={_key(g['sigma'])} · {g['out_height']}x{g['out_width']}"
+        groups.append(
+            {
+                "label": f"{g['backbone']} / {g['ckpt_type']} · {label}",
+                "caption": g["caption"] or "",
+                "columns": [(name, _thumbs(run_dir, path)) for name, path in columns],
+            }
+        )
+    return groups
+
+
+# ---- the HTML page -----------------------------------------------------------------------------
+
+
+def _environment(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """run.json's environment and times, flattened to (key, value) strings."""
+    items: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in sorted(value.items()):
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            items.append((prefix, value if isinstance(value, str) else json.dumps(value)))
+
+    walk("", meta.get("environment") or {})
+    for key in ("started_at", "finished_at", "random_weights"):
+        if key in meta:
+            items.append((key, str(meta[key])))
+    return items
+
+
+def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(reports_dir()),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    headers, table = _leaderboard_table(data)
+    return env.get_template("report.html.j2").render(
+        data=data,
+        warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
+        environment=_environment(data.meta),
+        headers=headers,
+        table=table,
+        plots=[(p.stem, _data_uri(p.read_bytes())) for p in plots],
+        grid=_grid(data.run_dir, con),
+    )
+
+
+def write_report(run_dir: Path) -> ReportPaths:
+    """Write leaderboard.md, report.html and plots/*.png into the run directory."""
+    run_dir = Path(run_dir)
+    with connect(run_dir) as con:
+        data = _load(run_dir, con)
+        plots = _plots(con, run_dir / "plots")
+        leaderboard = run_dir / "leaderboard.md"
+        leaderboard.write_text(_markdown(data), encoding="utf-8")
+        html = run_dir / "report.html"
+        html.write_text(_html(data, con, plots), encoding="utf-8")
+    return ReportPaths(leaderboard=leaderboard, html=html, plots=plots)

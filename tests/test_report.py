@@ -1,0 +1,239 @@
+"""Reports over a fake run directory: SQL rollups, leaderboard.md, plots, report.html."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pid_bench import report
+from pid_bench.schema import to_table
+
+HOSTILE_SUITE = "<script>alert(1)</script>"
+HOSTILE_CAPTION = '<img src=x onerror="alert(2)">'
+DECODERS = ("pid", "native", "native+bicubic")
+IMAGES = ("cat", "dog")
+SIGMAS = (0.0, 0.2)
+SIZES = ((32, 32), (64, 48))
+
+
+def _psnr(image: int, sigma: float, size: tuple[int, int], decoder: int) -> float:
+    """Made-up, distinct per row."""
+    return 20.0 + 5 * decoder + image + 2 * sigma + size[0] / 64
+
+
+def _png(path: Path, size: tuple[int, int], shade: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    image = Image.new("RGB", (w, h), (shade, 255 - shade, 128))
+    image.putpixel((w // 2, h // 2), (255, 0, 0))
+    image.save(path)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = []
+    for i, image_id in enumerate(IMAGES):
+        for sigma in SIGMAS:
+            for size in SIZES:
+                cell_id = f"{image_id}-{sigma}-{size[0]}x{size[1]}"
+                reference = f"images/{cell_id}/reference.png"
+                _png(run_dir / reference, size, 10)
+                for d, decoder in enumerate(DECODERS):
+                    image_path = f"images/{cell_id}/{decoder.replace('+', '_')}.png"
+                    _png(run_dir / image_path, size, 60 * (d + 1))
+                    rows.append(
+                        {
+                            "run_id": "run-1",
+                            "suite": HOSTILE_SUITE,
+                            "cell_id": cell_id,
+                            "decoder": decoder,
+                            "status": "ok",
+                            "git_sha": "abc1234",
+                            "device": "cpu",
+                            "device_name": "Test CPU",
+                            "random_weights": True,
+                            "mode": "from_clean",
+                            "backbone": "tiny",
+                            "ckpt_type": "2k",
+                            "sigma": sigma,
+                            "image_id": image_id,
+                            "caption": HOSTILE_CAPTION,
+                            "out_height": size[0],
+                            "out_width": size[1],
+                            "latency_ms": [1.0 + d, 2.0 + d],
+                            "latency_ms_p50": 1.5 + d + size[0] / 32,
+                            "image_path": image_path,
+                            "reference_path": reference,
+                            "metric_psnr": _psnr(i, sigma, size, d),
+                            "metric_ssim": 0.5 + 0.1 * d + 0.01 * i,
+                        }
+                    )
+    return rows
+
+
+def _error_row() -> dict:
+    return {
+        "run_id": "run-1",
+        "suite": HOSTILE_SUITE,
+        "cell_id": "broken-cell",
+        "decoder": "pid",
+        "status": "error",
+        "error": "RuntimeError: boom <b>\nTraceback line two",
+        "random_weights": True,
+        "mode": "from_clean",
+        "backbone": "tiny",
+        "ckpt_type": "2k",
+        "sigma": 0.0,
+        "out_height": 32,
+        "out_width": 32,
+        "image_id": "cat",
+    }
+
+
+def _write_run(run_dir: Path) -> list[dict]:
+    rows = _rows(run_dir)
+    (run_dir / "parts").mkdir(parents=True)
+    pq.write_table(to_table(rows[:12]), run_dir / "parts" / "part-a.parquet")
+    pq.write_table(to_table(rows[12:] + [_error_row()]), run_dir / "parts" / "part-b.parquet")
+    meta = {
+        "run_id": "run-1",
+        "suite": {"name": HOSTILE_SUITE},
+        "environment": {"git_sha": "abc1234", "torch": "2.4.0"},
+        "started_at": "2026-08-01T00:00:00Z",
+        "random_weights": True,
+    }
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, list[dict], report.ReportPaths]:
+    run_dir = tmp_path_factory.mktemp("run")
+    rows = _write_run(run_dir)
+    return run_dir, rows, report.write_report(run_dir)
+
+
+def test_every_sql_file_runs_and_has_a_header(run):
+    run_dir, _, _ = run
+    names = report.sql_names()
+    assert {"leaderboard", "latency", "memory", "quality_vs_sigma", "status", "grid"} <= set(names)
+    with report.connect(run_dir) as con:
+        for name in names:
+            text = (report.reports_dir() / f"{name}.sql").read_text()
+            assert text.startswith("-- grain:"), name
+            assert isinstance(report.query(con, name), list), name
+
+
+def test_rollups_aggregate_as_expected(run):
+    run_dir, rows, _ = run
+    with report.connect(run_dir) as con:
+        status = {r["status"]: r["n"] for r in report.query(con, "status")}
+        board = report.query(con, "leaderboard")
+        grid = report.query(con, "grid")
+        memory = report.query(con, "memory")
+    assert status == {"ok": len(rows), "error": 1}
+    # (32x32, sigma 0, pid) holds both images' ok rows and the error row
+    cell = next(r for r in board if (r["out_height"], r["sigma"], r["decoder"]) == (32, 0.0, "pid"))
+    assert (cell["n_rows"], cell["n_ok"]) == (3, 2)
+    assert cell["metric_psnr"] == pytest.approx(
+        (_psnr(0, 0.0, (32, 32), 0) + _psnr(1, 0.0, (32, 32), 0)) / 2
+    )
+    assert len(grid) == report.GRID_GROUPS
+    assert {g["image_id"] for g in grid} == set(IMAGES)
+    assert all(g["pid_path"] and g["bicubic_path"] and g["reference_path"] for g in grid)
+    assert all(m["peak_mem_allocated_bytes"] is None for m in memory)
+
+
+def test_leaderboard_markdown(run):
+    run_dir, _, paths = run
+    text = paths.leaderboard.read_text()
+    assert text == report.leaderboard_text(run_dir)
+    assert report.RANDOM_WEIGHTS_WARNING in text
+    assert HOSTILE_SUITE in text.splitlines()[0]
+    assert "run `run-1`" in text and "git `abc1234`" in text and "Test CPU" in text
+    assert "Status: 24 ok, 1 error (25 rows)" in text
+    assert "psnr ↑" in text and "ssim ↑" in text and "latency p50 ms ↓" in text
+    # mean psnr of (tiny, 2k, 64x48, sigma 0.2, native+bicubic) over the two images
+    mean = (_psnr(0, 0.2, (64, 48), 2) + _psnr(1, 0.2, (64, 48), 2)) / 2
+    line = next(ln for ln in text.splitlines() if "| 64x48 | 0.2 | native+bicubic |" in ln)
+    assert f"**{mean:.4f}**" in line  # best psnr of its setting
+    assert "## Failures (1)" in text
+    assert "| pid | broken-cell | error | RuntimeError: boom <b> |" in text
+    assert "Traceback line two" not in text
+
+
+def test_plots_are_pngs(run):
+    run_dir, _, paths = run
+    names = {p.name for p in paths.plots}
+    assert names == {
+        "latency_vs_megapixels.png",
+        "memory_vs_resolution.png",
+        "quality_vs_sigma_psnr.png",
+        "quality_vs_sigma_ssim.png",
+    }
+    for path in paths.plots:
+        assert path.parent == run_dir / "plots"
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_html_is_self_contained_and_escaped(run):
+    _, _, paths = run
+    html = paths.html.read_text()
+    assert HOSTILE_SUITE not in html and HOSTILE_CAPTION not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=" in html
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    # 4 plots + 6 groups x 3 columns x (full + crop)
+    assert len(uris) == 4 + report.GRID_GROUPS * 3 * 2
+    assert "native+bicubic" in html and "centre crop" in html
+    assert report.RANDOM_WEIGHTS_WARNING.replace("`", "") in html.replace("`", "")
+    assert "broken-cell" in html and "RuntimeError: boom &lt;b&gt;" in html
+
+
+def test_grid_thumbnails_and_zoomed_crop(tmp_path):
+    _png(tmp_path / "big.png", (300, 600), 50)
+    thumbs = report._thumbs(tmp_path, "big.png")
+    import base64
+    import io
+
+    for key in ("full", "crop"):
+        png = base64.b64decode(thumbs[key].removeprefix("data:image/png;base64,"))
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.size == (report.THUMB_WIDTH, 128)
+    assert report._thumbs(tmp_path, "missing.png") is None
+    assert report._thumbs(tmp_path, "../outside.png") is None
+
+
+def test_extra_metric_column_in_one_part(tmp_path):
+    rows = _write_run(tmp_path)
+    extra = to_table(rows[:3])
+    lpips = pa.array([0.1, 0.2, 0.3], pa.float64())
+    pq.write_table(
+        extra.append_column("metric_lpips", lpips), tmp_path / "parts" / "part-c.parquet"
+    )
+    paths = report.write_report(tmp_path)
+    text = paths.leaderboard.read_text()
+    assert "lpips ↓" in text
+    assert "quality_vs_sigma_lpips.png" in {p.name for p in paths.plots}
+    with report.connect(tmp_path) as con:
+        board = report.query(con, "leaderboard")
+    with_lpips = [r for r in board if r["metric_lpips"] is not None]
+    assert {r["decoder"] for r in with_lpips} == set(DECODERS)
+
+
+def test_empty_run_dir_still_reports(tmp_path):
+    paths = report.write_report(tmp_path)
+    assert "No rows in this run yet." in paths.leaderboard.read_text()
+    assert "Failures (0)" in paths.html.read_text()
+    assert {p.name for p in paths.plots} >= {
+        "latency_vs_megapixels.png",
+        "memory_vs_resolution.png",
+    }
