@@ -1,0 +1,522 @@
+"""The suite: a YAML file that says which cells to run, validated before anything loads.
+
+A suite names axes (backbones, ckpt types, resolutions, σ, save_xt steps, seeds, PiD steps)
+and a source (an image manifest or a prompt file); its cells are the cartesian product of the
+axes and the source items, minus ``exclude`` entries. Validation reports every problem at once,
+one line each as ``suite.yaml:LINE key.path: message``, because a benchmark that fails on its
+third typo after a model download wastes an afternoon.
+
+The product order is fixed (backbone, ckpt_type, resolution, sigma, save_xt_step, seed,
+pid_steps, item) so cell lists and reports are reproducible; `cell_id` hashes a cell's
+canonical JSON with the model identity so a resumed run finds exactly the cells it finished.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pid_bench.manifests import ManifestError, SourceItem, load_manifest, load_prompts
+from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
+
+__all__ = [
+    "Cell",
+    "ExcludeEntry",
+    "Suite",
+    "SuiteError",
+    "Timing",
+    "cell_id",
+    "load_suite",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest output side accepted: 16k is far above PiD's 4k and stops a typo (20480 → 2048 meant)
+#: from allocating a terabyte.
+MAX_SIDE = 16384
+#: PiD works on 16-pixel patches; every backbone's latent grid divides it.
+SIDE_MULTIPLE = 16
+
+Mode = Literal["from_clean", "from_ldm"]
+CkptType = Literal["2k", "2kto4k", "2kto4k_v1pt5"]
+Decoder = Literal["pid", "native", "native+bicubic", "native+lanczos"]
+#: Source file suffix each mode reads: an image manifest or a prompt list.
+SOURCE_SUFFIX = {"from_clean": ".jsonl", "from_ldm": ".txt"}
+
+
+class SuiteError(ValueError):
+    """Everything wrong with a suite file, one ``FILE:LINE key: message`` line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+# --- field types ----------------------------------------------------------------------------
+
+
+def _to_hw(value: Any) -> Any:
+    """``256`` means a square output, ``[h, w]`` a rectangle; both become ``(h, w)``."""
+    if isinstance(value, bool):
+        raise ValueError("write an int (square side) or [height, width]")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"write [height, width] (2 numbers), got {len(value)}")
+        return tuple(value)
+    return value  # the tuple validator reports the type
+
+
+def _check_hw(hw: tuple[int, int]) -> tuple[int, int]:
+    for side, name in zip(hw, ("height", "width"), strict=True):
+        if side > MAX_SIDE:
+            raise ValueError(f"{name} {side} is larger than {MAX_SIDE}; check for a typo")
+        if side <= 0 or side % SIDE_MULTIPLE:
+            raise ValueError(f"{name} {side} must be a positive multiple of {SIDE_MULTIPLE}")
+    return hw
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    """Duplicate axis values would give two cells the same id."""
+    seen: list[Any] = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate value {value!r}; list each value once")
+        seen.append(value)
+    return values
+
+
+Resolution = Annotated[tuple[int, int], BeforeValidator(_to_hw), AfterValidator(_check_hw)]
+Sigma = Annotated[float, Field(ge=0.0, le=1.0)]
+PidSteps = Annotated[int, Field(ge=1, le=4)]
+
+
+def _axis(item: Any) -> Any:
+    """A non-empty list of unique values of type ``item``."""
+    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
+
+
+BackboneAxis = _axis(Annotated[str, Field(min_length=1)])
+CkptTypeAxis = _axis(CkptType)
+SigmaAxis = _axis(Sigma)
+ResolutionAxis = _axis(Resolution)
+SeedAxis = _axis(NonNegativeInt)
+PidStepsAxis = _axis(PidSteps)
+DecoderAxis = _axis(Decoder)
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class Timing(BaseModel):
+    """Warm-up runs are discarded; every one of ``repeats`` timed runs is kept."""
+
+    model_config = _FROZEN
+    warmup: NonNegativeInt = 1
+    repeats: PositiveInt = 3
+
+
+class ExcludeEntry(BaseModel):
+    """A partial cell: a cell matching every key given here is dropped."""
+
+    model_config = _FROZEN
+    backbone: str | None = None
+    ckpt_type: str | None = None
+    sigma: float | None = None
+    save_xt_step: int | None = None
+    resolution: Resolution | None = None
+    seed: int | None = None
+    pid_steps: int | None = None
+    image_id: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ExcludeEntry:
+        if not self.constraints():
+            raise ValueError("an empty entry would drop every cell; name at least one axis")
+        return self
+
+    def constraints(self) -> dict[str, Any]:
+        """The axes this entry constrains, with their values."""
+        return {name: value for name, value in self if value is not None}
+
+    def matches(self, axes: dict[str, Any]) -> bool:
+        """True when every constrained axis equals the cell's value (absent axes never match)."""
+        return all(
+            name in axes and axes[name] == value for name, value in self.constraints().items()
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the suite's product: what the actor decodes and measures."""
+
+    mode: str
+    backbone: str
+    ckpt_type: str
+    sigma: float
+    save_xt_step: int | None
+    resolution: tuple[int, int]  # output (height, width)
+    seed: int
+    pid_steps: int
+    item: SourceItem
+
+    def axes(self) -> dict[str, Any]:
+        """Every axis as plain JSON-able data (rows, run.json and `cell_id` use it)."""
+        return {
+            "mode": self.mode,
+            "backbone": self.backbone,
+            "ckpt_type": self.ckpt_type,
+            "sigma": self.sigma,
+            "save_xt_step": self.save_xt_step,
+            "resolution": list(self.resolution),
+            "seed": self.seed,
+            "pid_steps": self.pid_steps,
+            "image_id": self.item.id,
+            "caption": self.item.caption,
+            "source": self.item.image,
+        }
+
+
+class Suite(BaseModel):
+    """A validated suite file; `cells()` expands it. Build it with `load_suite`."""
+
+    model_config = _FROZEN
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    mode: Mode = "from_clean"
+    backbones: BackboneAxis
+    ckpt_types: CkptTypeAxis
+    sigmas: SigmaAxis = [0.0]
+    # from_ldm: LDM steps whose x_t is decoded; empty means the final latent x0 only.
+    save_xt_steps: Annotated[list[PositiveInt], AfterValidator(_unique)] = []
+    resolutions: ResolutionAxis
+    seeds: SeedAxis = [0]
+    pid_steps: PidStepsAxis = [4]
+    decoders: DecoderAxis
+    metrics: Annotated[list[str], AfterValidator(_unique)] = []
+    source: str
+    limit: PositiveInt | None = None
+    timing: Timing = Timing()
+    save_images: bool = True
+    exclude: list[ExcludeEntry] = []
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("save_xt_steps")
+    @classmethod
+    def _xt_needs_ldm(cls, steps: list[int], info: ValidationInfo) -> list[int]:
+        if steps and info.data.get("mode") == "from_clean":
+            raise ValueError("only from_ldm suites capture x_t; remove it or set mode: from_ldm")
+        return steps
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, source: str, info: ValidationInfo) -> str:
+        """Relative to the suite file (context ``base_dir``), so suites move with their data."""
+        base = Path((info.context or {}).get("base_dir", "."))
+        resolved = (base / source).resolve()
+        if not resolved.is_file():
+            raise ValueError(f"file not found: {resolved}")
+        mode = info.data.get("mode")
+        if mode in SOURCE_SUFFIX and resolved.suffix != SOURCE_SUFFIX[mode]:
+            kind = "an image manifest" if mode == "from_clean" else "a prompts file"
+            raise ValueError(f"{mode} reads {kind} ({SOURCE_SUFFIX[mode]}), got {resolved.name}")
+        return str(resolved)
+
+    @property
+    def path(self) -> Path | None:
+        """The suite file this was loaded from (None when built in code)."""
+        return self._path
+
+    def items(self) -> list[SourceItem]:
+        """The source items, manifest or prompts by mode, cut to ``limit``."""
+        loader = load_manifest if self.mode == "from_clean" else load_prompts
+        items = loader(self.source)
+        return items[: self.limit] if self.limit is not None else items
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the suite over its own source."""
+        return self.expand(self.items())
+
+    def expand(self, items: Iterable[SourceItem]) -> list[Cell]:
+        """The product in the fixed order backbone, ckpt_type, resolution, sigma, save_xt_step,
+        seed, pid_steps, item, minus cells matched by an ``exclude`` entry."""
+        cells = [
+            Cell(self.mode, b, c, float(s), x, r, seed, p, item)
+            for b, c, r, s, x, seed, p, item in itertools.product(
+                self.backbones,
+                self.ckpt_types,
+                self.resolutions,
+                self.sigmas,
+                self._xt_axis(),
+                self.seeds,
+                self.pid_steps,
+                list(items),
+            )
+        ]
+        return [cell for cell in cells if not self._excluded(_match_axes(cell))]
+
+    def resolved(self) -> dict[str, Any]:
+        """The whole suite as JSON-able data, defaults filled and paths absolute (run.json)."""
+        data = self.model_dump(mode="json", exclude={"exclude"})
+        data["exclude"] = [
+            {k: list(v) if isinstance(v, tuple) else v for k, v in entry.constraints().items()}
+            for entry in self.exclude
+        ]
+        data["path"] = str(self.path.resolve()) if self.path else None
+        return data
+
+    def _xt_axis(self) -> list[int | None]:
+        return list(self.save_xt_steps) if self.save_xt_steps else [None]
+
+    def _excluded(self, axes: dict[str, Any]) -> bool:
+        return any(entry.matches(axes) for entry in self.exclude)
+
+    def _pair_survives(self, backbone: str, ckpt_type: str) -> bool:
+        """Whether any cell of this pair outlives the excludes (items aside: an entry naming an
+        image_id never removes a whole pair, because the items are not read here)."""
+        combos = itertools.product(
+            self.resolutions, self.sigmas, self._xt_axis(), self.seeds, self.pid_steps
+        )
+        for r, s, x, seed, p in combos:
+            axes = {"backbone": backbone, "ckpt_type": ckpt_type, "resolution": r}
+            axes |= {"sigma": float(s), "save_xt_step": x, "seed": seed, "pid_steps": p}
+            if not self._excluded(axes):
+                return True
+        return False
+
+
+def _match_axes(cell: Cell) -> dict[str, Any]:
+    """The cell's axes in the shapes `ExcludeEntry` compares against (resolution as a tuple)."""
+    axes = cell.axes()
+    axes["resolution"] = cell.resolution
+    return axes
+
+
+def cell_id(cell: Cell, model_identity: str) -> str:
+    """16 hex chars of sha256 over the cell's canonical JSON and the model identity.
+
+    The absolute ``source`` path is left out: the image is named by ``image_id`` and its
+    caption, so moving the checkout or recreating the venv (pkg:// paths) keeps resume working.
+    """
+    payload = {k: v for k, v in cell.axes().items() if k != "source"}
+    payload["model_identity"] = model_identity
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+# --- loading and error reporting ------------------------------------------------------------
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and check a suite file; every problem is in one `SuiteError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError([f"{path}:1: cannot read suite ({err})"]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SuiteError([_yaml_problem(path, err)]) from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise SuiteError(
+            [f"{path}:{line}: the suite must be a mapping of keys (name, ...), got {got}"]
+        )
+
+    problems = _duplicate_keys(path, root)
+    suite: Suite | None = None
+    try:
+        suite = Suite.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as err:
+        problems += [_format_error(path, root, error) for error in err.errors()]
+    problems += _pair_problems(path, root, raw, suite)
+    if suite is not None and not problems:
+        problems += _source_problems(path, root, suite)
+    if problems:
+        raise SuiteError(sorted(problems, key=lambda problem: _line_number(problem, path)))
+    suite._path = path
+    _log_defaults(suite, raw)
+    return suite
+
+
+def _line_number(problem: str, path: Path) -> int:
+    """The LINE of a ``FILE:LINE ...`` problem, so problems read top to bottom (stable sort)."""
+    digits = itertools.takewhile(str.isdigit, problem[len(str(path)) + 1 :])
+    return int("".join(digits) or 0)
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return f"{path}:{line}: malformed YAML: {detail}"
+
+
+def _duplicate_keys(path: Path, node: Node | None) -> list[str]:
+    """safe_load keeps the last of two equal keys silently; a suite says so instead."""
+    problems: list[str] = []
+    if isinstance(node, MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, ScalarNode):
+                line = key.start_mark.line + 1
+                if key.value in first:
+                    problems.append(
+                        f"{path}:{line} {key.value}: duplicate key (also on line "
+                        f"{first[key.value]}); keep one"
+                    )
+                first.setdefault(key.value, line)
+            problems += _duplicate_keys(path, value)
+    elif isinstance(node, SequenceNode):
+        for child in node.value:
+            problems += _duplicate_keys(path, child)
+    return problems
+
+
+def _line_of(root: Node, loc: Sequence[str | int]) -> int:
+    """The line of the deepest YAML node on ``loc``: a key's line for a mapping entry, an item's
+    line for a list element, else the nearest parent's."""
+    node, line = root, root.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            entry = next((kv for kv in node.value if getattr(kv[0], "value", None) == part), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line + 1, entry[1]
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    """``('exclude', 0, 'resolution')`` → ``exclude[0].resolution``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    """Field names of the model that owns the mapping at ``loc`` (for "did you mean")."""
+    if not loc:
+        return list(Suite.model_fields)
+    if loc[0] == "timing":
+        return list(Timing.model_fields)
+    if loc[0] == "exclude":
+        return list(ExcludeEntry.model_fields)
+    return []
+
+
+def _message(error: dict[str, Any]) -> str:
+    """pydantic's message, reworded where a suite author needs the fix rather than the type."""
+    kind, loc = error["type"], error["loc"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+        return f"unknown key; {hint}"
+    if kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    got = repr(error.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{error['msg']} (got {got})"
+
+
+def _format_error(path: Path, root: Node, error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = _key_path(loc)
+    return f"{path}:{_line_of(root, loc)} {where}: {_message(error)}"
+
+
+def _pair_problems(path: Path, root: Node, raw: dict, suite: Suite | None) -> list[str]:
+    """Backbone × ckpt_type pairs the registry lacks, unless excludes remove all their cells.
+
+    With a valid suite the check runs on the expanded axes; otherwise it reads the raw lists
+    and counts only entries naming nothing but backbone/ckpt_type, so the pair errors still
+    arrive alongside the others.
+    """
+    backbones = raw.get("backbones") if isinstance(raw.get("backbones"), list) else []
+    ckpt_types = raw.get("ckpt_types") if isinstance(raw.get("ckpt_types"), list) else []
+    problems = []
+    for index, backbone in enumerate(backbones):
+        for ckpt_type in ckpt_types:
+            if not isinstance(backbone, str) or ckpt_type not in CKPT_TYPES:
+                continue  # a type or literal error is already reported
+            try:
+                check_pair(backbone, ckpt_type)
+            except UnknownCheckpointError as err:
+                if _pair_removed(raw, suite, backbone, ckpt_type):
+                    continue
+                line = _line_of(root, ("backbones", index))
+                problems.append(
+                    f"{path}:{line} backbones[{index}]: pair {backbone}/{ckpt_type}: {err}; "
+                    "drop it or exclude it with {backbone: ..., ckpt_type: ...}"
+                )
+    return problems
+
+
+def _pair_removed(raw: dict, suite: Suite | None, backbone: str, ckpt_type: str) -> bool:
+    if suite is not None:
+        return not suite._pair_survives(backbone, ckpt_type)
+    entries = raw.get("exclude") if isinstance(raw.get("exclude"), list) else []
+    pair = {"backbone": backbone, "ckpt_type": ckpt_type}
+    return any(
+        isinstance(entry, dict)
+        and entry
+        and set(entry) <= set(pair)
+        and all(pair[key] == value for key, value in entry.items())
+        for entry in entries
+    )
+
+
+def _source_problems(path: Path, root: Node, suite: Suite) -> list[str]:
+    """Read the source now, so a bad manifest fails at load time, not in a worker."""
+    try:
+        suite.items()
+    except ManifestError as err:
+        line = _line_of(root, ("source",))
+        return [f"{path}:{line} source: {problem}" for problem in str(err).splitlines()]
+    return []
+
+
+def _log_defaults(suite: Suite, raw: dict) -> None:
+    for name in Suite.model_fields:
+        if name not in raw:
+            log.info("suite %s: %s not given, using %r", suite.name, name, getattr(suite, name))

@@ -1,0 +1,135 @@
+"""The harness end to end on the tiny backbone: cells, rows, Parquet parts, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pid_bench.cell import CellSettings, load_models, model_identity, reference_at, run_cell
+from pid_bench.cli import app
+from pid_bench.schema import COLUMNS, ROW_SCHEMA, to_table
+from pid_bench.store import RunDirError, claim_run_dir, finished_rows, part_files, write_part
+from pid_bench.suite import load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def write_suite(folder: Path, name: str = "mini", **overrides) -> Path:
+    fields = {
+        "name": name,
+        "backbones": ["tiny"],
+        "ckpt_types": ["2k"],
+        "sigmas": [0.0, 0.3],
+        "resolutions": [64, [64, 96]],
+        "decoders": ["pid", "native", "native+bicubic"],
+        "metrics": ["psnr", "ssim"],
+        "source": str(REPO / "manifests" / "smoke.jsonl"),
+        "limit": 1,
+        "timing": {"warmup": 0, "repeats": 2},
+        **overrides,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(json.dumps(fields))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    return load_models("tiny", "2k", "cpu")
+
+
+def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, tiny_models):
+    suite = load_suite(write_suite(tmp_path))
+    cell = suite.cells()[1]  # sigma 0.3, 64x64
+    settings = CellSettings(
+        "r", "mini", tuple(suite.decoders), ("psnr", "ssim"), 0, 2, True, str(tmp_path)
+    )
+    rows = run_cell(cell, "c0", tiny_models, settings, "cpu")
+    assert [r["decoder"] for r in rows] == ["pid", "native", "native+bicubic"]
+    for row in rows:
+        assert row["status"] == "ok", row.get("error")
+        assert len(row["latency_ms"]) == 2 and row["latency_ms_p50"] > 0
+        assert row.get("peak_mem_allocated_bytes") is None  # CPU: null, never 0
+        assert 0 < row["metric_ssim"] <= 1 and row["metric_psnr"] > 0
+        assert (tmp_path / row["image_path"]).is_file()
+        assert row["random_weights"] is True
+    pid, native, bicubic = rows
+    assert (pid["decoded_height"], pid["decoded_width"]) == (64, 64)
+    assert (native["decoded_height"], native["decoded_width"]) == (16, 16)
+    assert native["resize_kernel"] == bicubic["resize_kernel"] == "bicubic-antialias"
+    assert native["metric_psnr"] == pytest.approx(bicubic["metric_psnr"], abs=1e-6)
+    to_table(rows)  # every key is a schema column
+
+
+def test_a_failing_decoder_is_an_error_row_not_a_lost_cell(tmp_path, tiny_models):
+    suite = load_suite(write_suite(tmp_path, resolutions=[48]))  # 48 is not a multiple of 32
+    settings = CellSettings("r", "mini", ("pid", "native"), (), 0, 1, False, str(tmp_path))
+    rows = run_cell(suite.cells()[0], "c1", tiny_models, settings, "cpu")
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert "not a multiple of 32" in rows[0]["error"]
+
+
+def test_reference_is_centre_cropped_to_the_output_aspect():
+    image = torch.zeros(3, 100, 100)
+    image[:, :, :10] = 1  # a bar on the left that a 2:1 crop keeps
+    ref = reference_at(image, (32, 64))
+    assert ref.shape == (1, 3, 32, 64)
+    tall = reference_at(image, (64, 32))
+    assert tall[0, :, :, 0].mean() < 0.5  # the left bar was cropped away
+
+
+def test_model_identity_changes_with_the_weights():
+    assert model_identity("tiny", "2k") != model_identity("flux", "2k")
+    assert model_identity("zimage", "2k") != model_identity("flux", "2k")  # backbone in the id
+    assert "PiD_res2k_sr4x_official_flux_distill_4step" in model_identity("flux", "2k")
+
+
+def test_parts_are_atomic_and_follow_the_schema(tmp_path):
+    rows = [{"cell_id": "a", "decoder": "pid", "status": "ok", "latency_ms": [1.0, 2.0]}]
+    part = write_part(tmp_path, rows)
+    assert pq.read_schema(part).names == list(ROW_SCHEMA.names)
+    assert not list((tmp_path / "parts").glob(".*.tmp"))
+    assert finished_rows(tmp_path) == {("a", "pid")}
+    with pytest.raises(KeyError, match="not in pid_bench.schema"):
+        write_part(tmp_path, [{"cell_id": "b", "no_such_column": 1}])
+    assert len(part_files(tmp_path)) == 1
+
+
+def test_a_run_dir_of_another_suite_is_refused_unless_forced(tmp_path):
+    (tmp_path / "run.json").write_text(
+        json.dumps({"suite_fingerprint": "aaa", "suite": {"name": "x"}})
+    )
+    with pytest.raises(RunDirError, match="different suite"):
+        claim_run_dir(tmp_path, "bbb", force=False)
+    assert claim_run_dir(tmp_path, "bbb", force=True)["suite_fingerprint"] == "aaa"
+
+
+def test_run_end_to_end_then_resume_computes_nothing(tmp_path):
+    suite_path = write_suite(tmp_path)
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["run", str(suite_path), "--output", str(out)])
+    assert first.exit_code == 0, first.output
+    table = pq.read_table(list((out / "parts").glob("*.parquet")), schema=ROW_SCHEMA)
+    assert table.num_rows == 4 * 3  # 1 image x 2 sigmas x 2 resolutions, x 3 decoders
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert len(set(table["cell_id"].to_pylist())) == 4
+    assert set(COLUMNS) <= set(table.column_names)
+    for column in ("latency_ms_p50", "metric_psnr", "metric_ssim", "git_sha", "device"):
+        assert None not in table[column].to_pylist(), column
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["suite"]["name"] == "mini" and run_json["finished_at"]
+    for name in ("leaderboard.md", "report.html"):
+        assert (out / name).is_file()
+    assert "random" in (out / "leaderboard.md").read_text()
+
+    parts_before = sorted(p.name for p in (out / "parts").glob("*.parquet"))
+    second = runner.invoke(app, ["run", str(suite_path), "--output", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "4 already done" in second.output and "0 rows written" in second.output
+    assert sorted(p.name for p in (out / "parts").glob("*.parquet")) == parts_before
