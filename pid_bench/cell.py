@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from pid_bench.metrics import get_metric, to_unit_range
 from pid_bench.schema import COLUMNS
+from pid_bench.suite import Decoder
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.registry import EMBEDDED_PAIRS, resolve
@@ -249,6 +251,9 @@ RESIZE_KERNELS = {
     "native+bicubic": RESIZE_KERNEL,
     "native+lanczos": "lanczos",
 }
+
+
+assert set(RESIZE_KERNELS) == set(get_args(Decoder)), "pid_bench.suite.Decoder and cell disagree"
 
 
 def _decoder_fn(decoder: str, cell, models: ModelSet, prepared: dict) -> Callable[[], torch.Tensor]:

@@ -41,6 +41,7 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pid_bench.manifests import ManifestError, SourceItem, load_manifest, load_prompts
+from pid_bench.metrics import METRICS
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
 
 __all__ = [
@@ -232,6 +233,14 @@ class Suite(BaseModel):
         if steps and info.data.get("mode") == "from_clean":
             raise ValueError("only from_ldm suites capture x_t; remove it or set mode: from_ldm")
         return steps
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(sorted(METRICS))}")
+        return metrics
 
     @field_validator("source")
     @classmethod

@@ -400,3 +400,14 @@ def test_suite_built_in_code_has_no_path(folder):
         }
     )
     assert suite.path is None and len(suite.cells()) == 3
+
+
+def test_unknown_metric_is_named_with_the_known_ones(tmp_path):
+    manifest = Path(__file__).resolve().parents[1] / "manifests" / "smoke.jsonl"
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"name: m\nbackbones: [tiny]\nckpt_types: [2k]\nresolutions: [64]\n"
+        f"decoders: [pid]\nmetrics: [psnr, lpipz]\nsource: {manifest}\n"
+    )
+    with pytest.raises(SuiteError, match=r"m.yaml:6 metrics: .*unknown metric\(s\) \['lpipz'\]"):
+        load_suite(path)
