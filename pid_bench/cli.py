@@ -220,7 +220,10 @@ def decode(
     except (UnknownCheckpointError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    _write_png(image[0], out)
+    from pid_bench.cell import write_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_png(image[0], out)
     typer.echo(
         f"{backbone}/{ckpt_type}: latent {tuple(z.shape)} -> image {tuple(image.shape)} in "
         f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
@@ -229,15 +232,6 @@ def decode(
         typer.echo(
             "note: the tiny backbone has random weights; it proves the machinery, not PiD's quality"
         )
-
-
-def _write_png(image, path: Path) -> None:
-    """[3, H, W] in [-1, 1] -> 8-bit RGB PNG."""
-    from PIL import Image
-
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.cpu().numpy()).save(path)
 
 
 if __name__ == "__main__":
