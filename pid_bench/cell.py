@@ -54,18 +54,23 @@ def model_identity(backbone: str, ckpt_type: str) -> str:
     return f"{backbone}:{experiment.name}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
 
 
-def load_models(backbone: str, ckpt_type: str, device: str) -> ModelSet:
+def load_models(
+    backbone: str, ckpt_type: str, device: str, checkpoints: str | None = None
+) -> ModelSet:
+    """PiD and the native codec of (backbone, ckpt_type); released ones from local files only."""
     if (backbone, ckpt_type) in EMBEDDED_PAIRS:
         from pid_models.tiny import build_tiny_codec
 
         return ModelSet(
             PiDDecoder.tiny(seed=0, device=device), build_tiny_codec(0).to(device), True
         )
-    resolve(backbone, ckpt_type)
-    raise NotImplementedError(
-        f"the native codec for {backbone!r} is not implemented yet (Backbones issue); "
-        f"only the embedded 'tiny' backbone runs end to end"
-    )
+    from pid_models.codecs import load_codec
+
+    codec = load_codec(
+        backbone, checkpoints, device
+    )  # fails fast before the big download-free load
+    pid = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, device=device)
+    return ModelSet(pid, codec, False)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class CellSettings:
     save_images: bool
     run_dir: str
     provenance: dict = field(default_factory=dict)  # git sha, versions
+    checkpoints: str | None = None  # PiD download root (else $PID_BENCH_CHECKPOINTS)
 
 
 # ---- image preparation ------------------------------------------------------------------------

@@ -111,6 +111,9 @@ def run(
         bool, typer.Option(help="Write into a run directory of a different suite.")
     ] = False,
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
+    ] = None,
 ) -> None:
     """Run a suite: every cell on every decoder, rows to Parquet, then the report."""
     from pid_bench.runner import run_suite
@@ -119,7 +122,14 @@ def run(
     suite = _load_suite_or_exit(suite_path)
     run_dir = output or Path("runs") / suite.name
     try:
-        summary = run_suite(suite, run_dir, ray_address, cpu_workers, force)
+        summary = run_suite(
+            suite,
+            run_dir,
+            ray_address,
+            cpu_workers,
+            force,
+            checkpoints=str(checkpoints) if checkpoints else None,
+        )
     except RunDirError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -27,7 +27,7 @@ MEAN_TOL = 1e-6
 @dataclass
 class CaseResult:
     name: str
-    kind: str  # forward | sampler | manifest | skipped
+    kind: str  # forward | sampler | manifest | codec | skipped
     passed: bool
     max_abs: float | None = None
     mean_abs: float | None = None
@@ -181,8 +181,46 @@ def run_parity(root: Path) -> Iterator[CaseResult]:
             yield run_manifest(path)
         except Exception as err:
             yield CaseResult(f"keys/{path.stem}", "manifest", False, detail=f"error: {err}")
-    if (root / "backbones" / "golden").is_dir():
-        yield CaseResult(
-            "backbones/golden", "skipped", True,
-            detail="codec vectors: the backbone codecs are not implemented yet (Backbones issue)",
-        )  # fmt: skip
+    codec_dir = root / "backbones" / "golden"
+    for path in sorted(codec_dir.glob("*.json")) if codec_dir.is_dir() else []:
+        sidecar = json.loads(path.read_text())
+        if "weights_file" not in sidecar:
+            continue  # not a codec case (e.g. diffusers_check.json)
+        try:
+            yield run_codec(codec_dir, sidecar)
+        except NotImplementedError as err:
+            yield CaseResult(f"codec/{path.stem}", "skipped", True, detail=str(err))
+        except Exception as err:
+            yield CaseResult(f"codec/{path.stem}", "codec", False, detail=f"error: {err}")
+
+
+CODEC_TOL = 2e-5  # backbones/README: encode mean, normalised latent, decode all within 2e-5
+
+
+@torch.no_grad()
+def run_codec(golden: Path, sidecar: dict) -> CaseResult:
+    """Encode mean, PiD latent, decode of the golden latent and the noise formula of one codec."""
+    from pid_models.codecs import add_noise, build_codec
+    from pid_models.codecs.kl import read_weights
+
+    backbone = sidecar["backbone"]
+    weights = read_weights(golden / sidecar["weights_file"].split()[0])
+    config = sidecar["diffusers_equivalent"]["config"]
+    codec = build_codec(backbone, weights, config, identity=f"golden-{backbone}")
+    io = {k: v.clone() for k, v in load_file(golden / f"{backbone}_io.safetensors").items()}
+    sigma, seed = sidecar["degrade_example"]["sigma"], sidecar["degrade_example"]["noise_seed"]
+    noised = add_noise(io["latent"], sigma, codec.noise_form, torch.Generator().manual_seed(seed))
+    pairs = [
+        (codec.encode_raw(io["image"]), io["raw_mean"]),
+        (codec.encode(io["image"]), io["latent"]),
+        (codec.decode(io["latent"]), io["decoded"]),
+        (noised, io["latent_noised"]),
+    ]
+    diffs = [(out.double() - ref.double()).abs() for out, ref in pairs]
+    worst = max(d.max().item() for d in diffs)
+    shapes_ok = all(out.shape == ref.shape for out, ref in pairs)
+    return CaseResult(
+        f"codec/{backbone}", "codec", shapes_ok and worst <= CODEC_TOL,
+        worst, max(d.mean().item() for d in diffs),
+        f"encode mean, latent, decode, noise ({codec.noise_form}); tol {CODEC_TOL:g}",
+    )  # fmt: skip

@@ -88,6 +88,7 @@ def run_suite(
     cpu_workers: int = 1,
     force: bool = False,
     progress: bool = True,
+    checkpoints: str | None = None,
 ) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = suite_fingerprint(suite)
@@ -118,6 +119,7 @@ def run_suite(
             repeats=suite.timing.repeats,
             save_images=suite.save_images,
             run_dir=str(run_dir.resolve()),
+            checkpoints=checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"),
             provenance={
                 "git_sha": env["git_sha"],
                 "pid_bench_version": __version__,
@@ -248,7 +250,7 @@ class CellWorker:
         if key != self.key:
             self._release()
             try:
-                self.models = load_models(*key, self.device)
+                self.models = load_models(*key, self.device, self.settings.checkpoints)
                 self.key = key
             except Exception as exc:
                 return [

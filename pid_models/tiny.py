@@ -156,7 +156,7 @@ def build_tiny_codec(seed: int = 0):
     """The tiny backbone's native codec: a seeded random diffusers AutoencoderKL (float32)."""
     from diffusers import AutoencoderKL
 
-    from pid_models.codecs import ScaledVAECodec
+    from pid_models.codecs.kl import ScaledVAECodec
 
     with torch.random.fork_rng(devices=[]):  # diffusers draws its init globally
         torch.manual_seed(seed)
