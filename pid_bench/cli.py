@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -164,6 +165,25 @@ def _report(run_dir: Path, print_leaderboard: bool) -> None:
     if print_leaderboard:
         typer.echo(leaderboard_text(run_dir))
     typer.echo(f"report: {paths.html}")
+
+
+@app.command()
+def doctor(
+    suite_path: Annotated[
+        Path | None,
+        typer.Argument(help="Optional suite: say which of its cells can run.", metavar="[SUITE]"),
+    ] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
+    ] = None,
+) -> None:
+    """Show which weights are present (PiD, codecs, caption encoder, LDM pipelines) and the device."""
+    from pid_bench.doctor import print_doctor
+
+    if suite_path is not None:
+        _load_suite_or_exit(suite_path)
+    width = None if sys.stdout.isatty() else 200  # full paths when piped to a file
+    raise typer.Exit(print_doctor(suite_path, checkpoints, Console(soft_wrap=True, width=width)))
 
 
 @app.command()
