@@ -1,205 +1,575 @@
-"""`pid-bench doctor`: which weights are on this machine, and which cells of a suite can run.
+"""`pid-bench doctor`: what this machine has, and which cells of a suite can run on it.
 
-Looks only at local files (the PiD download root and the HF cache); never touches the network.
+Everything here reads local files only: the PiD download root, the Hugging Face cache (offline
+lookups, `local_files_only=True`) and torch's hub folder. Nothing is downloaded and no network
+call is made, so the doctor is safe on an air-gapped node and fast enough to run before a sweep.
+
+Public API:
+
+- `check_environment()`: Python / torch / CUDA / driver / library versions and the cache settings.
+- `check_components(root)`: one `ComponentStatus` per (backbone, ckpt_type, component) for every
+  released pair plus the embedded `tiny` one; a missing component carries the command that fixes it.
+- `check_metric_weights()`: pyiqa weight files in `$TORCH_HOME/hub` per metric.
+- `runnable_cells(suite)`: which cells of a suite have all they need.
+- `build_report` / `render` / `print_doctor` / `doctor_exit_code`: the CLI's view of the above.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+import shutil
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pid_models.caption import GEMMA_ID
+from pid_models.checkpoints import CHECKPOINTS_ENV
 from pid_models.codecs import CODEC_FILES
 from pid_models.registry import EMBEDDED_PAIRS, canonical_backbone, released_pairs, resolve
 
+__all__ = [
+    "COMPONENTS",
+    "ComponentStatus",
+    "DoctorReport",
+    "MetricWeightStatus",
+    "build_report",
+    "check_components",
+    "check_environment",
+    "check_metric_weights",
+    "doctor_exit_code",
+    "hf_cache_dir",
+    "print_doctor",
+    "render",
+    "runnable_cells",
+]
+
 COMPONENTS = ("pid_checkpoint", "codec", "caption_encoder", "ldm_pipeline")
+#: Statuses a cell can run with.
+USABLE = ("present", "embedded")
+PID_REPO = "nvidia/PiD"
+
+#: Used only when `pid_models.ldm` cannot be imported: backbone tag -> default diffusers repo id
+#: (pid_reference backbones README section 8). `pid_models.ldm.PIPELINES` is the authority.
+_FALLBACK_PIPELINE_REPOS: Mapping[str, str] = {
+    "flux": "black-forest-labs/FLUX.1-dev",
+    "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux2": "black-forest-labs/FLUX.2-dev",
+    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
+    "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
+    "qwenimage": "Qwen/Qwen-Image",
+    "qwenimage-2512": "Qwen/Qwen-Image-2512",
+    "zimage": "Tongyi-MAI/Z-Image",
+    "zimage-turbo": "Tongyi-MAI/Z-Image-Turbo",
+}
+_FALLBACK_NO_PIPELINE: Mapping[str, str] = {
+    "dinov2": "its LDM is RAE's class-conditional DiT-DH-XL, not a diffusers pipeline",
+    "siglip": "its LDM is Scale-RAE, not a diffusers pipeline",
+    "tiny": "the embedded tiny backbone has no LDM (use from_clean)",
+}
+
+_LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "ray", "pyiqa", "torchmetrics")
 
 
-@dataclass(frozen=True)
-class ComponentStatus:
-    backbone: str
-    ckpt_type: str
-    component: str
-    status: str  # present | missing | embedded | not implemented | not available
-    path: str | None = None
-    hint: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.status in ("present", "embedded")
+# --------------------------------------------------------------------------- environment
 
 
-def check_environment() -> dict:
-    import torch
+def check_environment() -> dict[str, Any]:
+    """The machine as a run would record it; absent pieces are None, never an exception."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import torch
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("diffusers", "transformers", "ray", "pyiqa", "torchmetrics"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # an absent or broken package is reported, not raised
-            versions[name] = None
-    cuda = torch.cuda.is_available()
-    return {
-        **versions,
-        "cuda_available": cuda,
-        "cuda_version": torch.version.cuda,
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if cuda
-        else ["cpu"],
-        "driver": _driver_version(),
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"),
-        "hf_cache": _hf_cache(),
-        "PID_BENCH_CHECKPOINTS": os.environ.get("PID_BENCH_CHECKPOINTS"),
-    }
+        env["torch"] = torch.__version__
+        cuda = bool(torch.cuda.is_available())
+        env["cuda_available"] = cuda
+        env["cuda_version"] = torch.version.cuda
+        env["devices"] = (
+            [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if cuda
+            else []
+        )
+    except Exception:  # a broken torch install is itself the finding
+        env |= {"torch": None, "cuda_available": False, "cuda_version": None, "devices": []}
+    env["driver"] = _driver_version()
+    for name in _LIBRARIES:
+        env[name] = _version(name)
+    env["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE")
+    env["hf_cache"] = str(hf_cache_dir())
+    env[CHECKPOINTS_ENV] = os.environ.get(CHECKPOINTS_ENV)
+    env["torch_hub"] = str(torch_hub_dir())
+    return env
+
+
+def _version(distribution: str) -> str | None:
+    """Installed version from package metadata (no import: pyiqa and ray are slow to import)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _driver_version() -> str | None:
-    import shutil
-    import subprocess
-
+    """NVIDIA driver version from nvidia-smi, or None where there is none (CPU machines)."""
     if not shutil.which("nvidia-smi"):
         return None
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.splitlines()[0].strip() if out else None
 
 
-def _hf_cache() -> str:
+def hf_cache_dir() -> Path:
+    """The HF hub cache as the environment says now (HF_HUB_CACHE, then HF_HOME/hub)."""
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(key):
+            return Path(os.environ[key]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     from huggingface_hub import constants
 
-    return str(constants.HF_HUB_CACHE)
+    return Path(constants.HF_HUB_CACHE).expanduser()
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The HF-cache snapshot of `repo_id` if one is on disk (offline lookup)."""
-    from huggingface_hub import constants
-
-    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
-    snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
-    return snapshots[-1] if snapshots else None
+def torch_hub_dir() -> Path:
+    """torch.hub's folder as torch computes it: $TORCH_HOME/hub, else XDG cache / torch / hub."""
+    if os.environ.get("TORCH_HOME"):
+        home = Path(os.environ["TORCH_HOME"])
+    else:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
+    return home.expanduser() / "hub"
 
 
-def _root(root: Path | None) -> Path | None:
-    chosen = root or os.environ.get("PID_BENCH_CHECKPOINTS")
+# --------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One component of one (backbone, ckpt_type) pair on this machine."""
+
+    backbone: str
+    ckpt_type: str
+    component: str  # one of COMPONENTS
+    status: str  # present | missing | embedded | not implemented
+    path: str | None = None  # where it is, or where it is expected
+    hint: str | None = None  # the command or action that fixes a missing component
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE
+
+
+def _download_root(root: str | os.PathLike | None) -> Path | None:
+    chosen = root if root is not None else os.environ.get(CHECKPOINTS_ENV)
     return Path(chosen).expanduser() if chosen else None
 
 
-def _file_status(pair: tuple[str, str], component: str, root: Path | None, rel: str, hint: str):
+def _root_file(root: Path | None, rel: str) -> tuple[str, str | None, str | None]:
+    """(status, path, hint) of a file under the PiD download root; `checkpoint_path`'s rules:
+    the root may be DIR or DIR/checkpoints, and the expected path is ROOT/rel."""
+    include = f'hf download {PID_REPO} --include "{rel}"'
     if root is None:
-        return ComponentStatus(
-            *pair, component, "missing", None, f"set PID_BENCH_CHECKPOINTS ({hint})"
+        return (
+            "missing",
+            None,
+            f"set {CHECKPOINTS_ENV} (or --checkpoints DIR), then: {include} --local-dir DIR",
         )
-    path = root / rel
-    status = "present" if path.is_file() else "missing"
-    return ComponentStatus(*pair, component, status, str(path), None if path.is_file() else hint)
+    candidates = [root / rel]
+    if root.name == "checkpoints":
+        candidates.append(root.parent / rel)
+    for path in candidates:
+        if path.is_file():
+            return "present", str(path), None
+    return "missing", str(candidates[0]), f"{include} --local-dir {root}"
 
 
-def check_components(root: Path | None = None) -> list[ComponentStatus]:
-    """One status per (backbone, ckpt_type, component), the embedded tiny pair included."""
-    root = _root(root)
-    rows = [
-        ComponentStatus(*pair, c, "embedded")
-        if c != "ldm_pipeline"
-        else ComponentStatus(*pair, c, "not available", None, "the tiny backbone has no LDM")
-        for pair in EMBEDDED_PAIRS
-        for c in COMPONENTS
-    ]
-    gemma = _cached_snapshot(GEMMA_ID)
+def _cached_snapshot(repo_id: str, cache: Path) -> tuple[Path | None, str | None]:
+    """(snapshot folder, None) if `repo_id` is in the HF cache, else (None, why not).
+
+    `snapshot_download(local_files_only=True)` is the lookup the loaders make; it never
+    touches the network. A snapshot folder without refs/main is reported, not accepted.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True)), None
+    except Exception:  # LocalEntryNotFoundError, OSError, ValueError: not usable offline
+        pass
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    if (repo / "snapshots").is_dir() and any((repo / "snapshots").iterdir()):
+        return None, f"{repo} has snapshots but no usable refs/main (an interrupted download?)"
+    return None, None
+
+
+class _PipelineRepos:
+    """Default LDM repo ids from `pid_models.ldm.PIPELINES` (guarded), else the fallback table."""
+
+    def __init__(self) -> None:
+        try:
+            from pid_models import ldm
+
+            self.repos = {tag: spec.repo_id for tag, spec in ldm.PIPELINES.items()}
+            self.unavailable = dict(getattr(ldm, "UNAVAILABLE", _FALLBACK_NO_PIPELINE))
+        except Exception:  # ldm.py absent or broken: the README's table
+            self.repos = dict(_FALLBACK_PIPELINE_REPOS)
+            self.unavailable = dict(_FALLBACK_NO_PIPELINE)
+
+    def repo(self, backbone: str) -> str | None:
+        return self.repos.get(backbone)
+
+    def reason(self, backbone: str) -> str:
+        return self.unavailable.get(backbone, f"no diffusers LDM pipeline for {backbone!r}")
+
+
+def check_components(root: str | os.PathLike | None = None) -> list[ComponentStatus]:
+    """A status per (backbone, ckpt_type, component), the embedded pairs first.
+
+    `root` is the PiD download root (else $PID_BENCH_CHECKPOINTS); the HF cache is the one the
+    environment names now (see `hf_cache_dir`).
+    """
+    root = _download_root(root)
+    cache = hf_cache_dir()
+    pipelines = _PipelineRepos()
+    snapshots: dict[str, tuple[Path | None, str | None]] = {}
+
+    def snapshot(repo_id: str) -> tuple[Path | None, str | None]:
+        if repo_id not in snapshots:
+            snapshots[repo_id] = _cached_snapshot(repo_id, cache)
+        return snapshots[repo_id]
+
+    def from_cache(pair, component: str, repo_id: str, needs: str | None = None):
+        found, why = snapshot(repo_id)
+        fix = f"hf download {repo_id}"
+        if found is not None and needs and not (found / needs).is_file():
+            return ComponentStatus(
+                *pair, component, "missing", str(found), f"{found} lacks {needs}; {fix}"
+            )
+        if found is not None:
+            return ComponentStatus(*pair, component, "present", str(found))
+        return ComponentStatus(*pair, component, "missing", None, f"{why}; {fix}" if why else fix)
+
+    rows: list[ComponentStatus] = []
+    for pair in EMBEDDED_PAIRS:
+        for component in COMPONENTS:
+            if component == "ldm_pipeline" and pipelines.repo(pair[0]) is None:
+                reason = pipelines.reason(pair[0])
+                rows.append(ComponentStatus(*pair, component, "not implemented", None, reason))
+            else:
+                rows.append(ComponentStatus(*pair, component, "embedded"))
+
     for pair in released_pairs():
-        backbone, _ = pair
-        rel = resolve(*pair).checkpoint_relpath
+        backbone = pair[0]
         rows.append(
-            _file_status(
-                pair, "pid_checkpoint", root, rel, f'hf download nvidia/PiD --include "{rel}"'
+            ComponentStatus(
+                *pair, "pid_checkpoint", *_root_file(root, resolve(*pair).checkpoint_relpath)
             )
         )
         canonical = canonical_backbone(backbone)
         if canonical in CODEC_FILES:
-            rows.append(
-                _file_status(
-                    pair, "codec", root, CODEC_FILES[canonical], f"place {CODEC_FILES[canonical]}"
-                )
-            )
+            rows.append(ComponentStatus(*pair, "codec", *_root_file(root, CODEC_FILES[canonical])))
         else:
-            rows.append(ComponentStatus(*pair, "codec", "not implemented"))
-        rows.append(
-            ComponentStatus(*pair, "caption_encoder", "present", str(gemma))
-            if gemma
-            else ComponentStatus(
-                *pair, "caption_encoder", "missing", None, f"hf download {GEMMA_ID}"
-            )
-        )
-        rows.append(_pipeline_status(pair))
+            why = f"the native {canonical} (RAE) decoder is not written yet"
+            rows.append(ComponentStatus(*pair, "codec", "not implemented", None, why))
+        rows.append(from_cache(pair, "caption_encoder", GEMMA_ID))
+        repo = pipelines.repo(backbone)
+        if repo is None:
+            reason = pipelines.reason(backbone)
+            rows.append(ComponentStatus(*pair, "ldm_pipeline", "not implemented", None, reason))
+        else:
+            rows.append(from_cache(pair, "ldm_pipeline", repo, needs="model_index.json"))
     return rows
 
 
-def _pipeline_status(pair: tuple[str, str]) -> ComponentStatus:
-    from pid_models.ldm import LdmUnavailable, pipeline_spec
-
-    try:
-        repo = pipeline_spec(pair[0]).repo_id
-    except LdmUnavailable:
-        return ComponentStatus(
-            *pair, "ldm_pipeline", "not available", None, "supply the RAE LDM pipeline"
-        )
-    snapshot = _cached_snapshot(repo)
-    if snapshot:
-        return ComponentStatus(*pair, "ldm_pipeline", "present", str(snapshot))
-    return ComponentStatus(*pair, "ldm_pipeline", "missing", None, f"hf download {repo}")
+# --------------------------------------------------------------------------- metric weights
 
 
-def runnable_cells(suite, statuses: list[ComponentStatus]) -> tuple[list, list]:
-    """(runnable cells, [(cell, missing components)]) of a suite given component statuses."""
+@dataclass(frozen=True)
+class MetricWeightStatus:
+    metric: str
+    status: str  # no weights needed | present | missing
+    files: tuple[str, ...] = ()
+    searched: tuple[str, ...] = ()
+    hint: str | None = None
+
+
+#: Metric -> lower-case substrings of its pyiqa weight file names (best effort).
+METRIC_WEIGHT_PATTERNS: Mapping[str, tuple[str, ...] | None] = {
+    "psnr": None,
+    "ssim": None,
+    "lpips": ("lpips",),
+    "dists": ("dists",),
+    "niqe": ("niqe",),
+    "musiq": ("musiq",),
+    "clipiqa": ("clipiqa", "clip-iqa", "rn50"),
+    "maniqa": ("maniqa", "ckpt_koniq10k", "ckpt_kadid10k"),
+    "topiq_nr": ("topiq_nr", "cfanet_nr"),
+}
+
+
+def check_metric_weights(metrics: Iterable[str] | None = None) -> list[MetricWeightStatus]:
+    """Whether each metric's weights are in torch's hub folder (pyiqa/, checkpoints/, clip/).
+
+    Matching is by name fragments in file names: it says a file is there, not that it is the
+    exact one pyiqa will ask for.
+    """
+    hub = torch_hub_dir()
+    folders = [hub / "pyiqa", hub / "checkpoints", hub / "clip"]
+    files = [f for d in folders if d.is_dir() for f in sorted(d.iterdir()) if f.is_file()]
+    searched = tuple(str(d) for d in folders)
+    out = []
+    for metric in metrics if metrics is not None else METRIC_WEIGHT_PATTERNS:
+        patterns = METRIC_WEIGHT_PATTERNS.get(metric, (metric.lower(),))
+        if patterns is None:
+            out.append(MetricWeightStatus(metric, "no weights needed"))
+            continue
+        found = tuple(str(f) for f in files if any(p in f.name.lower() for p in patterns))
+        if found:
+            out.append(MetricWeightStatus(metric, "present", found, searched))
+        else:
+            hint = (
+                f"python -c \"import pyiqa; pyiqa.create_metric('{metric}')\" once with network "
+                f"access (downloads into {hub / 'pyiqa'})"
+            )
+            out.append(MetricWeightStatus(metric, "missing", (), searched, hint))
+    return out
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def needed_components(mode: str) -> tuple[str, ...]:
+    """What a cell of `mode` loads: PiD, the native codec and the caption encoder; from_ldm also
+    the LDM pipeline."""
+    base = ("pid_checkpoint", "codec", "caption_encoder")
+    return (*base, "ldm_pipeline") if mode == "from_ldm" else base
+
+
+def cell_summary(cell) -> str:
+    """One line naming a cell: mode, pair, size, sigma / x_t step, seed, PiD steps, item."""
+    h, w = cell.resolution
+    latent = f"xt={cell.save_xt_step}" if cell.save_xt_step is not None else f"sigma={cell.sigma:g}"
+    return (
+        f"{cell.mode} {cell.backbone}/{cell.ckpt_type} {h}x{w} {latent} seed={cell.seed} "
+        f"steps={cell.pid_steps} item={cell.item.id}"
+    )
+
+
+def _classify(suite, statuses: Sequence[ComponentStatus]) -> tuple[list, list]:
+    """(runnable cells, [(cell, missing component names)])."""
     usable = {(s.backbone, s.ckpt_type, s.component): s.usable for s in statuses}
     runnable, blocked = [], []
     for cell in suite.cells():
-        needed = ["pid_checkpoint", "codec", "caption_encoder"]
-        if cell.mode == "from_ldm":
-            needed.append("ldm_pipeline")
-        missing = [c for c in needed if not usable.get((cell.backbone, cell.ckpt_type, c), False)]
-        (blocked.append((cell, missing)) if missing else runnable.append(cell))
+        missing = [
+            c
+            for c in needed_components(cell.mode)
+            if not usable.get((cell.backbone, cell.ckpt_type, c), False)
+        ]
+        if missing:
+            blocked.append((cell, missing))
+        else:
+            runnable.append(cell)
     return runnable, blocked
 
 
-def print_doctor(suite_path: Path | None, root: Path | None, console) -> int:
-    """Print the tables; exit code 1 when a suite is given and some of its cells cannot run."""
+def runnable_cells(
+    suite,
+    statuses: Sequence[ComponentStatus] | None = None,
+    root: str | os.PathLike | None = None,
+) -> tuple[list, list[tuple[str, list[str]]]]:
+    """(runnable cells, [(cell summary, missing components)]) of a loaded `Suite`.
+
+    `statuses` defaults to `check_components(root)`.
+    """
+    if statuses is None:
+        statuses = check_components(root)
+    runnable, blocked = _classify(suite, statuses)
+    return runnable, [(cell_summary(cell), missing) for cell, missing in blocked]
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class DoctorReport:
+    environment: dict[str, Any]
+    components: list[ComponentStatus]
+    metric_weights: list[MetricWeightStatus]
+    suite_name: str | None = None
+    total_cells: int = 0
+    runnable: list = field(default_factory=list)
+    blocked: list[tuple[Any, list[str]]] = field(default_factory=list)  # (cell, missing)
+
+    @property
+    def has_suite(self) -> bool:
+        return self.suite_name is not None
+
+
+def build_report(
+    suite_path: str | os.PathLike | None = None, root: str | os.PathLike | None = None
+) -> DoctorReport:
+    """Everything the doctor checks; with a suite, its cells split into runnable and blocked.
+
+    A suite that does not load raises `SuiteError` (the CLI validates it first).
+    """
+    components = check_components(root)
+    report = DoctorReport(check_environment(), components, check_metric_weights())
+    if suite_path is not None:
+        from pid_bench.suite import load_suite
+
+        suite = load_suite(suite_path)
+        report.suite_name = suite.name
+        report.runnable, report.blocked = _classify(suite, components)
+        report.total_cells = len(report.runnable) + len(report.blocked)
+    return report
+
+
+def doctor_exit_code(report: DoctorReport) -> int:
+    """0 without a suite; with one, 0 only if every cell can run, else 1."""
+    return 1 if report.has_suite and report.blocked else 0
+
+
+_MARK = {
+    "present": "[green]✓[/green]",
+    "embedded": "[green]✓ embedded[/green]",
+    "missing": "[red]✗[/red]",
+    "not implemented": "[dim]— n/i[/dim]",
+    "no weights needed": "[green]✓ none needed[/green]",
+}
+
+_STATUS_TEXT = {
+    "present": "[green]✓ present[/green]",
+    "missing": "[red]✗ missing[/red]",
+    "not implemented": "[dim]— not implemented[/dim]",
+}
+
+
+def _pairs_text(pairs: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{b}/{c}" for b, c in pairs)
+
+
+def render(report: DoctorReport) -> list:
+    """Rich renderables: environment, component matrix, locations/fixes, metrics, suite."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list = []
+    env = Table(title="environment", show_header=False, title_justify="left")
+    env.add_column("key", style="bold")
+    env.add_column("value")
+    for key, value in report.environment.items():
+        if isinstance(value, list):
+            value = ", ".join(value) if value else "none"
+        env.add_row(key, "[dim]not set / not found[/dim]" if value is None else str(value))
+    out.append(env)
+
+    matrix = Table(
+        title="components (✓ present, ✗ missing, — not implemented)", title_justify="left"
+    )
+    for column in ("backbone", "ckpt_type", *COMPONENTS):
+        matrix.add_column(column)
+    by_pair: dict[tuple[str, str], dict[str, ComponentStatus]] = defaultdict(dict)
+    for s in report.components:
+        by_pair[(s.backbone, s.ckpt_type)][s.component] = s
+    for (backbone, ckpt_type), row in by_pair.items():
+        cells = [_MARK.get(row[c].status, row[c].status) if c in row else "" for c in COMPONENTS]
+        matrix.add_row(backbone, ckpt_type, *cells)
+    out.append(matrix)
+
+    # The same file or repo serves many pairs: one line per (component, status, path, fix).
+    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for s in report.components:
+        if s.status != "embedded":
+            groups[(s.component, s.status, s.path, s.hint)].append((s.backbone, s.ckpt_type))
+    where = Table(
+        title="where each component is, and how to fix a missing one", title_justify="left"
+    )
+    for column in ("component", "status", "path", "fix", "pairs"):
+        where.add_column(column, overflow="fold")
+    order = {"missing": 0, "present": 1, "not implemented": 2}
+    for (component, status, path, hint), pairs in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][1], 3), COMPONENTS.index(kv[0][0]))
+    ):
+        where.add_row(
+            component,
+            _STATUS_TEXT.get(status, status),
+            path or "",
+            hint or "",
+            _pairs_text(pairs),
+        )
+    out.append(where)
+
+    metrics = Table(title="metric weights", title_justify="left")
+    for column in ("metric", "status", "files / fix"):
+        metrics.add_column(column, overflow="fold")
+    for m in report.metric_weights:
+        detail = "\n".join(m.files) if m.files else (m.hint or "")
+        metrics.add_row(m.metric, _MARK.get(m.status, m.status), detail)
+    out.append(metrics)
+    searched = next((m.searched for m in report.metric_weights if m.searched), ())
+    if searched:
+        out.append(Text(f"metric weights searched in: {', '.join(searched)}", style="dim"))
+
+    if report.has_suite:
+        ok = not report.blocked
+        style = "bold green" if ok else "bold red"
+        out.append(
+            Text(
+                f"suite {report.suite_name}: {len(report.runnable)} of {report.total_cells} "
+                "cells can run",
+                style=style,
+            )
+        )
+        if report.blocked:
+            out.append(_blocked_table(report))
+    return out
+
+
+def _blocked_table(report: DoctorReport):
     from rich.table import Table
 
-    env = Table(title="environment", show_header=False)
-    for key, value in check_environment().items():
-        env.add_row(key, str(value))
-    console.print(env)
-    statuses = check_components(root)
-    table = Table(title="components")
-    for column in ("backbone", "ckpt_type", "component", "status", "path / fix"):
-        table.add_column(column)
-    for s in statuses:
-        mark = "[green]✓[/green]" if s.usable else "[red]✗[/red]"
+    status = {(s.backbone, s.ckpt_type, s.component): s for s in report.components}
+    groups: dict[tuple[str, str, str], list] = defaultdict(list)
+    for cell, missing in report.blocked:
+        groups[(cell.mode, cell.backbone, cell.ckpt_type)].append(missing)
+    table = Table(title="blocked cells", title_justify="left")
+    for column in ("mode", "backbone", "ckpt_type", "cells", "missing", "fix"):
+        table.add_column(column, overflow="fold")
+    for (mode, backbone, ckpt_type), missing_lists in groups.items():
+        names = list(dict.fromkeys(c for missing in missing_lists for c in missing))
+        rows = [status.get((backbone, ckpt_type, c)) for c in names]
+        missing = [
+            f"{c} ({r.status})" if r else f"{c} (unknown pair)"
+            for c, r in zip(names, rows, strict=True)
+        ]
+        fixes = [r.hint for r in rows if r and r.hint]
         table.add_row(
-            s.backbone, s.ckpt_type, s.component, f"{mark} {s.status}", s.path or s.hint or ""
+            mode, backbone, ckpt_type, str(len(missing_lists)), "\n".join(missing), "\n".join(fixes)
         )
-    console.print(table)
-    if suite_path is None:
-        return 0
-    from pid_bench.suite import load_suite
+    return table
 
-    suite = load_suite(suite_path)
-    runnable, blocked = runnable_cells(suite, statuses)
-    console.print(f"{suite.name}: {len(runnable)} of {len(runnable) + len(blocked)} cells can run")
-    for cell, missing in blocked[:20]:
-        console.print(
-            f"  blocked {cell.backbone}/{cell.ckpt_type} {cell.item.id}: missing {', '.join(missing)}"
-        )
-    return 0 if not blocked else 1
+
+def print_doctor(
+    suite_path: str | os.PathLike | None, root: str | os.PathLike | None, console=None
+) -> int:
+    """Print the doctor's tables to `console` (a rich Console) and return the exit code:
+    without a suite always 0; with one, 0 if every cell can run, else 1."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console(soft_wrap=True)
+    report = build_report(suite_path, root)
+    for renderable in render(report):
+        console.print(renderable)
+    return doctor_exit_code(report)
