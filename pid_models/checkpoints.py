@@ -23,7 +23,7 @@ DOWNLOAD_HINT = 'hf download nvidia/PiD --include "checkpoints/*" --local-dir DI
 DROPPED_PREFIXES = ("net_ema.", "fake_score.", "discriminator.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded as the network it should hold."""
 
 
@@ -99,7 +99,10 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 
 
 def check_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointError naming the keys unless `state` matches `net` key for key and shape."""
+    """Raise CheckpointError naming the keys unless `state` matches `net` key for key and shape.
+
+    The one key-exact check: PiD networks and every native codec go through it.
+    """
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

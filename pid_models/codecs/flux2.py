@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
+from pid_models.checkpoints import check_state_dict
 from pid_models.codecs import NoiseForm
-from pid_models.codecs.kl import _check_keys, is_ldm_format, shipped_config
+from pid_models.codecs.kl import is_ldm_format, shipped_config
 
 BN_EPS = 1e-4
 
@@ -182,6 +183,6 @@ def build_flux2_codec(
         for k, v in to_diffusers_keys(state, config).items()
     }
     weights.setdefault("bn.num_batches_tracked", torch.tensor(0, dtype=torch.long))
-    _check_keys(vae, weights, identity or "flux2")
+    check_state_dict(vae, weights, identity or "flux2")
     vae.load_state_dict(weights, strict=True, assign=True)
     return Flux2Codec(vae, identity or "flux2-vae")

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from pid_models.checkpoints import check_state_dict
 from pid_models.codecs import NoiseForm
 
 NOISE_FORMS: Mapping[str, NoiseForm] = {"flux": "flow", "sd3": "flow", "sdxl": "vp"}
@@ -101,23 +102,9 @@ def build_kl_codec(
     with torch.device("meta"):
         vae = AutoencoderKL(**init_kwargs)
     weights = {k: v.to(dtype) for k, v in to_diffusers_keys(state, config).items()}
-    _check_keys(vae, weights, identity or backbone)
+    check_state_dict(vae, weights, identity or backbone)
     vae.load_state_dict(weights, strict=True, assign=True)
     return ScaledVAECodec(vae, identity or f"{backbone}-vae", NOISE_FORMS[backbone])
-
-
-def _check_keys(vae: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = sorted(
-        k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k]
-    )
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source}: VAE weights do not match the config: missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}, shape mismatches {shapes[:6]}"
-        )
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

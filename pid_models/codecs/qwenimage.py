@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from pid_models.checkpoints import check_state_dict
 from pid_models.codecs import NoiseForm
 from pid_models.codecs.kl import shipped_config
 
@@ -262,24 +263,6 @@ def _more(items: list, shown: int) -> str:
     return f" (+{len(items) - shown} more)" if len(items) > shown else ""
 
 
-def _check_keys(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = sorted(
-        f"{k} {tuple(weights[k].shape)} != {expected[k]}"
-        for k in set(expected) & set(weights)
-        if tuple(weights[k].shape) != expected[k]
-    )
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source}: Qwen-Image VAE weights do not match the config: "
-            f"missing {missing[:8]}{_more(missing, 8)}, "
-            f"unexpected {unexpected[:8]}{_more(unexpected, 8)}, "
-            f"shape mismatches {shapes[:8]}{_more(shapes, 8)}"
-        )
-
-
 def build_qwenimage_codec(
     state: Mapping[str, torch.Tensor],
     config: dict[str, Any] | None = None,
@@ -301,6 +284,6 @@ def build_qwenimage_codec(
     if is_2d_layout(state):
         state = convert_2d_to_3d(state, vae, source)
     weights = {k: v.to(dtype) for k, v in state.items()}
-    _check_keys(vae, weights, source)
+    check_state_dict(vae, weights, source)
     vae.load_state_dict(weights, strict=True, assign=True)
     return QwenImageCodec(vae, identity or "qwenimage-vae", "flow")
