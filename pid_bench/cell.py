@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pid_bench.metrics import get_metric, to_unit_range
 from pid_bench.schema import COLUMNS
-from pid_bench.suite import Decoder
+from pid_bench.suite import Decoder, LdmOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.registry import EMBEDDED_PAIRS, resolve
@@ -38,6 +38,9 @@ class ModelSet:
     pid: PiDDecoder
     codec: LatentCodec
     random_weights: bool
+    pipeline: Any = None  # from_ldm: the backbone's diffusers LDM pipeline
+    captures: dict = field(default_factory=dict)  # capture key -> (Capture, origin): a memo
+    pipeline_warm: bool = False
 
 
 def model_identity(backbone: str, ckpt_type: str) -> str:
@@ -55,22 +58,42 @@ def model_identity(backbone: str, ckpt_type: str) -> str:
 
 
 def load_models(
-    backbone: str, ckpt_type: str, device: str, checkpoints: str | None = None
+    backbone: str,
+    ckpt_type: str,
+    device: str,
+    checkpoints: str | None = None,
+    ldm: LdmOptions | None = None,
 ) -> ModelSet:
-    """PiD and the native codec of (backbone, ckpt_type); released ones from local files only."""
+    """PiD and the native codec of (backbone, ckpt_type), and with `ldm` (from_ldm cells) the
+    backbone's LDM pipeline; released weights from local files only."""
+    pipeline = load_ldm_pipeline(backbone, device, ldm) if ldm is not None else None
     if (backbone, ckpt_type) in EMBEDDED_PAIRS:
         from pid_models.tiny import build_tiny_codec
 
-        return ModelSet(
-            PiDDecoder.tiny(seed=0, device=device), build_tiny_codec(0).to(device), True
-        )
+        pid = PiDDecoder.tiny(seed=0, device=device)
+        return ModelSet(pid, build_tiny_codec(0).to(device), True, pipeline)
     from pid_models.codecs import load_codec
 
-    codec = load_codec(
-        backbone, checkpoints, device
-    )  # fails fast before the big download-free load
+    codec = load_codec(backbone, checkpoints, device)  # small: fails fast before PiD loads
     pid = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, device=device)
-    return ModelSet(pid, codec, False)
+    return ModelSet(pid, codec, False, pipeline)
+
+
+_LDM_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_ldm_pipeline(backbone: str, device: str, ldm: LdmOptions) -> Any:
+    """The suite's pipeline for `backbone` (else the registry's repo) from local files only.
+
+    dtype ``auto``: bf16 on CUDA (upstream's default), float32 on CPU.
+    """
+    from pid_models.ldm import load_pipeline
+
+    if ldm.dtype == "auto":
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    else:
+        dtype = _LDM_DTYPES[ldm.dtype]
+    return load_pipeline(backbone, ldm.source(backbone), device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,8 @@ class CellSettings:
     run_dir: str
     provenance: dict = field(default_factory=dict)  # git sha, versions
     checkpoints: str | None = None  # PiD download root (else $PID_BENCH_CHECKPOINTS)
+    ldm: LdmOptions | None = None  # from_ldm suites
+    save_xt_steps: tuple[int, ...] = ()  # every x_t step of the suite: one capture serves all
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -163,7 +188,8 @@ def run_cell(
     started = time.perf_counter()
     base = _base_row(cell, cell_id, models, settings, dev)
     try:
-        prepared = _prepare(cell, models, dev)
+        prepare = _prepare_from_ldm if cell.mode == "from_ldm" else _prepare
+        prepared = prepare(cell, models, settings, dev)
     except Exception as exc:  # the whole cell failed before any decoder ran
         return [{**base, "decoder": d, **failure_fields(exc)} for d in settings.decoders]
     base |= prepared["row"]
@@ -218,11 +244,10 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
     }
 
 
-def _prepare(cell, models: ModelSet, dev) -> dict:
+def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
+    """from_clean: reference -> low-res input -> codec latent -> noise at the cell's σ."""
     from pid_bench.manifests import load_image
 
-    if cell.mode != "from_clean":
-        raise NotImplementedError("from_ldm cells need the Backbones issue's LDM pipelines")
     out_h, out_w = cell.resolution
     per_latent = models.pid.net.pixels_per_latent
     if out_h % per_latent or out_w % per_latent:
@@ -247,7 +272,102 @@ def _prepare(cell, models: ModelSet, dev) -> dict:
         "encode_ms": encode_ms,
         "caption_ms": caption_ms,
     }
-    return {"reference": reference, "latent": noisy, "y": y, "row": row}
+    return {
+        "reference": reference,
+        "latent": noisy,
+        "sigma": float(cell.sigma),
+        "y": y,
+        "row": row,
+    }
+
+
+def _prepare_from_ldm(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
+    """from_ldm: the prompt's capture (cached on disk), its x_t at the cell's step (None: x0)
+    with the scheduler's σ; no reference image. The LDM runs at the output size / PiD's scale."""
+    from pid_models.ldm import capture_label
+
+    out_h, out_w = cell.resolution
+    scale = models.pid.scale
+    if out_h % scale or out_w % scale:
+        raise ValueError(f"resolution {out_h}x{out_w} is not a multiple of PiD's scale {scale}")
+    ldm_size = (out_h // scale, out_w // scale)
+    capture, origin, key = _capture(cell, models, settings, ldm_size)
+    step = cell.save_xt_step
+    if step not in capture.latents:
+        raise KeyError(f"capture {key} has no {capture_label(step)} latent")
+    latent = capture.latents[step].to(dev)
+    started = time.perf_counter()
+    y = models.pid.encode_captions(cell.item.caption, 1)
+    caption_ms = (time.perf_counter() - started) * 1000
+    row = {
+        "in_height": ldm_size[0],
+        "in_width": ldm_size[1],
+        "latent_shape": "x".join(str(s) for s in latent.shape[1:]),
+        "sigma": capture.sigmas[step],
+        "caption_ms": caption_ms,
+        "ldm_pipeline": _pipeline_identity(models),
+        "ldm_steps": capture.steps,
+        "ldm_ms_to_step": capture.ldm_ms_to_step[step],
+        "ldm_total_ms": capture.ldm_total_ms,
+        "ldm_cache": origin,
+        "ldm_capture_key": key,
+    }
+    return {"reference": None, "latent": latent, "sigma": capture.sigmas[step], "y": y, "row": row}
+
+
+def _pipeline_identity(models: ModelSet) -> str:
+    from pid_models.ldm import pipeline_identity
+
+    return pipeline_identity(models.pipeline)
+
+
+def _capture(cell, models: ModelSet, settings: CellSettings, size: tuple[int, int]):
+    """(capture, origin, key): from this worker's memo or the disk cache, else the LDM runs.
+
+    origin is ``computed`` (this run ran the LDM; its timings are this device's) or ``disk``
+    (read from the latent cache, timed when it was computed).
+    """
+    from pid_models.ldm import LatentCache, capture, capture_key, spec_for
+
+    if models.pipeline is None:
+        raise RuntimeError("from_ldm cell without an LDM pipeline (load_models was given no ldm)")
+    ldm = settings.ldm or LdmOptions()
+    spec = spec_for(cell.backbone, models.pipeline)
+    steps = ldm.steps or spec.steps
+    overrides = {} if ldm.guidance_scale is None else {"guidance_scale": ldm.guidance_scale}
+    key = capture_key(
+        cell.backbone, _pipeline_identity(models), cell.item.caption, *size, steps, cell.seed,
+        settings.save_xt_steps, {**spec.call_kwargs(), **overrides},
+    )  # fmt: skip
+    if key in models.captures:
+        return (*models.captures[key], key)
+    cache = LatentCache(ldm.cache_dir or default_latent_cache())
+    found, origin = cache.get(key), "disk"
+    if found is None:
+        if not models.pipeline_warm and settings.warmup > 0:
+            _warm_pipeline(models.pipeline, cell, size, overrides)
+        models.pipeline_warm = True
+        found, origin = capture(
+            models.pipeline, cell.backbone, cell.item.caption, *size, steps=steps,
+            save_xt_steps=settings.save_xt_steps, seed=cell.seed, **overrides,
+        ), "computed"  # fmt: skip
+        cache.put(key, found)
+    models.captures[key] = (found, origin)
+    return found, origin, key
+
+
+def _warm_pipeline(pipe, cell, size: tuple[int, int], overrides: dict) -> None:
+    """One short untimed LDM call (2 steps), so the first capture's timings exclude start-up."""
+    from pid_models.ldm import capture
+
+    capture(pipe, cell.backbone, "warm-up", *size, steps=2, save_xt_steps=(), seed=0, **overrides)
+
+
+def default_latent_cache() -> Path:
+    """$PID_BENCH_CACHE/latents, else ~/.cache/pid_bench/latents (shared by every run)."""
+    from pid_models.caption import default_cache_dir
+
+    return default_cache_dir() / "latents"
 
 
 #: decoder -> the resize kernel it uses to reach the output size (None: PiD decodes there itself).
@@ -265,7 +385,7 @@ assert set(RESIZE_KERNELS) == set(get_args(Decoder)), "pid_bench.suite.Decoder a
 def _decoder_fn(decoder: str, cell, models: ModelSet, prepared: dict) -> Callable[[], torch.Tensor]:
     size, latent = tuple(cell.resolution), prepared["latent"]
     if decoder == "pid":
-        sigma, y = float(cell.sigma), prepared["y"]
+        sigma, y = prepared["sigma"], prepared["y"]
         return lambda: models.pid.decode(
             latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps
         )
@@ -303,12 +423,17 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     return row, at_output
 
 
-def _metrics(image: torch.Tensor, reference: torch.Tensor, names: tuple[str, ...]) -> dict:
+def _metrics(
+    image: torch.Tensor, reference: torch.Tensor | None, names: tuple[str, ...]
+) -> dict:
     values, notes = {}, {}
     for name in names:
         metric = get_metric(name)
         if f"metric_{name}" not in COLUMNS:
             notes[name] = "no column in pid_bench.schema"
+            continue
+        if metric.kind == "full_reference" and reference is None:
+            notes[name] = "no reference image (from_ldm generates from a prompt)"
             continue
         ref = to_unit_range(reference) if metric.kind == "full_reference" else None
         values[f"metric_{name}"] = float(metric.compute(to_unit_range(image), ref)[0])
@@ -325,17 +450,19 @@ def failure_fields(exc: BaseException) -> dict:
 
 
 def _save_images(
-    rows: list[dict], images: dict, reference: torch.Tensor, cell_id: str, run_dir: str
+    rows: list[dict], images: dict, reference: torch.Tensor | None, cell_id: str, run_dir: str
 ) -> None:
     folder = Path(run_dir) / "images" / cell_id
     folder.mkdir(parents=True, exist_ok=True)
-    write_png(reference[0], folder / "reference.png")
+    if reference is not None:
+        write_png(reference[0], folder / "reference.png")
     for row in rows:
         if row["decoder"] in images:
             name = row["decoder"].replace("+", "_") + ".png"
             write_png(images[row["decoder"]][0], folder / name)
             row["image_path"] = f"images/{cell_id}/{name}"
-        row["reference_path"] = f"images/{cell_id}/reference.png"
+        if reference is not None:
+            row["reference_path"] = f"images/{cell_id}/reference.png"
 
 
 def write_png(image: torch.Tensor, path: Path) -> None:

@@ -77,6 +77,8 @@ def plan(suite: Suite) -> list[tuple[str, Cell]]:
         key = (cell.backbone, cell.ckpt_type)
         if key not in identities:
             identities[key] = model_identity(*key)
+            if suite.mode == "from_ldm":  # a different LDM makes different latents
+                identities[key] += f"|ldm:{suite.ldm.identity(cell.backbone)}"
         planned.append((cell_id(cell, identities[key]), cell))
     return planned
 
@@ -120,6 +122,8 @@ def run_suite(
             save_images=suite.save_images,
             run_dir=str(run_dir.resolve()),
             checkpoints=checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"),
+            ldm=suite.ldm if suite.mode == "from_ldm" else None,
+            save_xt_steps=tuple(suite.save_xt_steps),
             provenance={
                 "git_sha": env["git_sha"],
                 "pid_bench_version": __version__,
@@ -250,7 +254,9 @@ class CellWorker:
         if key != self.key:
             self._release()
             try:
-                self.models = load_models(*key, self.device, self.settings.checkpoints)
+                self.models = load_models(
+                    *key, self.device, self.settings.checkpoints, self.settings.ldm
+                )
                 self.key = key
             except Exception as exc:
                 return [

@@ -71,6 +71,21 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
     ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),
     ("cell_wall_ms", pa.float64(), "wall time of the whole cell on the worker"),
+    # from_ldm (null for from_clean)
+    ("ldm_pipeline", pa.string(), "from_ldm: pipeline class, source, dtype and device"),
+    ("ldm_steps", pa.int64(), "from_ldm: LDM scheduler steps (num_inference_steps)"),
+    (
+        "ldm_ms_to_step",
+        pa.float64(),
+        "from_ldm: LDM wall time from the pipeline call to this row's x_t step (x0: to return)",
+    ),
+    ("ldm_total_ms", pa.float64(), "from_ldm: wall time of the whole LDM call"),
+    (
+        "ldm_cache",
+        pa.string(),
+        "from_ldm: computed (LDM ran in this run) | disk (capture read from the latent cache)",
+    ),
+    ("ldm_capture_key", pa.string(), "from_ldm: latent cache key of the capture"),
     # memory
     ("peak_mem_allocated_bytes", pa.int64(), "torch.cuda.max_memory_allocated (null on CPU)"),
     ("peak_mem_reserved_bytes", pa.int64(), "torch.cuda.max_memory_reserved (null on CPU)"),

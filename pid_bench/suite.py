@@ -47,6 +47,7 @@ from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
 __all__ = [
     "Cell",
     "ExcludeEntry",
+    "LdmOptions",
     "Suite",
     "SuiteError",
     "Timing",
@@ -171,6 +172,51 @@ class ExcludeEntry(BaseModel):
         )
 
 
+class LdmOptions(BaseModel):
+    """from_ldm: how each backbone's LDM runs (defaults: the registry's, pid_models.ldm.PIPELINES).
+
+    ``pipelines`` maps a backbone to a local pipeline folder (relative to the suite file) or an
+    HF repo id read from the HF cache; backbones not listed use the registry's repo id. The
+    embedded ``tiny`` backbone has no default: a tiny pipeline folder must be named here.
+    """
+
+    model_config = _FROZEN
+    steps: PositiveInt | None = None
+    guidance_scale: float | None = None
+    pipelines: dict[str, Annotated[str, Field(min_length=1)]] = {}
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    cache_dir: str | None = None
+
+    @field_validator("pipelines")
+    @classmethod
+    def _local_paths(cls, pipelines: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        """A value naming an existing folder next to the suite becomes its absolute path."""
+        base = Path((info.context or {}).get("base_dir", "."))
+        out = {}
+        for backbone, source in pipelines.items():
+            local = (base / source).expanduser()
+            out[backbone] = str(local.resolve()) if local.is_dir() else source
+        return out
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _relative_to_suite(cls, cache_dir: str | None, info: ValidationInfo) -> str | None:
+        if cache_dir is None:
+            return None
+        base = Path((info.context or {}).get("base_dir", "."))
+        return str((base / cache_dir).expanduser().resolve())
+
+    def source(self, backbone: str) -> str | None:
+        """The pipeline folder or repo id of ``backbone`` (None: the registry's default)."""
+        return self.pipelines.get(backbone)
+
+    def identity(self, backbone: str) -> str:
+        """What distinguishes this LDM configuration in cell ids (no pipeline is loaded)."""
+        return json.dumps(
+            [self.source(backbone), self.steps, self.guidance_scale, self.dtype], default=str
+        )
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the suite's product: what the actor decodes and measures."""
@@ -223,6 +269,7 @@ class Suite(BaseModel):
     limit: PositiveInt | None = None
     timing: Timing = Timing()
     save_images: bool = True
+    ldm: LdmOptions = LdmOptions()
     exclude: list[ExcludeEntry] = []
 
     _path: Path | None = PrivateAttr(default=None)
@@ -233,6 +280,26 @@ class Suite(BaseModel):
         if steps and info.data.get("mode") == "from_clean":
             raise ValueError("only from_ldm suites capture x_t; remove it or set mode: from_ldm")
         return steps
+
+    @field_validator("sigmas")
+    @classmethod
+    def _ldm_sigma_is_the_schedulers(cls, sigmas: list[float], info: ValidationInfo) -> list[float]:
+        if info.data.get("mode") == "from_ldm" and sigmas != [0.0]:
+            raise ValueError(
+                "from_ldm takes each latent's sigma from the LDM scheduler at its save_xt step; "
+                "remove sigmas (or set mode: from_clean to add noise to clean latents)"
+            )
+        return sigmas
+
+    @field_validator("ldm")
+    @classmethod
+    def _ldm_only_for_from_ldm(cls, ldm: LdmOptions, info: ValidationInfo) -> LdmOptions:
+        if info.data.get("mode") == "from_clean":
+            raise ValueError("ldm options apply to mode: from_ldm; remove ldm or change mode")
+        late = [k for k in info.data.get("save_xt_steps", []) if ldm.steps and k > ldm.steps]
+        if late:
+            raise ValueError(f"save_xt_steps {late} exceed ldm.steps {ldm.steps}")
+        return ldm
 
     @field_validator("metrics")
     @classmethod
@@ -300,7 +367,10 @@ class Suite(BaseModel):
         return data
 
     def _xt_axis(self) -> list[int | None]:
-        return list(self.save_xt_steps) if self.save_xt_steps else [None]
+        """from_ldm decodes x_t at each save_xt step and the final latent x0 (None)."""
+        if self.mode == "from_ldm":
+            return [*self.save_xt_steps, None]
+        return [None]
 
     def _excluded(self, axes: dict[str, Any]) -> bool:
         return any(entry.matches(axes) for entry in self.exclude)
@@ -444,6 +514,8 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
         return list(Suite.model_fields)
     if loc[0] == "timing":
         return list(Timing.model_fields)
+    if loc[0] == "ldm" and len(loc) == 1:
+        return list(LdmOptions.model_fields)
     if loc[0] == "exclude":
         return list(ExcludeEntry.model_fields)
     return []

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from pid_models.codecs.flux2 import patchify
-from pid_models.registry import canonical_backbone
+from pid_models.registry import EMBEDDED_PAIRS, canonical_backbone
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,12 @@ PIPELINES: Mapping[str, LdmSpec] = MappingProxyType(
 #: Backbones PiD decodes but whose LDM is not a diffusers pipeline.
 UNAVAILABLE: Mapping[str, str] = MappingProxyType(
     {
-        "dinov2": "its LDM is RAE's class-conditional DiT-DH-XL (ImageNet-512), from the RAE repo",
-        "siglip": "its LDM is Scale-RAE (nyu-visionx/Scale-RAE-Qwen1.5B_DiT2.4B), from its repo",
-        "tiny": "the embedded tiny backbone has no LDM (use from_clean)",
+        "dinov2": "its LDM is RAE's class-conditional DiT-DH-XL (ImageNet-512) from the RAE repo, "
+        "not a diffusers pipeline; capture its latents yourself and decode them from_clean-style",
+        "siglip": "its LDM is Scale-RAE (nyu-visionx/Scale-RAE-Qwen1.5B_DiT2.4B) from its repo, "
+        "not a diffusers pipeline; capture its latents yourself and decode them from_clean-style",
+        "tiny": "the embedded tiny backbone has no default LDM; build a tiny pipeline, save it "
+        "with save_pretrained and name its folder in the suite (ldm: {pipelines: {tiny: DIR}})",
     }
 )
 
@@ -154,12 +157,23 @@ def pipeline_spec(backbone: str) -> LdmSpec:
     if backbone in PIPELINES:
         return PIPELINES[backbone]
     if backbone in UNAVAILABLE:
-        raise LdmUnavailable(
-            f"no from_ldm pipeline for {backbone!r}: {UNAVAILABLE[backbone]}. The RAE LDMs "
-            "(dinov2, siglip) need user-supplied pipelines; capture their latents yourself "
-            "and decode them with from_clean-style inputs"
-        )
+        raise LdmUnavailable(f"no from_ldm pipeline for {backbone!r}: {UNAVAILABLE[backbone]}")
     raise ValueError(f"unknown LDM backbone {backbone!r}; known: {', '.join(sorted(PIPELINES))}")
+
+
+def spec_for(backbone: str, pipe: Any) -> LdmSpec:
+    """The spec of `backbone`, or, for a backbone without one (the embedded `tiny`), the first
+    registry entry of the supplied pipeline's class: its latent layout is the class's."""
+    if backbone not in {b for b, _ in EMBEDDED_PAIRS}:
+        return pipeline_spec(backbone)
+    name = type(pipe).__name__
+    for spec in PIPELINES.values():
+        if spec.pipeline_class == name:
+            return spec
+    known = sorted({s.pipeline_class for s in PIPELINES.values()})
+    raise ValueError(
+        f"{name} is not a pipeline class pid-bench can capture from; known: {', '.join(known)}"
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -205,16 +219,22 @@ def load_pipeline(
     """
     import diffusers
 
-    spec = pipeline_spec(backbone)
-    source = str(name_or_path or spec.repo_id)
+    if backbone not in {b for b, _ in EMBEDDED_PAIRS} or name_or_path is None:
+        spec = pipeline_spec(backbone)
+        cls_names = (spec.pipeline_class,)
+        default_repo = spec.repo_id
+    else:  # a backbone without a registry pipeline (tiny): any capturable class, from the folder
+        cls_names = tuple(sorted({s.pipeline_class for s in PIPELINES.values()}))
+        default_repo = str(name_or_path)
+    source = str(name_or_path or default_repo)
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise _missing(backbone, spec.repo_id, f"{path} has no model_index.json")
+            raise _missing(backbone, default_repo, f"{path} has no model_index.json")
         source = str(path)
     elif _looks_like_path(source):
-        raise _missing(backbone, spec.repo_id, f"no folder {path}")
-    cls = getattr(diffusers, spec.pipeline_class)
+        raise _missing(backbone, default_repo, f"no folder {path}")
+    cls = getattr(diffusers, cls_names[0]) if len(cls_names) == 1 else diffusers.DiffusionPipeline
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, local_files_only=True)
     except OSError as err:
@@ -222,6 +242,10 @@ def load_pipeline(
             raise
         detail = f"{source} is not in the Hugging Face cache ({_hf_cache_dir()})"
         raise _missing(backbone, source, detail) from err
+    if type(pipe).__name__ not in cls_names:
+        raise ValueError(
+            f"{source} holds a {type(pipe).__name__}; {backbone} needs one of {', '.join(cls_names)}"
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or _default_device())
 
@@ -275,7 +299,8 @@ def to_pid_layout(
 ) -> torch.Tensor:
     """A pipeline latent (mid-loop or `output_type="latent"`) in PiD's 4-D layout, float32, CPU.
 
-    The σ-frame conversion of SDXL is separate (`ve_to_vp`).
+    `backbone` is a registry tag (the layout follows its family). The σ-frame conversion of
+    SDXL is separate (`ve_to_vp`).
     """
     x = latents.detach().float().cpu()
     family = canonical_backbone(backbone)
@@ -403,7 +428,7 @@ def capture(
     it, with the latent divided by sqrt(σ_eu²+1)); x0 carries `sigmas[-1]` (0.0). See the module
     docstring for the layouts and the timing rule.
     """
-    spec = pipeline_spec(backbone)
+    spec = spec_for(backbone, pipe)
     steps = int(steps or spec.steps)
     save = check_steps(spec.save_xt_steps if save_xt_steps is None else save_xt_steps, steps)
     if getattr(pipe.scheduler, "order", 1) != 1:
@@ -421,7 +446,9 @@ def capture(
         callback_on_step_end=recorder, callback_on_step_end_tensor_inputs=["latents"], **call,
     )[0]  # fmt: skip
     total_ms = recorder.elapsed_ms()
-    return _assemble(pipe, backbone, recorder, final, total_ms, prompt, seed, steps, height, width)
+    cap = _assemble(pipe, spec.tag, recorder, final, total_ms, prompt, seed, steps, height, width)
+    cap.backbone = backbone
+    return cap
 
 
 def _assemble(

@@ -109,7 +109,8 @@ def build_sdxl(folder: Path):
     return _finish(pipe)
 
 
-def build_flux(folder: Path):
+def build_flux(folder: Path, vae=None):
+    """A tiny FluxPipeline; `vae` replaces its 16-channel AutoencoderKL (e.g. the tiny codec's)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
@@ -132,7 +133,7 @@ def build_flux(folder: Path):
         base_image_seq_len=256, max_image_seq_len=4096,
     )  # fmt: skip
     pipe = FluxPipeline(
-        scheduler=scheduler, vae=_vae(16, scaling_factor=0.3611, shift_factor=0.1159,
+        scheduler=scheduler, vae=vae or _vae(16, scaling_factor=0.3611, shift_factor=0.1159,
         use_quant_conv=False, use_post_quant_conv=False),
         text_encoder=CLIPTextModel(_clip_config(len(tokenizer))), tokenizer=tokenizer,
         text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
@@ -190,7 +191,7 @@ def test_rae_backbones_are_unavailable(backbone, sdxl):
         lambda: ldm.load_pipeline(backbone),
         lambda: ldm.capture(sdxl, backbone, PROMPT, H, W),
     ):
-        with pytest.raises(ldm.LdmUnavailable, match="user-supplied pipelines"):
+        with pytest.raises(ldm.LdmUnavailable, match="capture its latents yourself"):
             call()
     with pytest.raises(ValueError, match="unknown LDM backbone"):
         ldm.pipeline_spec("sd15")

@@ -275,24 +275,53 @@ def test_expand_takes_any_items(folder):
     assert [c.item for c in suite.expand([item])] == [item] * 4
 
 
-def test_from_ldm_expands_prompts_and_save_xt_steps(folder):
-    text = _edit("mode: from_clean", "mode: from_ldm", _edit("m.jsonl", "p.txt"))
-    text = _edit("metrics: [psnr]", "save_xt_steps: [10, 20]", text)
+def _ldm_text(text: str = BASE) -> str:
+    text = _edit("mode: from_clean", "mode: from_ldm", _edit("m.jsonl", "p.txt", text))
+    return _edit("sigmas: [0.0, 0.3]\n", "", text)
+
+
+def test_from_ldm_expands_prompts_save_xt_steps_and_the_final_latent(folder):
+    text = _edit("metrics: [psnr]", "save_xt_steps: [10, 20]", _ldm_text())
     cells = load_suite(_write(folder, text)).cells()
-    assert len(cells) == 2 * 2 * 2 * 2  # resolutions, sigmas, steps, prompts
-    assert [(c.save_xt_step, c.item.id) for c in cells[:4]] == [
+    assert len(cells) == 2 * 3 * 2  # resolutions, (x_t 10, x_t 20, x0), prompts
+    assert [(c.save_xt_step, c.item.id) for c in cells[:6]] == [
         (10, "p0000"),
         (10, "p0001"),
         (20, "p0000"),
         (20, "p0001"),
+        (None, "p0000"),
+        (None, "p0001"),
     ]
     assert cells[0].item.image is None and cells[0].item.caption == "a red fox"
 
 
 def test_from_ldm_without_save_xt_steps_decodes_the_final_latent(folder):
-    text = _edit("mode: from_clean", "mode: from_ldm", _edit("m.jsonl", "p.txt"))
-    cells = load_suite(_write(folder, text)).cells()
+    cells = load_suite(_write(folder, _ldm_text())).cells()
     assert {c.save_xt_step for c in cells} == {None}
+
+
+def test_from_ldm_sigma_comes_from_the_scheduler_not_the_suite(folder):
+    text = _edit("mode: from_clean", "mode: from_ldm", _edit("m.jsonl", "p.txt"))
+    _assert_problem(_write(folder, text), r"5 sigmas: from_ldm takes each latent's sigma")
+
+
+def test_ldm_options_resolve_folders_relative_to_the_suite(folder):
+    (folder / "pipes" / "tiny").mkdir(parents=True)
+    text = _ldm_text() + "ldm: {steps: 4, pipelines: {tiny: pipes/tiny, flux: org/flux-dev}}\n"
+    suite = load_suite(_write(folder, text))
+    assert suite.ldm.source("tiny") == str((folder / "pipes" / "tiny").resolve())
+    assert suite.ldm.source("flux") == "org/flux-dev"  # not a folder here: an HF repo id
+    assert suite.ldm.source("sd3") is None  # the registry's default
+
+
+def test_ldm_options_are_checked(folder):
+    text = _ldm_text() + "save_xt_steps: [5]\nldm: {steps: 4, guidance: 2}\n"
+    problems = _problems(_write(folder, text))
+    assert any("ldm.guidance: unknown key; did you mean 'guidance_scale'?" in p for p in problems)
+    text = _ldm_text() + "save_xt_steps: [5]\nldm: {steps: 4}\n"
+    _assert_problem(_write(folder, text), r"\d+ ldm: save_xt_steps \[5\] exceed ldm.steps 4")
+    text = BASE + "ldm: {steps: 4}\n"
+    _assert_problem(_write(folder, text), r"\d+ ldm: ldm options apply to mode: from_ldm")
 
 
 def test_from_ldm_needs_a_prompts_file(folder):
