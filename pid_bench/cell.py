@@ -423,9 +423,7 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     return row, at_output
 
 
-def _metrics(
-    image: torch.Tensor, reference: torch.Tensor | None, names: tuple[str, ...]
-) -> dict:
+def _metrics(image: torch.Tensor, reference: torch.Tensor | None, names: tuple[str, ...]) -> dict:
     values, notes = {}, {}
     for name in names:
         metric = get_metric(name)

@@ -106,6 +106,16 @@ def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
 # ---- the run's data ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Section:
+    """An extra table of the report (markdown and HTML render it the same way)."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
 @dataclass
 class _RunData:
     run_dir: Path
@@ -114,6 +124,7 @@ class _RunData:
     leaderboard: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
+    sections: list[Section] = field(default_factory=list)
 
     @property
     def metrics(self) -> list[str]:
@@ -174,7 +185,40 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         leaderboard=query(con, "leaderboard"),
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
+        sections=[s for s in [_end_to_end(con)] if s is not None],
     )
+
+
+def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
+    """from_ldm: "LDM to step K + decoder" against "full LDM + decoder" (x0), per setting."""
+    records = query(con, "end_to_end")
+    if not records:
+        return None
+    rows = []
+    for r in records:
+        step = r["save_xt_step"]
+        ldm = f"LDM to step {step}" if step is not None else "full LDM (x0)"
+        route = f"{ldm} + {r['decoder']}"
+        rows.append(
+            [
+                f"{r['backbone']} / {r['ckpt_type']}",
+                f"{r['out_height']}x{r['out_width']}",
+                route,
+                _fmt(r["ldm_ms"], 1),
+                _fmt(r["decode_ms"], 1),
+                _fmt(r["end_to_end_ms"], 1),
+                _fmt(r["ldm_total_ms"], 1),
+                str(r["n"]),
+            ]
+        )
+    headers = ["pair", "out", "route", "LDM ms", "decode ms", "end-to-end ms ↓"]
+    headers += ["full LDM ms", "n"]
+    note = (
+        "Medians over prompts. LDM ms is the wall time from the pipeline call to the captured "
+        "step (x0: to its return); decode ms the decoder's p50; end-to-end their sum per row. "
+        "Captures read from the latent cache keep the timings of the run that computed them."
+    )
+    return Section("End-to-end latency (from_ldm)", headers, rows, note)
 
 
 # ---- the leaderboard table ---------------------------------------------------------------------
@@ -282,6 +326,9 @@ def _markdown(data: _RunData) -> str:
         ]
     else:
         lines += ["No rows in this run yet.", ""]
+    for section in data.sections:
+        lines += [f"## {section.title}", ""] + _md_table(section.headers, section.rows) + [""]
+        lines += [section.note, ""] if section.note else []
     lines += _failures_md(data.failures)
     return "\n".join(lines)
 

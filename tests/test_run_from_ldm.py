@@ -123,3 +123,18 @@ def test_a_second_run_reads_the_latent_cache_and_decodes_the_same(first_run, sui
         image1 = (first / row.image_path).read_bytes()
         image2 = (second / two.loc[(cid, decoder)].image_path).read_bytes()
         assert image1 == image2, f"{cid}/{decoder} decoded differently from the cached latent"
+
+
+def test_the_report_compares_early_exit_pid_with_the_full_ldm(first_run):
+    from pid_bench.report import leaderboard_text
+
+    out, rows = first_run
+    text = leaderboard_text(out)
+    assert "## End-to-end latency (from_ldm)" in text
+    section = text.split("## End-to-end latency (from_ldm)")[1]
+    for route in ("LDM to step 2 + pid", "LDM to step 3 + pid", "full LDM (x0) + native+bicubic"):
+        assert f"| {route} |" in section
+    x0 = rows[rows.save_xt_step.isna() & (rows.decoder == "native+bicubic")]
+    expected = (x0.ldm_ms_to_step + x0.latency_ms_p50).median()
+    line = next(ln for ln in section.splitlines() if "full LDM (x0) + native+bicubic" in ln)
+    assert line.split("|")[6].strip() == f"{expected:.1f}"
