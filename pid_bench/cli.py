@@ -80,15 +80,18 @@ def plan(
         "ckpt_type",
         "resolution",
         "sigma",
+        "x_t",
         "seed",
         "steps",
         "image",
     ):
         table.add_column(column)
     for cid, cell in planned:
+        sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
+        xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
         table.add_row(
             cid, cell.backbone, cell.ckpt_type, f"{cell.resolution[0]}x{cell.resolution[1]}",
-            f"{cell.sigma:g}", str(cell.seed), str(cell.pid_steps), cell.item.id,
+            sigma, xt, str(cell.seed), str(cell.pid_steps), cell.item.id,
         )  # fmt: skip
     Console().print(table)
     typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
