@@ -112,6 +112,7 @@ class CellSettings:
     checkpoints: str | None = None  # PiD download root (else $PID_BENCH_CHECKPOINTS)
     ldm: LdmOptions | None = None  # from_ldm suites
     save_xt_steps: tuple[int, ...] = ()  # every x_t step of the suite: one capture serves all
+    faults: dict | None = None  # test-only fault injection (pid_bench.runner.FAULTS_ENV)
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -196,6 +197,7 @@ def run_cell(
     rows, images = [], {}
     for decoder in settings.decoders:
         try:
+            inject_fault(settings.faults, cell_id, decoder)
             row, image = _run_decoder(decoder, cell, models, prepared, settings, dev)
             images[decoder] = image
         except Exception as exc:
@@ -436,6 +438,16 @@ def _metrics(image: torch.Tensor, reference: torch.Tensor | None, names: tuple[s
         ref = to_unit_range(reference) if metric.kind == "full_reference" else None
         values[f"metric_{name}"] = float(metric.compute(to_unit_range(image), ref)[0])
     return {**values, "metric_notes": json.dumps(notes) if notes else None}
+
+
+def inject_fault(faults: dict | None, cell_id: str, decoder: str) -> None:
+    """Test-only: raise the configured fault in the first decoder of a listed cell."""
+    if not faults:
+        return
+    if cell_id in faults.get("oom", ()) and decoder == "pid":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated by fault injection)")
+    if cell_id in faults.get("error", ()) and decoder == "pid":
+        raise RuntimeError("injected fault")
 
 
 def failure_fields(exc: BaseException) -> dict:

@@ -118,8 +118,15 @@ def run(
     checkpoints: Annotated[
         Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
     ] = None,
+    max_retries: Annotated[
+        int,
+        typer.Option(min=0, help="Retries of a cell whose worker died, before 'worker_lost'."),
+    ] = 2,
 ) -> None:
-    """Run a suite: every cell on every decoder, rows to Parquet, then the report."""
+    """Run a suite: every cell on every decoder, rows to Parquet, then the report.
+
+    Exit code: 0 all ok; 1 some row failed; 2 bad input; 130/143 interrupted (rerun resumes).
+    """
     from pid_bench.runner import run_suite
     from pid_bench.store import RunDirError
 
@@ -133,6 +140,7 @@ def run(
             cpu_workers,
             force,
             checkpoints=str(checkpoints) if checkpoints else None,
+            max_retries=max_retries,
         )
     except RunDirError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -144,6 +152,12 @@ def run(
         f"{summary.cells_total} cells ({summary.cells_skipped} already done); "
         f"{summary.rows_written} rows written: {counts} -> {run_dir}"
     )
+    if summary.interrupted_by:
+        err.print(
+            f"[yellow]interrupted by {summary.interrupted_by}:[/yellow] {summary.cells_remaining} "
+            f"cells remain; rerun the same command to finish them"
+        )
+        raise typer.Exit(130 if summary.interrupted_by == "SIGINT" else 143)
     if report:
         _report(run_dir, print_leaderboard=True)
     if not summary.ok:

@@ -11,8 +11,11 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
-from collections import defaultdict
+import threading
+from collections import defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +23,12 @@ from pid_bench import __version__
 from pid_bench.cell import CellSettings, model_identity, utc_now
 from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part
 from pid_bench.suite import Cell, Suite, cell_id
+
+#: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
+DEFAULT_MAX_RETRIES = 2
+#: Test-only fault injection (JSON): {"error"|"oom"|"kill": [cell ids], "kill_times": n,
+#: "marker_dir": DIR}. "kill" ends the actor's process before the cell, n times per cell.
+FAULTS_ENV = "PID_BENCH_FAULTS"
 
 
 @dataclass
@@ -29,10 +38,12 @@ class RunSummary:
     cells_skipped: int
     rows_written: int
     status_counts: dict[str, int]
+    cells_remaining: int = 0  # not computed because the run was interrupted
+    interrupted_by: str | None = None  # SIGINT | SIGTERM
 
     @property
     def ok(self) -> bool:
-        return set(self.status_counts) <= {"ok"}
+        return set(self.status_counts) <= {"ok"} and not self.cells_remaining
 
 
 def git_sha() -> str | None:
@@ -91,7 +102,13 @@ def run_suite(
     force: bool = False,
     progress: bool = True,
     checkpoints: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> RunSummary:
+    """Run every unfinished cell; rows are persisted as each cell returns.
+
+    SIGINT/SIGTERM stop the run after the part being written (nothing half-written, nothing
+    lost); the summary says how many cells remain, and the same command resumes.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = suite_fingerprint(suite)
     previous = claim_run_dir(run_dir, fingerprint, force)
@@ -110,41 +127,84 @@ def run_suite(
     }
     write_json(run_dir / "run.json", run_info)
     counts: dict[str, int] = defaultdict(int)
-    rows_written = 0
+    rows_written, finished = 0, set()
+    stop = _StopFlag()
     if todo:
-        settings = CellSettings(
-            run_id=run_dir.name,
-            suite=suite.name,
-            decoders=tuple(suite.decoders),
-            metrics=tuple(suite.metrics),
-            warmup=suite.timing.warmup,
-            repeats=suite.timing.repeats,
-            save_images=suite.save_images,
-            run_dir=str(run_dir.resolve()),
-            checkpoints=checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"),
-            ldm=suite.ldm if suite.mode == "from_ldm" else None,
-            save_xt_steps=tuple(suite.save_xt_steps),
-            provenance={
-                "git_sha": env["git_sha"],
-                "pid_bench_version": __version__,
-                "torch_version": env["versions"]["torch"],
-                "diffusers_version": env["versions"]["diffusers"],
-            },
-        )
-        for rows in _execute(todo, settings, ray_address, cpu_workers, progress):
-            rows = [
-                {**row, "finished_at": utc_now()}
-                for row in rows
-                if (row["cell_id"], row["decoder"]) not in done
-            ]
-            if rows:
-                write_part(run_dir, rows)
-                rows_written += len(rows)
-                for row in rows:
-                    counts[row["status"]] += 1
+        settings = _settings(suite, run_dir, env, checkpoints)
+        with stop.installed():
+            stream = _execute(todo, settings, ray_address, cpu_workers, progress, max_retries, stop)
+            for rows in stream:
+                rows = [
+                    {**row, "finished_at": utc_now()}
+                    for row in rows
+                    if (row["cell_id"], row["decoder"]) not in done
+                ]
+                if rows:
+                    write_part(run_dir, rows)
+                    rows_written += len(rows)
+                    finished.add(rows[0]["cell_id"])
+                    for row in rows:
+                        counts[row["status"]] += 1
     run_info["finished_at"] = utc_now().isoformat()
     write_json(run_dir / "run.json", run_info)
-    return RunSummary(run_dir, len(planned), len(planned) - len(todo), rows_written, dict(counts))
+    return RunSummary(
+        run_dir, len(planned), len(planned) - len(todo), rows_written, dict(counts),
+        cells_remaining=len(todo) - len(finished) if stop.signal else 0,
+        interrupted_by=stop.signal,
+    )  # fmt: skip
+
+
+def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -> CellSettings:
+    return CellSettings(
+        run_id=run_dir.name,
+        suite=suite.name,
+        decoders=tuple(suite.decoders),
+        metrics=tuple(suite.metrics),
+        warmup=suite.timing.warmup,
+        repeats=suite.timing.repeats,
+        save_images=suite.save_images,
+        run_dir=str(run_dir.resolve()),
+        checkpoints=checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"),
+        ldm=suite.ldm if suite.mode == "from_ldm" else None,
+        save_xt_steps=tuple(suite.save_xt_steps),
+        provenance={
+            "git_sha": env["git_sha"],
+            "pid_bench_version": __version__,
+            "torch_version": env["versions"]["torch"],
+            "diffusers_version": env["versions"]["diffusers"],
+        },
+        faults=json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else None,
+    )
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the scheduling loop reads between cells (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (parts stay atomic)
+            self.signal = signal.Signals(signum).name
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def _groups(todo: list[tuple[str, Cell]]) -> list[list[tuple[str, Cell]]]:
@@ -155,42 +215,105 @@ def _groups(todo: list[tuple[str, Cell]]) -> list[list[tuple[str, Cell]]]:
     return list(groups.values())
 
 
-def _execute(todo, settings: CellSettings, ray_address, cpu_workers: int, progress: bool):
-    """Yield the rows of each finished cell as actors complete them."""
+def _execute(
+    todo, settings: CellSettings, ray_address, cpu_workers: int, progress: bool,
+    max_retries: int = DEFAULT_MAX_RETRIES, stop: _StopFlag | None = None,
+):  # fmt: skip
+    """Yield the rows of each finished cell as actors complete them.
+
+    One actor per GPU (else `cpu_workers` CPU actors). Each actor takes a whole model group,
+    and the next group only when its group is done, so it loads each model once. An actor that
+    dies is replaced; the cell it was running is retried up to `max_retries` times, then
+    reported `worker_lost`; the cells queued behind it are resubmitted without penalty.
+    """
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
         _init_ray(ray_address, cpu_workers)
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actor_count = gpus or max(1, cpu_workers)
-        worker_cls = (
-            ray.remote(num_gpus=1, num_cpus=0)(CellWorker)
-            if gpus
-            else ray.remote(num_cpus=1)(CellWorker)
-        )
-        actors = [
-            worker_cls.remote("cuda" if gpus else "cpu", settings) for _ in range(actor_count)
-        ]
-        pending = {}
-        for index, group in enumerate(_groups(todo)):
-            actor = actors[index % len(actors)]
-            for cid, cell in group:
-                pending[actor.run.remote(cid, cell)] = (cid, cell)
-        with _progress_bar(len(pending), progress) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                cid, cell = pending.pop(ready[0])
-                try:
-                    rows = ray.get(ready[0])
-                except Exception as exc:  # the actor died or the call failed outside run_cell
-                    rows = _lost_rows(cid, cell, settings, exc)
-                bar.update(rows)
-                yield rows
+        pool = _ActorPool(settings, cpu_workers, _groups(todo))
+        with _progress_bar(len(todo), progress) as bar:
+            while pool.busy and not stop:
+                for rows in pool.next_results(max_retries):
+                    bar.update(rows)
+                    yield rows
     finally:
         if started_here:
             ray.shutdown()
+
+
+class _ActorPool:
+    """Actors, the groups still queued, and the calls in flight (ref -> call)."""
+
+    def __init__(self, settings: CellSettings, cpu_workers: int, groups: list) -> None:
+        import ray
+
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.device = "cuda" if gpus else "cpu"
+        resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
+        self.worker_cls = ray.remote(**resources)(CellWorker)
+        self.settings = settings
+        self.queue = deque(groups)
+        self.attempts: dict[str, int] = defaultdict(int)
+        self.inflight: dict = {}  # ref -> (actor slot, submission number, cid, cell)
+        self.submitted = 0
+        count = min(gpus or max(1, cpu_workers), len(self.queue))
+        self.actors = [self._new_actor() for _ in range(count)]
+        for slot in range(count):
+            self._assign(slot)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def _new_actor(self):
+        return self.worker_cls.remote(self.device, self.settings)
+
+    def _assign(self, slot: int) -> None:
+        """Give the actor in `slot` the next queued group, if it has nothing in flight."""
+        if not self.queue or any(s == slot for s, *_ in self.inflight.values()):
+            return
+        for cid, cell in self.queue.popleft():
+            self.submitted += 1
+            ref = self.actors[slot].run.remote(cid, cell)
+            self.inflight[ref] = (slot, self.submitted, cid, cell)
+
+    def next_results(self, max_retries: int) -> list[list[dict]]:
+        """Wait up to a second for one call; the rows it settles (none on a retry)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+        if not ready:
+            return []
+        slot, number, cid, cell = self.inflight.pop(ready[0])
+        try:
+            rows = ray.get(ready[0])
+        except RayActorError as exc:
+            return self._actor_died(slot, (number, cid, cell), exc, max_retries)
+        except Exception as exc:  # the call failed outside run_cell (e.g. unpicklable result)
+            rows = _lost_rows(cid, cell, self.settings, exc)
+        self._assign(slot)
+        return [rows]
+
+    def _actor_died(self, slot: int, failed, exc: BaseException, max_retries: int):
+        """Replace the actor; retry its running cell (the earliest submitted) or give it up."""
+        orphans = [(n, cid, cell) for s, n, cid, cell in self.inflight.values() if s == slot]
+        self.inflight = {r: v for r, v in self.inflight.items() if v[0] != slot}
+        calls = sorted([failed, *orphans], key=lambda call: call[0])
+        running, queued = calls[0][1:], [c[1:] for c in calls[1:]]
+        self.attempts[running[0]] += 1
+        settled = []
+        if self.attempts[running[0]] > max_retries:
+            settled.append(_lost_rows(*running, self.settings, exc))
+        else:
+            queued.insert(0, running)
+        if queued:
+            self.queue.appendleft(queued)
+        self.actors[slot] = self._new_actor()
+        self._assign(slot)
+        return settled
 
 
 def _init_ray(address: str | None, cpu_workers: int) -> None:
@@ -212,7 +335,9 @@ def _init_ray(address: str | None, cpu_workers: int) -> None:
 
 
 def _lost_rows(cid: str, cell: Cell, settings: CellSettings, exc: BaseException) -> list[dict]:
-    status = "worker_lost" if type(exc).__name__ in ("RayActorError", "ActorDiedError") else "error"
+    from ray.exceptions import RayActorError
+
+    status = "worker_lost" if isinstance(exc, RayActorError) else "error"
     return [
         {
             "run_id": settings.run_id,
@@ -250,6 +375,7 @@ class CellWorker:
     def run(self, cid: str, cell: Cell) -> list[dict]:
         from pid_bench.cell import failure_fields, load_models, run_cell
 
+        _maybe_die(self.settings.faults, cid)
         key = (cell.backbone, cell.ckpt_type)
         if key != self.key:
             self._release()
@@ -274,6 +400,17 @@ class CellWorker:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _maybe_die(faults: dict | None, cid: str) -> None:
+    """Fault injection (tests): end this process before cell `cid`, `kill_times` times."""
+    if not faults or cid not in faults.get("kill", ()):
+        return
+    markers = Path(faults["marker_dir"])
+    deaths = len(list(markers.glob(f"kill-{cid}-*")))
+    if deaths < int(faults.get("kill_times", 1)):
+        (markers / f"kill-{cid}-{deaths}").touch()
+        os._exit(1)
 
 
 class _progress_bar:
