@@ -178,32 +178,37 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag the scheduling loop reads between cells (main thread only)."""
+    """SIGINT/SIGTERM set a flag the scheduling loop reads between cells (main thread only).
+
+    `install` runs again after `ray.init`, which puts its own SIGTERM handler in place.
+    """
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.previous: dict = {}
 
     def __bool__(self) -> bool:
         return self.signal is not None
 
+    def _handler(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (parts stay atomic)
+        self.signal = signal.Signals(signum).name
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._handler)
+
     @contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame) -> None:
-            if self.signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now (parts stay atomic)
-            self.signal = signal.Signals(signum).name
-
-        for sig in previous:
-            signal.signal(sig, handler)
+        self.install()
         try:
             yield self
         finally:
-            for sig, old in previous.items():
+            for sig, old in self.previous.items():
                 signal.signal(sig, old)
 
 
@@ -231,6 +236,8 @@ def _execute(
     started_here = not ray.is_initialized()
     if started_here:
         _init_ray(ray_address, cpu_workers)
+        if stop is not None:
+            stop.install()
     try:
         pool = _ActorPool(settings, cpu_workers, _groups(todo))
         with _progress_bar(len(todo), progress) as bar:
