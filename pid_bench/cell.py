@@ -186,7 +186,7 @@ def run_cell(
 ) -> list[dict]:
     """All rows of one cell: one per decoder, each `ok` or carrying its error."""
     dev = torch.device(device)
-    started = time.perf_counter()
+    started_at, started = utc_now(), time.perf_counter()
     base = _base_row(cell, cell_id, models, settings, dev)
     try:
         prepare = _prepare_from_ldm if cell.mode == "from_ldm" else _prepare
@@ -208,7 +208,7 @@ def run_cell(
     if settings.save_images:
         _save_images(rows, images, prepared["reference"], cell_id, settings.run_dir)
     wall = (time.perf_counter() - started) * 1000
-    return [{**row, "cell_wall_ms": wall} for row in rows]
+    return [{**row, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
 
 def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev) -> dict:

@@ -127,7 +127,7 @@ def run(
 
     Exit code: 0 all ok; 1 some row failed; 2 bad input; 130/143 interrupted (rerun resumes).
     """
-    from pid_bench.runner import run_suite
+    from pid_bench.runner import RayAddressError, run_suite
     from pid_bench.store import RunDirError
 
     suite = _load_suite_or_exit(suite_path)
@@ -142,7 +142,7 @@ def run(
             checkpoints=str(checkpoints) if checkpoints else None,
             max_retries=max_retries,
         )
-    except RunDirError as exc:
+    except (RunDirError, RayAddressError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     counts = (

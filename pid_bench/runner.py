@@ -29,6 +29,8 @@ DEFAULT_MAX_RETRIES = 2
 #: Test-only fault injection (JSON): {"error"|"oom"|"kill": [cell ids], "kill_times": n,
 #: "marker_dir": DIR}. "kill" ends the actor's process before the cell, n times per cell.
 FAULTS_ENV = "PID_BENCH_FAULTS"
+#: Test-only: the device actors compute on whatever Ray assigned (fake GPUs run on "cpu").
+WORKER_DEVICE_ENV = "PID_BENCH_WORKER_DEVICE"
 
 
 @dataclass
@@ -212,12 +214,20 @@ class _StopFlag:
                 signal.signal(sig, old)
 
 
-def _groups(todo: list[tuple[str, Cell]]) -> list[list[tuple[str, Cell]]]:
-    """Cells grouped by the models they need, in first-seen order."""
-    groups: dict[tuple[str, str], list[tuple[str, Cell]]] = {}
+def _groups(todo: list[tuple[str, Cell]], actors: int = 1) -> list[list[tuple[str, Cell]]]:
+    """Cells grouped by the models they need, in first-seen order; while there are fewer groups
+    than actors, the largest is halved so every actor works (each half loads its model once)."""
+    by_model: dict[tuple[str, str], list[tuple[str, Cell]]] = {}
     for cid, cell in todo:
-        groups.setdefault((cell.backbone, cell.ckpt_type), []).append((cid, cell))
-    return list(groups.values())
+        by_model.setdefault((cell.backbone, cell.ckpt_type), []).append((cid, cell))
+    groups = list(by_model.values())
+    while len(groups) < actors:
+        largest = max(range(len(groups)), key=lambda i: len(groups[i]), default=None)
+        if largest is None or len(groups[largest]) < 2:
+            break
+        group = groups[largest]
+        groups[largest : largest + 1] = [group[: len(group) // 2], group[len(group) // 2 :]]
+    return groups
 
 
 def _execute(
@@ -239,7 +249,7 @@ def _execute(
         if stop is not None:
             stop.install()
     try:
-        pool = _ActorPool(settings, cpu_workers, _groups(todo))
+        pool = _ActorPool(settings, cpu_workers, todo)
         with _progress_bar(len(todo), progress) as bar:
             while pool.busy and not stop:
                 for rows in pool.next_results(max_retries):
@@ -253,19 +263,22 @@ def _execute(
 class _ActorPool:
     """Actors, the groups still queued, and the calls in flight (ref -> call)."""
 
-    def __init__(self, settings: CellSettings, cpu_workers: int, groups: list) -> None:
+    def __init__(
+        self, settings: CellSettings, cpu_workers: int, todo: list, worker: type | None = None
+    ) -> None:
         import ray
 
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.device = "cuda" if gpus else "cpu"
+        self.device = os.environ.get(WORKER_DEVICE_ENV) or ("cuda" if gpus else "cpu")
         resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
-        self.worker_cls = ray.remote(**resources)(CellWorker)
+        self.worker_cls = ray.remote(**resources)(worker or CellWorker)
         self.settings = settings
-        self.queue = deque(groups)
+        wanted = gpus or max(1, cpu_workers)
+        self.queue = deque(_groups(todo, wanted))
         self.attempts: dict[str, int] = defaultdict(int)
         self.inflight: dict = {}  # ref -> (actor slot, submission number, cid, cell)
         self.submitted = 0
-        count = min(gpus or max(1, cpu_workers), len(self.queue))
+        count = min(wanted, len(self.queue))
         self.actors = [self._new_actor() for _ in range(count)]
         for slot in range(count):
             self._assign(slot)
@@ -323,12 +336,36 @@ class _ActorPool:
         return settled
 
 
+class RayAddressError(ConnectionError):
+    """A --ray-address / $RAY_ADDRESS that does not answer."""
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """Fail fast, naming the address, when HOST:PORT (or ray://HOST:PORT) refuses connections;
+    `ray.init` would otherwise retry for a long while. "auto" and other forms pass through."""
+    import socket
+
+    target = address.removeprefix("ray://").removeprefix("http://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as err:
+        raise RayAddressError(
+            f"Ray address {address} does not answer ({err.strerror or err}); start the cluster "
+            "(`ray start --head`), fix --ray-address / $RAY_ADDRESS, or drop it to run locally"
+        ) from None
+
+
 def _init_ray(address: str | None, cpu_workers: int) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address:
+        check_ray_address(address)
         ray.init(address=address, log_to_driver=False)
         return
     ray.init(
@@ -376,6 +413,7 @@ class CellWorker:
         torch.set_num_threads(max(1, int(os.environ.get("PID_BENCH_THREADS", os.cpu_count() or 1))))
         self.device = device
         self.settings = settings
+        self.identity = _worker_identity()
         self.key: tuple[str, str] | None = None
         self.models = None
 
@@ -396,7 +434,8 @@ class CellWorker:
                     {**row, **failure_fields(exc)}
                     for row in _lost_rows(cid, cell, self.settings, exc)
                 ]
-        return run_cell(cell, cid, self.models, self.settings, self.device)
+        rows = run_cell(cell, cid, self.models, self.settings, self.device)
+        return [{**row, **self.identity} for row in rows]
 
     def _release(self) -> None:
         import gc
@@ -407,6 +446,16 @@ class CellWorker:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _worker_identity() -> dict[str, str]:
+    import ray
+
+    if not ray.is_initialized():
+        return {"worker": f"local:{os.getpid()}", "gpu_ids": ""}
+    node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return {"worker": f"{node}:{os.getpid()}", "gpu_ids": gpus}
 
 
 def _maybe_die(faults: dict | None, cid: str) -> None:

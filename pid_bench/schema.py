@@ -24,6 +24,9 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("torch_version", pa.string(), "torch.__version__"),
     ("diffusers_version", pa.string(), "diffusers.__version__"),
     ("device", pa.string(), "cpu | cuda:N"),
+    ("worker", pa.string(), "node IP and process id of the Ray actor that computed the row"),
+    ("gpu_ids", pa.string(), "Ray GPU ids assigned to that actor (empty: none)"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "when the worker started the cell"),
     ("device_name", pa.string(), "GPU name or CPU model"),
     ("dtype", pa.string(), "compute dtype of the decoder (float32, bfloat16 autocast)"),
     (
