@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, soft_wrap=True)
@@ -34,7 +35,9 @@ def parity(
     from pid_bench.parity import run_parity
 
     if not root.is_dir():
-        err.print(f"[red]error:[/red] {root}: not a folder (expected the pid_reference layout)")
+        err.print(
+            f"[red]error:[/red] {escape(str(root))}: not a folder (expected the pid_reference layout)"
+        )
         raise typer.Exit(2)
     results = []
     for result in run_parity(root):
@@ -58,7 +61,7 @@ def _load_suite_or_exit(path: Path):
     try:
         return load_suite(path)
     except (SuiteError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -127,7 +130,7 @@ def run(
 
     Exit code: 0 all ok; 1 some row failed; 2 bad input; 130/143 interrupted (rerun resumes).
     """
-    from pid_bench.runner import RayAddressError, run_suite
+    from pid_bench.runner import PreflightError, RayAddressError, run_suite
     from pid_bench.store import RunDirError
 
     suite = _load_suite_or_exit(suite_path)
@@ -142,8 +145,8 @@ def run(
             checkpoints=str(checkpoints) if checkpoints else None,
             max_retries=max_retries,
         )
-    except (RunDirError, RayAddressError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (RunDirError, RayAddressError, PreflightError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     counts = (
         ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "nothing new"
@@ -170,7 +173,9 @@ def report_cmd(
 ) -> None:
     """Write leaderboard.md, report.html and plots/ for a run directory."""
     if not (run_dir / "run.json").is_file():
-        err.print(f"[red]error:[/red] {run_dir}: no run.json (not a pid-bench run directory)")
+        err.print(
+            f"[red]error:[/red] {escape(str(run_dir))}: no run.json (not a pid-bench run directory)"
+        )
         raise typer.Exit(2)
     _report(run_dir, print_leaderboard=True)
 
@@ -265,7 +270,7 @@ def decode(
             torch.cuda.synchronize()
         decode_s = time.perf_counter() - started
     except (UnknownCheckpointError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     from pid_bench.cell import write_png
 

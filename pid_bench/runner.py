@@ -117,6 +117,7 @@ def run_suite(
     planned = plan(suite)
     done = finished_rows(run_dir)
     todo = [(cid, c) for cid, c in planned if any((cid, d) not in done for d in suite.decoders)]
+    preflight(todo, checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"))
     env = environment()
     run_info = {
         "run_id": run_dir.name,
@@ -154,6 +155,38 @@ def run_suite(
         cells_remaining=len(todo) - len(finished) if stop.signal else 0,
         interrupted_by=stop.signal,
     )  # fmt: skip
+
+
+class PreflightError(ValueError):
+    """Inputs of the cells still to run that are unusable: nothing was started."""
+
+
+def preflight(todo: list[tuple[str, Cell]], checkpoints: str | None) -> None:
+    """Refuse, before any actor starts, what would fail every cell of a group: a source image
+    that does not decode, a PiD checkpoint that is missing or is not a plain tensor dict.
+
+    Checkpoints are opened memory-mapped with `weights_only=True` (cheap); every problem is
+    reported at once.
+    """
+    from pid_bench.manifests import ManifestError, load_image
+    from pid_models.checkpoints import CheckpointError, checkpoint_path, read_state_dict
+    from pid_models.registry import EMBEDDED_PAIRS, resolve
+
+    problems: list[str] = []
+    for item in {c.item.image: c.item for _, c in todo if c.item.image}.values():
+        try:
+            load_image(item)
+        except ManifestError as err:
+            problems.append(f"{item.location} image: {err}")
+    for pair in dict.fromkeys((c.backbone, c.ckpt_type) for _, c in todo):
+        if pair in EMBEDDED_PAIRS:
+            continue
+        try:
+            read_state_dict(checkpoint_path(resolve(*pair), checkpoints))
+        except CheckpointError as err:
+            problems.append(f"{pair[0]}/{pair[1]}: {err}")
+    if problems:
+        raise PreflightError("\n".join(problems))
 
 
 def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -> CellSettings:

@@ -42,15 +42,16 @@ def checkpoint_path(experiment: Experiment, root: str | os.PathLike | None = Non
     """Where `experiment`'s file is expected; the root may be DIR or DIR/checkpoints."""
     base = checkpoints_root(root)
     candidates = [base / experiment.checkpoint_relpath]
-    if base.name == "checkpoints":
-        candidates.append(base.parent / experiment.checkpoint_relpath)
+    if base.name == "checkpoints":  # DIR/checkpoints given: the file is DIR/<relpath>
+        candidates.insert(0, base.parent / experiment.checkpoint_relpath)
     for path in candidates:
         if path.is_file():
             return path
+    download_root = candidates[0].parents[len(Path(experiment.checkpoint_relpath).parts) - 1]
     raise CheckpointError(
         f"PiD checkpoint for {experiment.name} not found: expected {candidates[0]}. "
         f'Fetch it with: hf download nvidia/PiD --include "{experiment.checkpoint_relpath}" '
-        f"--local-dir {base}"
+        f"--local-dir {download_root}"
     )
 
 
@@ -66,10 +67,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             # Legacy (non-zip) torch.save files cannot be memory-mapped.
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err) or "global" in str(err):  # a class or function reference
+            raise CheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): the file needs arbitrary "
+                "pickled objects, not only tensors. Re-save it as a plain {key: tensor} dict "
+                f"(torch.save(state_dict) or safetensors). ({_first_reason(err)})"
+            ) from err
         raise CheckpointError(
-            f"{path}: refused by torch.load(weights_only=True): the file needs arbitrary "
-            f"pickled objects, not only tensors. Re-save it as a plain {{key: tensor}} dict. "
-            f"({str(err).splitlines()[0]})"
+            f"{path}: not a readable torch checkpoint (weights_only=True could not unpickle it: "
+            f"{_first_reason(err)}); re-download it or save a plain {{key: tensor}} dict"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
@@ -81,6 +87,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             + ("" if not isinstance(obj, Mapping) else " with non-tensor entries")
         )
     return dict(obj)
+
+
+def _first_reason(err: BaseException) -> str:
+    """torch's weights_only message: the line after its generic preamble that names the cause."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    specific = [ln for ln in lines if "Unsupported" in ln or "GLOBAL" in ln or "global" in ln]
+    return (specific or lines or [type(err).__name__])[0][:300]
 
 
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
