@@ -185,8 +185,36 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         leaderboard=query(con, "leaderboard"),
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
-        sections=[s for s in [_end_to_end(con)] if s is not None],
+        sections=[s for s in [_end_to_end(con), _time_budget(con, run_dir)] if s is not None],
     )
+
+
+def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
+    """Harness overhead: how much of the workers' and the run's wall time the decoders use."""
+    (r,) = query(con, "time_budget")
+    if not r["n_cells"]:
+        return None
+    meta = _read_meta(run_dir)
+    run_ms = None
+    if meta.get("started_at") and meta.get("finished_at"):
+        from datetime import datetime
+
+        start, end = (datetime.fromisoformat(meta[k]) for k in ("started_at", "finished_at"))
+        run_ms = (end - start).total_seconds() * 1000
+    share = lambda ms: "–" if not r["wall_ms"] else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
+    rows = [
+        ["decoders (timed repeats + warm-up)", _fmt(r["decode_ms"], 0), share(r["decode_ms"])],
+        ["encode + caption", _fmt(r["prepare_ms"], 0), share(r["prepare_ms"])],
+        ["other (I/O, resizes, metrics, PNGs, LDM)", _fmt(r["other_ms"], 0), share(r["other_ms"])],
+        ["all cells on the workers", _fmt(r["wall_ms"], 0), share(r["wall_ms"])],
+    ]
+    note = f"{r['n_cells']} ok cells."
+    if run_ms:
+        note += (
+            f" The run's own wall time (driver, Ray start-up, model loading, all workers; from "
+            f"run.json, the last invocation only when resumed) was {run_ms:.0f} ms."
+        )
+    return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
 
 
 def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
