@@ -29,7 +29,7 @@ from typing import Any
 
 from pid_models.caption import GEMMA_ID
 from pid_models.checkpoints import CHECKPOINTS_ENV
-from pid_models.codecs import CODEC_FILES
+from pid_models.codecs import CODEC_FILES, RAE_ENCODERS
 from pid_models.registry import EMBEDDED_PAIRS, canonical_backbone, released_pairs, resolve
 
 __all__ = [
@@ -195,6 +195,26 @@ def _root_file(root: Path | None, rel: str) -> tuple[str, str | None, str | None
     return "missing", str(candidates[0]), f"{include} --local-dir {root}"
 
 
+def _codec_files(root: Path | None, canonical: str, snapshot) -> tuple[str, str | None, str | None]:
+    """(status, path, hint) of a codec: every file of `CODEC_FILES[canonical]` under the root
+    (the first missing one is reported, the hint fetches all missing ones), then for the RAE
+    codecs their encoder in the HF cache. Present: the path of the decoder weights."""
+    found = [_root_file(root, rel) for rel in CODEC_FILES[canonical]]
+    missing = [f for f in found if f[0] != "present"]
+    if missing:
+        status, path, hint = missing[0]
+        if root is not None and len(missing) > 1:
+            hint = "; ".join(h for _, _, h in missing if h)
+        return status, path, hint
+    repo = RAE_ENCODERS.get(canonical)
+    if repo is not None:
+        folder, why = snapshot(repo)
+        if folder is None:
+            fix = f"hf download {repo}"
+            return "missing", None, f"{why}; {fix}" if why else fix
+    return "present", found[0][1], None
+
+
 def _cached_snapshot(repo_id: str, cache: Path) -> tuple[Path | None, str | None]:
     """(snapshot folder, None) if `repo_id` is in the HF cache, else (None, why not).
 
@@ -278,9 +298,9 @@ def check_components(root: str | os.PathLike | None = None) -> list[ComponentSta
         )
         canonical = canonical_backbone(backbone)
         if canonical in CODEC_FILES:
-            rows.append(ComponentStatus(*pair, "codec", *_root_file(root, CODEC_FILES[canonical])))
+            rows.append(ComponentStatus(*pair, "codec", *_codec_files(root, canonical, snapshot)))
         else:
-            why = f"the native {canonical} (RAE) decoder is not written yet"
+            why = f"no native codec for {canonical}"
             rows.append(ComponentStatus(*pair, "codec", "not implemented", None, why))
         rows.append(from_cache(pair, "caption_encoder", GEMMA_ID))
         repo = pipelines.repo(backbone)

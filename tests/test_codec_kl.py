@@ -80,9 +80,11 @@ def test_shipped_full_size_configs_build_on_meta(name, params):
 def test_missing_codec_file_names_the_expected_path(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_codec("zimage-turbo", tmp_path)
-    assert str(tmp_path / CODEC_FILES["flux"]) in str(info.value)
+    (rel,) = CODEC_FILES["flux"]
+    assert str(tmp_path / rel) in str(info.value)
+    assert f'hf download nvidia/PiD --include "{rel}" --local-dir {tmp_path}' in str(info.value)
 
 
-def test_rae_backbones_say_their_codec_is_not_written_yet():
-    with pytest.raises(NotImplementedError, match="dinov2"):
-        build_codec("dinov2", {})
+def test_a_backbone_without_a_codec_is_refused():
+    with pytest.raises(ValueError, match="no native codec for backbone 'tiny'"):
+        build_codec("tiny", {})

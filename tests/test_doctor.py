@@ -19,7 +19,7 @@ from pid_bench.doctor import (
 )
 from pid_bench.suite import load_suite
 from pid_models.caption import GEMMA_ID
-from pid_models.codecs import CODEC_FILES
+from pid_models.codecs import CODEC_FILES, RAE_ENCODERS
 from pid_models.registry import EMBEDDED_PAIRS, released_pairs, resolve
 from tests.test_run import REPO, write_suite
 
@@ -57,7 +57,7 @@ def root(tmp_path):
     pid = root / resolve("flux", "2k").checkpoint_relpath
     pid.parent.mkdir(parents=True)
     pid.write_bytes(b"")
-    (root / CODEC_FILES["flux"]).write_bytes(b"")
+    (root / CODEC_FILES["flux"][0]).write_bytes(b"")
     return root
 
 
@@ -94,20 +94,39 @@ def test_present_and_missing_files_with_the_exact_fix(root):
     assert flux.status == "present" and flux.usable and flux.hint is None
     assert flux.path == str(root / resolve("flux", "2k").checkpoint_relpath)
     vae = status(rows, "zimage-turbo", "2k", "codec")  # an alias reads the flux VAE
-    assert (vae.status, vae.path) == ("present", str(root / CODEC_FILES["flux"]))
+    assert (vae.status, vae.path) == ("present", str(root / CODEC_FILES["flux"][0]))
 
     rel = resolve("sd3", "2kto4k").checkpoint_relpath
     missing = status(rows, "sd3", "2kto4k", "pid_checkpoint")
     assert (missing.status, missing.path) == ("missing", str(root / rel))
     assert missing.hint == f'hf download nvidia/PiD --include "{rel}" --local-dir {root}'
     codec = status(rows, "sd3", "2k", "codec")
-    assert codec.path == str(root / CODEC_FILES["sd3"])
-    assert (
-        codec.hint == f'hf download nvidia/PiD --include "{CODEC_FILES["sd3"]}" --local-dir {root}'
-    )
+    (sd3_vae,) = CODEC_FILES["sd3"]
+    assert codec.path == str(root / sd3_vae)
+    assert codec.hint == f'hf download nvidia/PiD --include "{sd3_vae}" --local-dir {root}'
     for backbone in ("dinov2", "siglip"):
-        assert status(rows, backbone, "2k", "codec").status == "not implemented"
+        rae = status(rows, backbone, "2k", "codec")
+        assert (rae.status, rae.path) == ("missing", str(root / CODEC_FILES[backbone][0]))
+        for rel in CODEC_FILES[backbone]:  # one command per missing file
+            assert f'hf download nvidia/PiD --include "{rel}" --local-dir {root}' in rae.hint
         assert status(rows, backbone, "2k", "ldm_pipeline").status == "not implemented"
+
+
+def test_rae_codec_needs_its_files_and_its_encoder_in_the_hf_cache(root, offline):
+    for rel in CODEC_FILES["dinov2"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    (root / CODEC_FILES["siglip"][0]).parent.mkdir(parents=True)
+    (root / CODEC_FILES["siglip"][0]).write_bytes(b"")  # its config is missing
+    rows = check_components(root)
+    dinov2 = status(rows, "dinov2", "2k", "codec")
+    assert (dinov2.status, dinov2.hint) == ("missing", f"hf download {RAE_ENCODERS['dinov2']}")
+    siglip = status(rows, "siglip", "2k", "codec")
+    assert (siglip.status, siglip.path) == ("missing", str(root / CODEC_FILES["siglip"][1]))
+    assert siglip.hint.count("hf download") == 1
+    cache_snapshot(offline, RAE_ENCODERS["dinov2"], ["config.json"])
+    dinov2 = status(check_components(root), "dinov2", "2k", "codec")
+    assert (dinov2.status, dinov2.path) == ("present", str(root / CODEC_FILES["dinov2"][0]))
 
 
 def test_root_may_be_the_checkpoints_folder_or_come_from_the_env(root, monkeypatch):
