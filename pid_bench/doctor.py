@@ -53,26 +53,6 @@ COMPONENTS = ("pid_checkpoint", "codec", "caption_encoder", "ldm_pipeline")
 USABLE = ("present", "embedded")
 PID_REPO = "nvidia/PiD"
 
-#: Used only when `pid_models.ldm` cannot be imported: backbone tag -> default diffusers repo id
-#: (pid_reference backbones README section 8). `pid_models.ldm.PIPELINES` is the authority.
-_FALLBACK_PIPELINE_REPOS: Mapping[str, str] = {
-    "flux": "black-forest-labs/FLUX.1-dev",
-    "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-    "flux2": "black-forest-labs/FLUX.2-dev",
-    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
-    "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-9B",
-    "qwenimage": "Qwen/Qwen-Image",
-    "qwenimage-2512": "Qwen/Qwen-Image-2512",
-    "zimage": "Tongyi-MAI/Z-Image",
-    "zimage-turbo": "Tongyi-MAI/Z-Image-Turbo",
-}
-_FALLBACK_NO_PIPELINE: Mapping[str, str] = {
-    "dinov2": "its LDM is RAE's class-conditional DiT-DH-XL, not a diffusers pipeline",
-    "siglip": "its LDM is Scale-RAE, not a diffusers pipeline",
-    "tiny": "the embedded tiny backbone has no LDM (use from_clean)",
-}
-
 _LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "ray", "pyiqa", "torchmetrics")
 
 
@@ -234,17 +214,13 @@ def _cached_snapshot(repo_id: str, cache: Path) -> tuple[Path | None, str | None
 
 
 class _PipelineRepos:
-    """Default LDM repo ids from `pid_models.ldm.PIPELINES` (guarded), else the fallback table."""
+    """Default LDM repo ids and the reasons for backbones without one (`pid_models.ldm`)."""
 
     def __init__(self) -> None:
-        try:
-            from pid_models import ldm
+        from pid_models import ldm
 
-            self.repos = {tag: spec.repo_id for tag, spec in ldm.PIPELINES.items()}
-            self.unavailable = dict(getattr(ldm, "UNAVAILABLE", _FALLBACK_NO_PIPELINE))
-        except Exception:  # ldm.py absent or broken: the README's table
-            self.repos = dict(_FALLBACK_PIPELINE_REPOS)
-            self.unavailable = dict(_FALLBACK_NO_PIPELINE)
+        self.repos = {tag: spec.repo_id for tag, spec in ldm.PIPELINES.items()}
+        self.unavailable = dict(ldm.UNAVAILABLE)
 
     def repo(self, backbone: str) -> str | None:
         return self.repos.get(backbone)
@@ -450,9 +426,40 @@ def build_report(
 
         suite = load_suite(suite_path)
         report.suite_name = suite.name
+        if suite.mode == "from_ldm":
+            components = _with_suite_pipelines(suite, components)
+            report.components = components
         report.runnable, report.blocked = _classify(suite, components)
         report.total_cells = len(report.runnable) + len(report.blocked)
     return report
+
+
+def _with_suite_pipelines(suite, statuses: list[ComponentStatus]) -> list[ComponentStatus]:
+    """The ldm_pipeline rows of the backbones whose pipeline the suite names (ldm.pipelines):
+    a local folder with model_index.json, else that repo id in the HF cache."""
+    out = []
+    cache = hf_cache_dir()
+    for status in statuses:
+        source = suite.ldm.source(status.backbone)
+        if status.component != "ldm_pipeline" or source is None:
+            out.append(status)
+            continue
+        pair = (status.backbone, status.ckpt_type)
+        folder = Path(source)
+        if folder.is_dir():
+            found = (folder / "model_index.json").is_file()
+            state, hint = (
+                ("present", None) if found else ("missing", f"{folder} lacks model_index.json")
+            )
+            out.append(ComponentStatus(*pair, "ldm_pipeline", state, str(folder), hint))
+            continue
+        snapshot, why = _cached_snapshot(source, cache)
+        if snapshot is not None and (snapshot / "model_index.json").is_file():
+            out.append(ComponentStatus(*pair, "ldm_pipeline", "present", str(snapshot)))
+        else:
+            hint = f"{why}; hf download {source}" if why else f"hf download {source}"
+            out.append(ComponentStatus(*pair, "ldm_pipeline", "missing", None, hint))
+    return out
 
 
 def doctor_exit_code(report: DoctorReport) -> int:

@@ -250,13 +250,18 @@ def test_environment_lists_device_versions_and_caches(offline):
     assert isinstance(env["devices"], list) and env["torch"]
 
 
-def test_pipeline_repos_fall_back_when_ldm_is_absent(root, monkeypatch):
-    import sys
-
-    import pid_models
-
-    monkeypatch.setitem(sys.modules, "pid_models.ldm", None)  # import raises ImportError
-    monkeypatch.delattr(pid_models, "ldm", raising=False)
-    rows = check_components(root)
-    assert status(rows, "flux", "2k", "ldm_pipeline").hint == f"hf download {FLUX_PIPELINE}"
-    assert status(rows, "siglip", "2k", "ldm_pipeline").status == "not implemented"
+def test_a_suite_named_pipeline_folder_counts_for_from_ldm_cells(tmp_path, root, offline):
+    pipe = tmp_path / "tiny_pipe"
+    pipe.mkdir()
+    path = write_suite(
+        tmp_path, mode="from_ldm", backbones=["tiny"], sigmas=[0.0], decoders=["pid"],
+        metrics=[], source=str(REPO / "manifests" / "prompts_smoke.txt"),
+        ldm={"pipelines": {"tiny": str(pipe)}},
+    )  # fmt: skip
+    report = build_report(path, root)
+    assert not report.runnable and all(m == ["ldm_pipeline"] for _, m in report.blocked)
+    assert "lacks model_index.json" in status(report.components, "tiny", "2k", "ldm_pipeline").hint
+    (pipe / "model_index.json").write_text("{}")
+    report = build_report(path, root)
+    assert report.runnable and not report.blocked
+    assert status(report.components, "tiny", "2k", "ldm_pipeline").path == str(pipe)
