@@ -20,15 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pid_bench.metrics import get_metric, to_unit_range
+from pid_bench.metrics import (
+    RESIZE_KERNEL,
+    MetricContext,
+    expand_metric_names,
+    get_metric,
+    measure,
+    protocol_fields,
+    to_unit_range,
+)
 from pid_bench.schema import COLUMNS
 from pid_bench.suite import Decoder, LdmOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.registry import EMBEDDED_PAIRS, resolve
-
-RESIZE_KERNEL = "bicubic-antialias"
-COLOR_SPACE = "sRGB [0,1], clamped"
 
 
 @dataclass
@@ -240,7 +245,7 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
         "out_height": cell.resolution[0],
         "out_width": cell.resolution[1],
         "downsample_kernel": RESIZE_KERNEL,
-        "color_space": COLOR_SPACE,
+        **protocol_fields(),
         "warmup": settings.warmup,
         "repeats": settings.repeats,
     }
@@ -277,6 +282,7 @@ def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
     return {
         "reference": reference,
         "latent": noisy,
+        "clean_latent": latent,
         "sigma": float(cell.sigma),
         "y": y,
         "row": row,
@@ -314,7 +320,15 @@ def _prepare_from_ldm(cell, models: ModelSet, settings: CellSettings, dev) -> di
         "ldm_cache": origin,
         "ldm_capture_key": key,
     }
-    return {"reference": None, "latent": latent, "sigma": capture.sigmas[step], "y": y, "row": row}
+    clean = latent if step is None else None  # only x0 is a clean latent
+    return {
+        "reference": None,
+        "latent": latent,
+        "clean_latent": clean,
+        "sigma": capture.sigmas[step],
+        "y": y,
+        "row": row,
+    }
 
 
 def _pipeline_identity(models: ModelSet) -> str:
@@ -421,23 +435,49 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
     at_output = resize(image.float(), tuple(cell.resolution))
-    row |= _metrics(at_output, prepared["reference"], settings.metrics)
+    context = _metric_context(models, prepared, settings.metrics)
+    row |= _metrics(at_output, context, settings.metrics)
     return row, at_output
 
 
-def _metrics(image: torch.Tensor, reference: torch.Tensor | None, names: tuple[str, ...]) -> dict:
-    values, notes = {}, {}
-    for name in names:
-        metric = get_metric(name)
-        if f"metric_{name}" not in COLUMNS:
-            notes[name] = "no column in pid_bench.schema"
-            continue
-        if metric.kind == "full_reference" and reference is None:
-            notes[name] = "no reference image (from_ldm generates from a prompt)"
-            continue
-        ref = to_unit_range(reference) if metric.kind == "full_reference" else None
-        values[f"metric_{name}"] = float(metric.compute(to_unit_range(image), ref)[0])
-    return {**values, "metric_notes": json.dumps(notes) if notes else None}
+#: Metrics that compare with the native decode at its own size.
+_NEEDS_NATIVE = {"lq_color_de2000", "hf_energy_ratio"}
+
+
+def _metric_context(models: ModelSet, prepared: dict, names: tuple[str, ...]) -> MetricContext:
+    """What the metrics may compare with; the native decode is made once per cell, untimed."""
+    native = None
+    if _NEEDS_NATIVE & set(expand_metric_names(names)):
+        if "native_unit" not in prepared:
+            with torch.no_grad():
+                prepared["native_unit"] = to_unit_range(models.codec.decode(prepared["latent"]))
+        native = prepared["native_unit"]
+    reference = prepared["reference"]
+    return MetricContext(
+        reference=None if reference is None else to_unit_range(reference),
+        native=native,
+        codec=models.codec,
+        clean_latent=prepared.get("clean_latent"),
+        scale=models.pid.scale,
+    )
+
+
+def _metrics(image: torch.Tensor, context: MetricContext, names: tuple[str, ...]) -> dict:
+    """metric_<name> columns, extra_metrics for metrics without a column, and the reasons of
+    every null in metric_notes (set-level metrics are computed per run, not here)."""
+    names = [n for n in expand_metric_names(names) if get_metric(n).kind != "set_level"]
+    result = measure(names, to_unit_range(image), context)
+    columns, extra, notes = {}, {}, dict(result.reasons)
+    for name, value in result.values.items():
+        if f"metric_{name}" in COLUMNS:
+            columns[f"metric_{name}"] = value
+        elif value is not None:
+            extra[name] = value
+    return {
+        **columns,
+        "extra_metrics": json.dumps(extra) if extra else None,
+        "metric_notes": json.dumps(notes) if notes else None,
+    }
 
 
 def inject_fault(faults: dict | None, cell_id: str, decoder: str) -> None:

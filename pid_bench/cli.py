@@ -167,6 +167,71 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def score(
+    img: Annotated[
+        list[Path], typer.Option("--img", help="Image to score (PNG, JPEG, ...); repeatable.")
+    ],
+    ref: Annotated[
+        Path | None, typer.Option("--ref", help="Reference image for full-reference metrics.")
+    ] = None,
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated metrics: registry names or pyiqa:<name>.")
+    ] = "psnr,ssim",
+    scale: Annotated[
+        int | None, typer.Option(help="PiD's upscale factor (hf_energy_ratio needs it).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+    ] = None,
+    as_table: Annotated[bool, typer.Option("--table", help="A table instead of JSON.")] = False,
+) -> None:
+    """Score image files with the metrics a run records (the runner's code path); prints JSON
+    {image: {metric: value}} (null where a metric cannot run; reasons on stderr).
+
+    Exit code: 0 scored; 2 bad input.
+    """
+    from pid_bench.manifests import ManifestError
+    from pid_bench.metrics import expand_metric_names
+    from pid_bench.score import score_images
+
+    try:
+        names = expand_metric_names(m.strip() for m in metrics.split(",") if m.strip())
+    except KeyError as exc:
+        err.print(f"[red]error:[/red] --metrics: {escape(str(exc.args[0]))}")
+        raise typer.Exit(2) from exc
+    if not names:
+        err.print("[red]error:[/red] --metrics names no metric")
+        raise typer.Exit(2)
+    import json
+    import warnings
+
+    from pid_bench.metrics import MetricUnavailableWarning
+
+    try:
+        with warnings.catch_warnings():  # each reason is printed once below
+            warnings.simplefilter("ignore", MetricUnavailableWarning)
+            result = score_images(img, names, ref, device=device, scale=scale)
+    except ManifestError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    for name, reason in sorted({(n, r) for per in result.reasons.values() for n, r in per.items()}):
+        err.print(f"[dim]{escape(name)}: {escape(reason)}[/dim]")
+    if not as_table:
+        typer.echo(json.dumps(result.values, indent=2, allow_nan=True))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"reference: {ref if ref is not None else 'none'}", title_justify="left")
+    table.add_column("image", overflow="fold")
+    for name in names:
+        table.add_column(name, justify="right")
+    for path, values in result.values.items():
+        cells = ["-" if values[n] is None else f"{values[n]:.6g}" for n in names]
+        table.add_row(escape(path), *cells)
+    Console(soft_wrap=True).print(table)
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pid-bench run`.")],

@@ -21,12 +21,13 @@ import platform
 import shutil
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pid_bench.paths import hf_cache_dir, torch_hub_dir
 from pid_models.caption import GEMMA_ID
 from pid_models.checkpoints import CHECKPOINTS_ENV
 from pid_models.codecs import CODEC_FILES, RAE_ENCODERS
@@ -109,27 +110,6 @@ def _driver_version() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0].strip() if out else None
-
-
-def hf_cache_dir() -> Path:
-    """The HF hub cache as the environment says now (HF_HUB_CACHE, then HF_HOME/hub)."""
-    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(key):
-            return Path(os.environ[key]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE).expanduser()
-
-
-def torch_hub_dir() -> Path:
-    """torch.hub's folder as torch computes it: $TORCH_HOME/hub, else XDG cache / torch / hub."""
-    if os.environ.get("TORCH_HOME"):
-        home = Path(os.environ["TORCH_HOME"])
-    else:
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
-    return home.expanduser() / "hub"
 
 
 # --------------------------------------------------------------------------- components
@@ -294,52 +274,19 @@ def check_components(root: str | os.PathLike | None = None) -> list[ComponentSta
 @dataclass(frozen=True)
 class MetricWeightStatus:
     metric: str
-    status: str  # no weights needed | present | missing
+    status: str  # no weights needed | present | missing | unknown
     files: tuple[str, ...] = ()
     searched: tuple[str, ...] = ()
     hint: str | None = None
 
 
-#: Metric -> lower-case substrings of its pyiqa weight file names (best effort).
-METRIC_WEIGHT_PATTERNS: Mapping[str, tuple[str, ...] | None] = {
-    "psnr": None,
-    "ssim": None,
-    "lpips": ("lpips",),
-    "dists": ("dists",),
-    "niqe": ("niqe",),
-    "musiq": ("musiq",),
-    "clipiqa": ("clipiqa", "clip-iqa", "rn50"),
-    "maniqa": ("maniqa", "ckpt_koniq10k", "ckpt_kadid10k"),
-    "topiq_nr": ("topiq_nr", "cfanet_nr"),
-}
-
-
 def check_metric_weights(metrics: Iterable[str] | None = None) -> list[MetricWeightStatus]:
-    """Whether each metric's weights are in torch's hub folder (pyiqa/, checkpoints/, clip/).
+    """Whether each metric's weight files are on this machine (the metric registry names them:
+    `pid_bench.metrics.weight_status`); every registry metric by default."""
+    from pid_bench.metrics import METRICS, weight_status
 
-    Matching is by name fragments in file names: it says a file is there, not that it is the
-    exact one pyiqa will ask for.
-    """
-    hub = torch_hub_dir()
-    folders = [hub / "pyiqa", hub / "checkpoints", hub / "clip"]
-    files = [f for d in folders if d.is_dir() for f in sorted(d.iterdir()) if f.is_file()]
-    searched = tuple(str(d) for d in folders)
-    out = []
-    for metric in metrics if metrics is not None else METRIC_WEIGHT_PATTERNS:
-        patterns = METRIC_WEIGHT_PATTERNS.get(metric, (metric.lower(),))
-        if patterns is None:
-            out.append(MetricWeightStatus(metric, "no weights needed"))
-            continue
-        found = tuple(str(f) for f in files if any(p in f.name.lower() for p in patterns))
-        if found:
-            out.append(MetricWeightStatus(metric, "present", found, searched))
-        else:
-            hint = (
-                f"python -c \"import pyiqa; pyiqa.create_metric('{metric}')\" once with network "
-                f"access (downloads into {hub / 'pyiqa'})"
-            )
-            out.append(MetricWeightStatus(metric, "missing", (), searched, hint))
-    return out
+    names = list(metrics) if metrics is not None else list(METRICS)
+    return [MetricWeightStatus(name, *weight_status(name)) for name in names]
 
 
 # --------------------------------------------------------------------------- suites
@@ -473,6 +420,7 @@ _MARK = {
     "missing": "[red]✗[/red]",
     "not implemented": "[dim]— n/i[/dim]",
     "no weights needed": "[green]✓ none needed[/green]",
+    "unknown": "[yellow]? named by pyiqa at run time[/yellow]",
 }
 
 _STATUS_TEXT = {
@@ -544,9 +492,8 @@ def render(report: DoctorReport) -> list:
         detail = "\n".join(m.files) if m.files else (m.hint or "")
         metrics.add_row(m.metric, _MARK.get(m.status, m.status), detail)
     out.append(metrics)
-    searched = next((m.searched for m in report.metric_weights if m.searched), ())
-    if searched:
-        out.append(Text(f"metric weights searched in: {', '.join(searched)}", style="dim"))
+    hub = torch_hub_dir()
+    out.append(Text(f"metric weights are looked for under {hub} and the HF cache", style="dim"))
 
     if report.has_suite:
         ok = not report.blocked

@@ -30,8 +30,6 @@ from pid_bench.schema import ROW_SCHEMA
 #: Which way is better, per measure: the metric registry's declarations plus timing and memory.
 HIGHER_IS_BETTER: dict[str, bool] = {
     **{name: metric.higher_is_better for name, metric in METRICS.items()},
-    "lpips": False,  # pyiqa metrics not yet in the registry (Metrics issue)
-    "dists": False,
     "latency_ms_p50": False,
     "peak_mem_allocated_bytes": False,
 }
@@ -462,7 +460,12 @@ def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     records = query(con, "quality_vs_sigma")
     columns = list(records[0]) if records else _metric_columns(con)
     paths = []
-    for column in (c for c in columns if c.startswith("metric_") and c != "metric_notes"):
+    measured = [
+        c
+        for c in columns
+        if c.startswith("metric_") and c != "metric_notes" and any(r[c] is not None for r in records)
+    ]
+    for column in measured:
         name = column.removeprefix("metric_")
         fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{marker(name)}")
         _draw(ax, _series(records, "sigma", column), "no data")

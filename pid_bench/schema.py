@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-#: Metrics with a column of their own; `metric_<name>`, float64, null when not computed.
-METRIC_COLUMNS = ("psnr", "ssim")
+from pid_bench.metrics import METRICS, ROW_METRICS
+
+#: Metrics with a column of their own (every per-image metric of the registry); `metric_<name>`,
+#: float64, null when not computed (its reason in metric_notes).
+METRIC_COLUMNS = ROW_METRICS
+_KIND_DOC = {
+    "full_reference": "against the reference at output size",
+    "no_reference": "of the decoded image alone (no reference)",
+    "latent": "PiD-specific, against the latent / native decode (docs/metrics.md)",
+}
 
 _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     # identity and provenance
@@ -63,6 +71,12 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "how this decoder's output was brought to the output size (null: none)",
     ),
     ("color_space", pa.string(), "colour space and range the metrics saw"),
+    (
+        "protocol_resize_kernel",
+        pa.string(),
+        "how images reached the size a metric compares at (native decodes: the output size)",
+    ),
+    ("crop_border", pa.int64(), "pixels cropped from each border before the metrics"),
     # timing (every repeat kept)
     ("warmup", pa.int64(), "untimed decodes before timing"),
     ("repeats", pa.int64(), "timed decodes"),
@@ -96,10 +110,14 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("image_path", pa.string(), "decoded PNG, relative to the run directory (null: not saved)"),
     ("reference_path", pa.string(), "reference PNG at output size, relative to the run directory"),
     ("metric_notes", pa.string(), "JSON {metric: reason} for metrics left null"),
+    (
+        "extra_metrics",
+        pa.string(),
+        "JSON {metric: value} of metrics without a column (pyiqa:<name>)",
+    ),
 ]
 _COLUMNS += [
-    (f"metric_{m}", pa.float64(), f"{m} against the reference at output size")
-    for m in METRIC_COLUMNS
+    (f"metric_{m}", pa.float64(), f"{m}, {_KIND_DOC[METRICS[m].kind]}") for m in METRIC_COLUMNS
 ]
 
 ROW_SCHEMA = pa.schema(

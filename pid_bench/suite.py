@@ -41,7 +41,7 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pid_bench.manifests import ManifestError, SourceItem, load_manifest, load_prompts
-from pid_bench.metrics import METRICS
+from pid_bench.metrics import METRICS, is_known_metric
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
 
 __all__ = [
@@ -304,9 +304,12 @@ class Suite(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, metrics: list[str]) -> list[str]:
-        unknown = [m for m in metrics if m not in METRICS]
+        unknown = [m for m in metrics if not is_known_metric(m)]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(sorted(METRICS))}")
+            raise ValueError(
+                f"unknown metric(s) {unknown}; known: {', '.join(sorted(METRICS))}, "
+                "latent_consistency, or pyiqa:<any pyiqa.list_models() name>"
+            )
         return metrics
 
     @field_validator("source")

@@ -234,10 +234,15 @@ def test_metric_weights_by_file_name(tmp_path):
     (pyiqa / "LPIPS_v0.1_alex-df73285e.pth").write_bytes(b"")
     found = {m.metric: m for m in check_metric_weights()}
     assert found["psnr"].status == found["ssim"].status == "no weights needed"
-    assert found["lpips"].status == "present"
+    assert found["lpips"].status == "missing"  # needs AlexNet's torchvision weights too
     assert found["lpips"].files == (str(pyiqa / "LPIPS_v0.1_alex-df73285e.pth"),)
-    assert found["dists"].status == "missing" and str(pyiqa) in found["dists"].searched
-    assert "create_metric('dists')" in found["dists"].hint
+    checkpoints = pyiqa.parent / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    assert {m.metric: m for m in check_metric_weights()}["lpips"].status == "present"
+    assert found["dists"].status == "missing"
+    assert str(pyiqa / "DISTS_weights-f5e65c96.pth") in found["dists"].searched
+    assert f"to {pyiqa / 'DISTS_weights-f5e65c96.pth'}" in found["dists"].hint
 
 
 def test_environment_lists_device_versions_and_caches(offline):
