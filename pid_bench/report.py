@@ -183,8 +183,92 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         leaderboard=query(con, "leaderboard"),
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
-        sections=[s for s in [_end_to_end(con), _time_budget(con, run_dir)] if s is not None],
+        sections=[
+            s for s in [_paired(con), _end_to_end(con), _time_budget(con, run_dir)] if s is not None
+        ],
     )
+
+
+#: Bootstrap settings of the paired comparison (recorded in the report's note).
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _ok_rows(con: duckdb.DuckDBPyConnection):
+    """The ok rows as a DataFrame (axes, latency, metric columns)."""
+    metric_columns = [c for c in _metric_columns(con) if c != "metric_notes"]
+    columns = ["mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma"]
+    columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
+    columns += ["latency_ms_p50"]
+    select = ", ".join(columns + metric_columns)
+    latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC) = 1"
+    query_text = f"SELECT {select} FROM rows WHERE status = 'ok' QUALIFY {latest}"
+    return con.execute(query_text).df(), metric_columns  # a row written twice counts once
+
+
+def _measured(frame, columns: list[str]) -> list[str]:
+    return [c for c in columns if frame[c].notna().any()]
+
+
+def _isna(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _ci(mean: float, low: float, high: float, digits: int = 4) -> str:
+    if mean != mean:  # NaN: no value
+        return "–"
+    if low != low:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
+    """Per setting and metric: PiD and native+bicubic means with 95 % bootstrap CIs over images,
+    the paired difference PiD − native+bicubic with its CI, and PiD's win rate."""
+    from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
+
+    frame, metric_columns = _ok_rows(con)
+    metrics = [
+        c for c in _measured(frame, metric_columns) if c.removeprefix("metric_") in HIGHER_IS_BETTER
+    ]
+    if frame.empty or not metrics or not {"pid", "native+bicubic"} <= set(frame.decoder):
+        return None
+    directions = {m: HIGHER_IS_BETTER[m.removeprefix("metric_")] for m in metrics}
+    table = comparison_table(
+        frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
+        seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
+    )  # fmt: skip
+    rows = []
+    for r in table.itertuples():
+        if not r.n_pairs:
+            continue
+        step = "" if _isna(r.save_xt_step) else f" x_t {int(r.save_xt_step)}"
+        setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={_key(float(r.sigma))}{step}"
+        name = str(r.metric).removeprefix("metric_")
+        rows.append(
+            [
+                setting,
+                name + marker(name),
+                _ci(r.candidate_mean, r.candidate_low, r.candidate_high),
+                _ci(r.baseline_mean, r.baseline_low, r.baseline_high),
+                _ci(r.diff_mean, r.diff_low, r.diff_high),
+                f"{100 * r.win_rate:.0f} %",
+                str(r.n_pairs),
+            ]
+        )
+    if not rows:
+        return None
+    headers = ["setting", "metric", "pid [95 % CI]", "native+bicubic [95 % CI]"]
+    headers += ["pid − native+bicubic [95 % CI]", "pid wins", "pairs"]
+    note = (
+        f"Means over images with percentile-bootstrap 95 % intervals ({BOOTSTRAP_RESAMPLES} "
+        f"resamples, seed {BOOTSTRAP_SEED}); the difference is paired by (image, seed); a win "
+        "follows the metric's direction (↑ higher is better, ↓ lower), ties count half. One "
+        "image gives no interval."
+    )
+    return Section("PiD vs native+bicubic, paired", headers, rows, note)
 
 
 def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
@@ -463,7 +547,9 @@ def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     measured = [
         c
         for c in columns
-        if c.startswith("metric_") and c != "metric_notes" and any(r[c] is not None for r in records)
+        if c.startswith("metric_")
+        and c != "metric_notes"
+        and any(r[c] is not None for r in records)
     ]
     for column in measured:
         name = column.removeprefix("metric_")
@@ -481,9 +567,53 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
+def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
+    """Per backbone: quality (the first measured metric with a direction, PSNR if present)
+    against latency, one point per (decoder, output size, σ / x_t step); the front is joined."""
+    from pid_bench.stats import pareto_front
+
+    frame, metric_columns = _ok_rows(con)
+    metrics = [
+        c for c in _measured(frame, metric_columns) if c.removeprefix("metric_") in HIGHER_IS_BETTER
+    ]
+    if frame.empty or not metrics:
+        return []
+    metric = "metric_psnr" if "metric_psnr" in metrics else metrics[0]
+    name = metric.removeprefix("metric_")
+    higher = HIGHER_IS_BETTER[name]
+    keys = ["backbone", "ckpt_type", "decoder", "out_height", "out_width", "sigma", "save_xt_step"]
+    points = (
+        frame.groupby(keys, dropna=False)
+        .agg(latency_ms_p50=("latency_ms_p50", "median"), quality=(metric, "mean"))
+        .reset_index()
+    )
+    paths = []
+    for backbone, group in points.groupby("backbone"):
+        fig, ax = _new_figure(
+            f"{backbone}: {name} vs latency",
+            "median latency p50 (ms) ↓",
+            f"mean {name}{marker(name)}",
+        )
+        for decoder, sub in group.groupby("decoder"):
+            ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder))
+        front = pareto_front(group, y="quality", higher_is_better=higher)
+        ax.plot(
+            front.latency_ms_p50, front.quality, color="0.3", linestyle="--", label="Pareto front"
+        )
+        ax.set_xscale("log")
+        ax.legend()
+        paths.append(_save(fig, folder / f"pareto_{_safe(str(backbone))}_{_safe(name)}.png"))
+    return paths
+
+
 def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [_plot_latency(con, folder), _plot_memory(con, folder), *_plot_quality(con, folder)]
+    return [
+        _plot_latency(con, folder),
+        _plot_memory(con, folder),
+        *_plot_quality(con, folder),
+        *_plot_pareto(con, folder),
+    ]
 
 
 # ---- images for the grid -----------------------------------------------------------------------

@@ -175,6 +175,7 @@ def test_plots_are_pngs(run):
         "memory_vs_resolution.png",
         "quality_vs_sigma_psnr.png",
         "quality_vs_sigma_ssim.png",
+        "pareto_tiny_psnr.png",
     }
     for path in paths.plots:
         assert path.parent == run_dir / "plots"
@@ -191,8 +192,8 @@ def test_html_is_self_contained_and_escaped(run):
     assert "<script" not in html.lower()
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    # 4 plots + 6 groups x 3 columns x (full + crop)
-    assert len(uris) == 4 + report.GRID_GROUPS * 3 * 2
+    # 5 plots + 6 groups x 3 columns x (full + crop)
+    assert len(uris) == 5 + report.GRID_GROUPS * 3 * 2
     assert "native+bicubic" in html and "centre crop" in html
     assert report.RANDOM_WEIGHTS_WARNING.replace("`", "") in html.replace("`", "")
     assert "broken-cell" in html and "RuntimeError: boom &lt;b&gt;" in html
@@ -238,3 +239,22 @@ def test_empty_run_dir_still_reports(tmp_path):
         "latency_vs_megapixels.png",
         "memory_vs_resolution.png",
     }
+
+
+def test_paired_comparison_has_cis_deltas_and_win_rates(run):
+    run_dir, _, paths = run
+    text = paths.leaderboard.read_text()
+    section = text.split("## PiD vs native+bicubic, paired")[1].split("## ")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ") and "psnr ↑" in ln]
+    assert len(lines) == len(SIGMAS) * len(SIZES)  # one per setting
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        # made-up psnr: pid is exactly 10 dB under native+bicubic on every image
+        assert cells[4] == "-10.0000 [-10.0000, -10.0000]"
+        assert cells[5] == "0 %" and cells[6] == str(len(IMAGES))
+        mean, low, high = map(
+            float, cells[2].replace("[", "").replace("]", "").replace(",", "").split()
+        )
+        assert low <= mean <= high
+    assert "2000 resamples, seed 0" in section
+    assert "PiD vs native+bicubic, paired" in paths.html.read_text()
