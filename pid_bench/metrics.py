@@ -240,7 +240,7 @@ class Metric:
 
     name: str
     kind: Kind
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: no better direction (a ratio whose ideal is 1)
     fn: MetricFn
     doc: str
     weights: tuple[WeightFile, ...] = ()
@@ -1125,7 +1125,7 @@ def _registry() -> dict[str, Metric]:
         Metric(
             "hf_energy_ratio",
             "latent",
-            True,
+            None,  # 1 is ideal against a reference; above it can be invented detail or noise
             _hf_energy_ratio,
             "E(decode) / E(baseline), E = spectral energy of the Hann-windowed, mean-removed "
             "BT.709 luma above the radial cutoff 1 / (2 scale) cycles per pixel (the native "

@@ -231,7 +231,7 @@ def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
 
     frame, metric_columns = _ok_rows(con)
     metrics = [
-        c for c in _measured(frame, metric_columns) if c.removeprefix("metric_") in HIGHER_IS_BETTER
+        c for c in _measured(frame, metric_columns) if HIGHER_IS_BETTER.get(c.removeprefix("metric_")) is not None
     ]
     if frame.empty or not metrics or not {"pid", "native+bicubic"} <= set(frame.decoder):
         return None
@@ -574,7 +574,7 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
 
     frame, metric_columns = _ok_rows(con)
     metrics = [
-        c for c in _measured(frame, metric_columns) if c.removeprefix("metric_") in HIGHER_IS_BETTER
+        c for c in _measured(frame, metric_columns) if HIGHER_IS_BETTER.get(c.removeprefix("metric_")) is not None
     ]
     if frame.empty or not metrics:
         return []

@@ -118,7 +118,7 @@ def test_registry_lists_every_metric_of_the_issue_with_kind_direction_and_doc():
         "latent_consistency_mse": ("latent", False),
         "latent_consistency_cos": ("latent", True),
         "lq_color_de2000": ("latent", False),
-        "hf_energy_ratio": ("latent", True),
+        "hf_energy_ratio": ("latent", None),
     }
     assert {n: (m.kind, m.higher_is_better) for n, m in METRICS.items()} == expected
     assert set(KINDS) == {"full_reference", "no_reference", "set_level", "latent"}
