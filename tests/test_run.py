@@ -133,3 +133,22 @@ def test_run_end_to_end_then_resume_computes_nothing(tmp_path):
     assert second.exit_code == 0, second.output
     assert "4 already done" in second.output and "0 rows written" in second.output
     assert sorted(p.name for p in (out / "parts").glob("*.parquet")) == parts_before
+
+
+def test_a_cell_without_metric_weights_completes_with_nulls_and_reasons(
+    tmp_path, tiny_models, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    suite = load_suite(write_suite(tmp_path, resolutions=[64], limit=1))
+    settings = CellSettings(
+        "r", "mini", ("pid", "native"), ("psnr", "lpips", "niqe"), 0, 1, False, str(tmp_path)
+    )
+    rows = run_cell(suite.cells()[0], "c2", tiny_models, settings, "cpu")
+    for row in rows:
+        assert row["status"] == "ok" and row["metric_psnr"] is not None
+        assert row.get("metric_lpips") is None and row.get("metric_niqe") is None  # never 0
+        notes = json.loads(row["metric_notes"])
+        assert (
+            notes["lpips"].startswith("weights missing: ") and "empty-torch-home" in notes["lpips"]
+        )
+        assert "niqe_modelparameters.mat" in notes["niqe"]
