@@ -351,13 +351,21 @@ class _ActorPool:
         return [rows]
 
     def _actor_died(self, slot: int, failed, exc: BaseException, max_retries: int):
-        """Replace the actor; retry its running cell (the earliest submitted) or give it up."""
-        orphans = [(n, cid, cell) for s, n, cid, cell in self.inflight.values() if s == slot]
-        self.inflight = {r: v for r, v in self.inflight.items() if v[0] != slot}
-        calls = sorted([failed, *orphans], key=lambda call: call[0])
+        """Replace the actor. Calls of it that finished before it died are settled normally; of
+        the rest, the earliest submitted was running (retried, or given up after `max_retries`)
+        and the others were queued behind it (resubmitted without penalty)."""
+        import ray
+
+        settled, casualties = [], [failed]
+        for ref in [r for r, v in self.inflight.items() if v[0] == slot]:
+            _, number, cid, cell = self.inflight.pop(ref)
+            try:
+                settled.append(ray.get(ref, timeout=0))  # finished before the death
+            except Exception:
+                casualties.append((number, cid, cell))
+        calls = sorted(casualties, key=lambda call: call[0])
         running, queued = calls[0][1:], [c[1:] for c in calls[1:]]
         self.attempts[running[0]] += 1
-        settled = []
         if self.attempts[running[0]] > max_retries:
             settled.append(_lost_rows(*running, self.settings, exc))
         else:

@@ -105,6 +105,7 @@ def test_sigint_and_sigterm_finish_the_part_and_say_what_remains(suite, tmp_path
     assert proc.returncode == code, stderr.decode()
     assert b"cells remain" in stderr and b"rerun the same command" in stderr
     assert len(done) == len(set(done)) and len(done) % len(DECODERS) == 0  # whole cells only
-    rerun = subprocess.run(_command(suite, out), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert len(_written(out)) == total
+    if sig == signal.SIGTERM:  # resuming after a kill is the SIGKILL trials' subject; once here
+        rerun = subprocess.run(_command(suite, out), capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(_written(out)) == total
