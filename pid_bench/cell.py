@@ -118,6 +118,8 @@ class CellSettings:
     ldm: LdmOptions | None = None  # from_ldm suites
     save_xt_steps: tuple[int, ...] = ()  # every x_t step of the suite: one capture serves all
     faults: dict | None = None  # test-only fault injection (pid_bench.runner.FAULTS_ENV)
+    tile_size: int | None = None  # PiD decodes in tiles of this many output pixels
+    tile_overlap: int = 256
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -398,12 +400,17 @@ RESIZE_KERNELS = {
 assert set(RESIZE_KERNELS) == set(get_args(Decoder)), "pid_bench.suite.Decoder and cell disagree"
 
 
-def _decoder_fn(decoder: str, cell, models: ModelSet, prepared: dict) -> Callable[[], torch.Tensor]:
+def _decoder_fn(
+    decoder: str, cell, models: ModelSet, prepared: dict, settings: CellSettings
+) -> Callable[[], torch.Tensor]:
     size, latent = tuple(cell.resolution), prepared["latent"]
     if decoder == "pid":
         sigma, y = prepared["sigma"], prepared["y"]
+        tiles = {}
+        if settings.tile_size:
+            tiles = {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
         return lambda: models.pid.decode(
-            latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps
+            latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps, **tiles
         )
     if decoder == "native":
         return lambda: models.codec.decode(latent)
@@ -415,7 +422,7 @@ def _decoder_fn(decoder: str, cell, models: ModelSet, prepared: dict) -> Callabl
 
 
 def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings: CellSettings, dev):
-    fn = _decoder_fn(decoder, cell, models, prepared)
+    fn = _decoder_fn(decoder, cell, models, prepared, settings)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with torch.no_grad():
@@ -431,6 +438,8 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         "decoded_width": image.shape[-1],
         "resize_kernel": RESIZE_KERNELS[decoder],
     }
+    if decoder == "pid" and settings.tile_size:
+        row |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
     if dev.type == "cuda":
         row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)

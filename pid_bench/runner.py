@@ -209,6 +209,8 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
             "diffusers_version": env["versions"]["diffusers"],
         },
         faults=json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else None,
+        tile_size=suite.tiling.tile_size,
+        tile_overlap=suite.tiling.tile_overlap,
     )
 
 

@@ -70,6 +70,8 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         pa.string(),
         "how this decoder's output was brought to the output size (null: none)",
     ),
+    ("tile_size", pa.int64(), "pid: decoded in tiles of this many output pixels (null: whole)"),
+    ("tile_overlap", pa.int64(), "pid: minimum overlap of neighbouring tiles, output pixels"),
     ("color_space", pa.string(), "colour space and range the metrics saw"),
     (
         "protocol_resize_kernel",

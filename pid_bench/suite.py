@@ -172,6 +172,14 @@ class ExcludeEntry(BaseModel):
         )
 
 
+class Tiling(BaseModel):
+    """PiD decodes in overlapping tiles of ``tile_size`` output pixels (None: whole image)."""
+
+    model_config = _FROZEN
+    tile_size: PositiveInt | None = None
+    tile_overlap: NonNegativeInt = 256
+
+
 class LdmOptions(BaseModel):
     """from_ldm: how each backbone's LDM runs (defaults: the registry's, pid_models.ldm.PIPELINES).
 
@@ -269,6 +277,7 @@ class Suite(BaseModel):
     limit: PositiveInt | None = None
     timing: Timing = Timing()
     save_images: bool = True
+    tiling: Tiling = Tiling()
     ldm: LdmOptions = LdmOptions()
     exclude: list[ExcludeEntry] = []
 
@@ -519,6 +528,8 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
         return list(Timing.model_fields)
     if loc[0] == "ldm" and len(loc) == 1:
         return list(LdmOptions.model_fields)
+    if loc[0] == "tiling" and len(loc) == 1:
+        return list(Tiling.model_fields)
     if loc[0] == "exclude":
         return list(ExcludeEntry.model_fields)
     return []

@@ -22,7 +22,14 @@ from pid_models.caption import (
 from pid_models.checkpoints import load_pid_net
 from pid_models.pid_net import PidNet
 from pid_models.registry import resolve
-from pid_models.sampler import DISTILLED_T_LIST, SampleOutput, sample
+from pid_models.sampler import DISTILLED_T_LIST, SampleOutput, VelocityFn, sample
+from pid_models.tiling import (
+    DEFAULT_OVERLAP,
+    POSITIONS,
+    TiledVelocity,
+    check_memory_budget,
+    plan_tiles,
+)
 
 _DEFAULT = object()
 
@@ -123,6 +130,10 @@ class PiDDecoder:
         seed: int = 0,
         steps: int = 4,
         y: torch.Tensor | None = None,
+        tile_size: int | tuple[int, int] | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        tile_positions: str = "global",
+        memory_budget: int | None = None,
     ) -> torch.Tensor:
         """Decode (and upsample) PiD latents.
 
@@ -134,11 +145,25 @@ class PiDDecoder:
             seed: seeds the sampler's noise (a generator on the decoder's device).
             steps: network evaluations, 1..4.
             y: precomputed caption embeddings (skips `caption`).
+            tile_size: decode in overlapping tiles of this many output pixels (an int or
+                (H, W); a multiple of `pid_models.tiling.tile_unit`, 32 for FLUX 2k) to bound
+                memory by the tile; None decodes the whole image at once. The velocities of
+                the tiles are blended at every step (see `pid_models.tiling`); a tile that
+                covers the image is exactly the untiled decode.
+            tile_overlap: minimum overlap of neighbouring tiles, output pixels (same grain).
+            tile_positions: "global" (tiles see their crop of the whole image's position
+                tables) or "local" (each tile positioned as an image of its own).
+            memory_budget: bytes the decode may use on the device (weights included); a
+                configuration the memory model (`pid_models.tiling.estimate_peak_bytes`) says
+                cannot fit is refused before anything is allocated, naming a tile size that fits.
 
         Returns:
             [B, 3, H, W] float32 in [-1, 1], on the decoder's device.
         """
-        return self.sample(latent, sigma, caption, out_size, seed, steps, y).image
+        return self.sample(
+            latent, sigma, caption, out_size, seed, steps, y,
+            tile_size, tile_overlap, tile_positions, memory_budget,
+        ).image  # fmt: skip
 
     def sample(
         self,
@@ -149,6 +174,10 @@ class PiDDecoder:
         seed: int = 0,
         steps: int = 4,
         y: torch.Tensor | None = None,
+        tile_size: int | tuple[int, int] | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        tile_positions: str = "global",
+        memory_budget: int | None = None,
     ) -> SampleOutput:
         """Like `decode`, returning the unclamped result too."""
         if latent.dim() == 3:
@@ -157,6 +186,12 @@ class PiDDecoder:
             raise ValueError(f"latent must be [B, C, h, w], got shape {tuple(latent.shape)}")
         batch = latent.shape[0]
         height, width = self._check_size(latent, out_size)
+        velocity = self._velocity((height, width), tile_size, tile_overlap, tile_positions)
+        if memory_budget is not None:
+            check_memory_budget(
+                self.net.config, (height, width), memory_budget, tile_size, tile_overlap,
+                self.autocast_dtype or torch.float32, batch,
+            )  # fmt: skip
         sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
         if sigma_t.numel() == 1:
             sigma_t = sigma_t.expand(batch)
@@ -170,7 +205,7 @@ class PiDDecoder:
         generator = torch.Generator(self.device).manual_seed(seed)
         with self._autocast():
             return sample(
-                self.net,
+                velocity,
                 y.to(self.device),
                 latent,
                 sigma_t,
@@ -179,6 +214,22 @@ class PiDDecoder:
                 generator=generator,
                 t_list=self.t_list,
             )
+
+    def _velocity(
+        self,
+        out_hw: tuple[int, int],
+        tile_size: int | tuple[int, int] | None,
+        tile_overlap: int,
+        tile_positions: str,
+    ) -> VelocityFn:
+        """The network, or a `TiledVelocity` over it when tiles are asked for (validated here)."""
+        if tile_positions not in POSITIONS:
+            raise ValueError(f"tile positions {tile_positions!r}: one of {POSITIONS}")
+        if tile_size is None:
+            return self.net
+        plan = plan_tiles(self.net.config, out_hw, tile_size, tile_overlap)
+        tiled = TiledVelocity(self.net, plan, self.net.config, tile_positions)
+        return self.net if len(plan) == 1 else tiled
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

@@ -152,3 +152,17 @@ def test_a_cell_without_metric_weights_completes_with_nulls_and_reasons(
             notes["lpips"].startswith("weights missing: ") and "empty-torch-home" in notes["lpips"]
         )
         assert "niqe_modelparameters.mat" in notes["niqe"]
+
+
+def test_a_tiled_pid_decode_is_recorded_in_its_row(tmp_path, tiny_models):
+    suite = load_suite(write_suite(tmp_path, resolutions=[[64, 96]], limit=1, sigmas=[0.0]))
+    settings = CellSettings(
+        "r", "mini", ("pid", "native"), ("psnr",), 0, 1, False, str(tmp_path),
+        tile_size=64, tile_overlap=32,
+    )  # fmt: skip
+    pid, native = run_cell(suite.cells()[0], "c3", tiny_models, settings, "cpu")
+    assert pid["status"] == "ok", pid.get("error")
+    assert (pid["tile_size"], pid["tile_overlap"]) == (64, 32)
+    assert (pid["decoded_height"], pid["decoded_width"]) == (64, 96)
+    assert native.get("tile_size") is None  # only PiD is tiled
+    to_table([pid, native])
