@@ -18,7 +18,6 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pid_bench.metrics import (
     RESIZE_KERNEL,
@@ -28,6 +27,9 @@ from pid_bench.metrics import (
     measure,
     protocol_fields,
     to_unit_range,
+)
+from pid_bench.metrics import (
+    bicubic_resize as resize,
 )
 from pid_bench.schema import COLUMNS
 from pid_bench.suite import Decoder, LdmOptions
@@ -123,13 +125,6 @@ class CellSettings:
 
 
 # ---- image preparation ------------------------------------------------------------------------
-
-
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of [B, 3, h, w]."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
 def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

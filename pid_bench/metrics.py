@@ -284,14 +284,19 @@ def _needs_reference(image: torch.Tensor, context: MetricContext) -> torch.Tenso
     return reference.to(image.device, torch.float32)
 
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The protocol's resize (`RESIZE_KERNEL`) of ``[B, 3, h, w]``, clamped to [0, 1]."""
+def bicubic_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The protocol's kernel (`RESIZE_KERNEL`): antialiased bicubic of ``[B, 3, h, w]``, any
+    range, unclamped; the identity at the same size. The harness resizes with it too."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    out = F.interpolate(
-        image.float(), size=size, mode="bicubic", antialias=True, align_corners=False
-    )
-    return out.clamp(0, 1)
+    return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`bicubic_resize` of a [0, 1] image, in float32 and clamped back to [0, 1]."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return bicubic_resize(image.float(), size).clamp(0, 1)
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
