@@ -466,12 +466,22 @@ def _metric_context(models: ModelSet, prepared: dict, names: tuple[str, ...]) ->
     )
 
 
+#: Why a set-level metric (fid, kid) is null in every row: it compares sets, not one image.
+SET_LEVEL_NOT_COMPUTED = (
+    "not computed: a set-level metric (one value per set of images, not per row), and "
+    "`pid-bench run` does not compute set-level metrics yet"
+)
+
+
 def _metrics(image: torch.Tensor, context: MetricContext, names: tuple[str, ...]) -> dict:
     """metric_<name> columns, extra_metrics for metrics without a column, and the reasons of
     every null in metric_notes (set-level metrics are computed per run, not here)."""
-    names = [n for n in expand_metric_names(names) if get_metric(n).kind != "set_level"]
-    result = measure(names, to_unit_range(image), context)
+    names = expand_metric_names(names)
+    set_level = [n for n in names if get_metric(n).kind == "set_level"]
+    per_row = [n for n in names if n not in set_level]
+    result = measure(per_row, to_unit_range(image), context)
     columns, extra, notes = {}, {}, dict(result.reasons)
+    notes |= dict.fromkeys(set_level, SET_LEVEL_NOT_COMPUTED)
     for name, value in result.values.items():
         if f"metric_{name}" in COLUMNS:
             columns[f"metric_{name}"] = value

@@ -125,10 +125,18 @@ def run(
         int,
         typer.Option(min=0, help="Retries of a cell whose worker died, before 'worker_lost'."),
     ] = 2,
+    strict_metrics: Annotated[
+        bool,
+        typer.Option(help="Exit 1 when any metric the suite asks for is null in any row."),
+    ] = False,
 ) -> None:
     """Run a suite: every cell on every decoder, rows to Parquet, then the report.
 
-    Exit code: 0 all ok; 1 some row failed; 2 bad input; 130/143 interrupted (rerun resumes).
+    A rerun into the same directory computes only the cells it lacks, also after the suite
+    grew or shrank; a directory of a suite with another name is refused (--force mixes).
+
+    Exit code: 0 all ok; 1 some row failed (or, with --strict-metrics, a metric is null);
+    2 bad input; 130/143 interrupted by SIGINT/SIGTERM (rerun resumes).
     """
     from pid_bench.runner import PreflightError, RayAddressError, run_suite
     from pid_bench.store import RunDirError
@@ -148,23 +156,44 @@ def run(
     except (RunDirError, RayAddressError, PreflightError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    counts = (
-        ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "nothing new"
-    )
-    typer.echo(
-        f"{summary.cells_total} cells ({summary.cells_skipped} already done); "
-        f"{summary.rows_written} rows written: {counts} -> {run_dir}"
-    )
+    typer.echo(_summary_line(summary, run_dir))
+    if report:
+        _report(run_dir, print_leaderboard=not summary.interrupted_by)
+    nulls = _print_null_metrics(run_dir)
     if summary.interrupted_by:
         err.print(
             f"[yellow]interrupted by {summary.interrupted_by}:[/yellow] {summary.cells_remaining} "
-            f"cells remain; rerun the same command to finish them"
+            "cells remain; rerun the same command to finish them"
         )
         raise typer.Exit(130 if summary.interrupted_by == "SIGINT" else 143)
-    if report:
-        _report(run_dir, print_leaderboard=True)
-    if not summary.ok:
+    if not summary.ok or (strict_metrics and nulls):
         raise typer.Exit(1)
+
+
+def _summary_line(summary, run_dir: Path) -> str:
+    counts = (
+        ", ".join(f"{n} {s}" for s, n in sorted(summary.status_counts.items())) or "nothing new"
+    )
+    done = summary.cells_total - summary.cells_remaining
+    head = (
+        f"INTERRUPTED ({summary.interrupted_by}) after {done} of {summary.cells_total} cells"
+        if summary.interrupted_by
+        else f"{summary.cells_total} cells"
+    )
+    return (
+        f"{head} ({summary.cells_skipped} already done); "
+        f"{summary.rows_written} rows written: {counts} -> {run_dir}"
+    )
+
+
+def _print_null_metrics(run_dir: Path) -> int:
+    """One line per requested metric that is null in any row of the report; their count."""
+    from pid_bench.report import run_null_metrics
+
+    nulls = run_null_metrics(run_dir)
+    for entry in nulls:
+        err.print(f"[yellow]{escape(entry.line())}[/yellow]")
+    return len(nulls)
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """`pid-bench parity DIR`: our PiD against the reference oracle's vectors and key manifests.
 
 DIR has the layout of `pid_reference/`: `golden/INDEX.json` lists forward and sampler cases,
-`keys/*.json` are state-dict manifests of the released checkpoints. Pass criterion is the
-oracle's standard tolerance: allclose(atol=1e-4, rtol=1e-4) and mean |diff| <= 1e-6.
+`keys/*.json` are state-dict manifests of the released checkpoints, `backbones/golden/` holds
+the codec vectors. Each kind of case has exactly one pass criterion, the oracle's own
+(`NET_STANDARD`, `CODEC_STANDARD`); the tests import these same objects, so a test can never
+be stricter or looser than `pid-bench parity`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,57 @@ from pid_models.pid_net import PidNet
 from pid_models.registry import experiment_by_name, registry_keys
 from pid_models.sampler import sample
 
-ATOL = RTOL = 1e-4
-MEAN_TOL = 1e-6
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely one output matches its golden tensor, and whether that meets a standard."""
+
+    max_abs: float
+    mean_abs: float
+    passed: bool
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class Standard:
+    """A pass criterion stated by the oracle: ``|out - ref| <= atol + rtol * |ref|`` everywhere
+    (torch.allclose) and, when ``mean_tol`` is set, ``mean |out - ref| <= mean_tol``."""
+
+    name: str
+    atol: float
+    rtol: float = 0.0
+    mean_tol: float | None = None
+
+    def check(self, out: torch.Tensor, ref: torch.Tensor) -> Agreement:
+        if out.shape != ref.shape:
+            return Agreement(float("inf"), float("inf"), False)
+        diff = (out.double() - ref.double()).abs()
+        mean = diff.mean().item()
+        close = torch.allclose(out.double(), ref.double(), atol=self.atol, rtol=self.rtol)
+        passed = close and (self.mean_tol is None or mean <= self.mean_tol)
+        return Agreement(diff.max().item(), mean, passed)
+
+    def explain(self, agreement: Agreement, what: str = "output") -> str:
+        """A failure message a person can act on."""
+        bound = f"allclose(atol={self.atol:g}, rtol={self.rtol:g})"
+        if self.mean_tol is not None:
+            bound += f" and mean <= {self.mean_tol:g}"
+        return (
+            f"{what}: max_abs={agreement.max_abs:.3e} mean_abs={agreement.mean_abs:.3e} "
+            f"fails the {self.name} ({bound})"
+        )
+
+
+#: pid_reference/README.md 3.3, "Standard": the network forward and the sampler.
+NET_STANDARD = Standard("oracle standard", atol=1e-4, rtol=1e-4, mean_tol=1e-6)
+#: README.md 3.3, "Lenient": for paths the golden vectors do not pin bit for bit (a sample
+#: alone vs inside its batch moves outputs by up to 5.5e-5 on the oracle's machine).
+LENIENT_STANDARD = Standard("oracle lenient standard", atol=1e-3, rtol=1e-3, mean_tol=1e-5)
+#: backbones/README.md: encode mean, normalised latent, decode (and noise) each within 2e-5.
+CODEC_STANDARD = Standard("codec standard", atol=2e-5)
+CODEC_TOL = CODEC_STANDARD.atol
 
 
 @dataclass
@@ -43,14 +94,6 @@ class CaseResult:
         return "  ".join(
             part for part in (f"{self.name:<58}", numbers, verdict, self.detail) if part
         )
-
-
-def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, bool]:
-    if out.shape != ref.shape:
-        return float("inf"), float("inf"), False
-    diff = (out.double() - ref.double()).abs()
-    ok = torch.allclose(out, ref, atol=ATOL, rtol=RTOL) and diff.mean().item() <= MEAN_TOL
-    return diff.max().item(), diff.mean().item(), ok
 
 
 def _load_case(golden: Path, entry: dict) -> tuple[dict, dict[str, torch.Tensor], PidNet]:
@@ -99,11 +142,14 @@ def run_sampler(golden: Path, entry: dict) -> CaseResult:
     return _worst(entry["case"], "sampler", pairs, f"{steps} steps, every intermediate")
 
 
-def _worst(name: str, kind: str, pairs: list, detail: str) -> CaseResult:
-    results = [compare(out, ref) for out, ref in pairs]
+def _worst(
+    name: str, kind: str, pairs: list, detail: str, standard: Standard = NET_STANDARD
+) -> CaseResult:
+    """Every pair is held to `standard` on its own (a composite path stage by stage)."""
+    results = [standard.check(out, ref) for out, ref in pairs]
     return CaseResult(
-        name, kind, all(ok for _, _, ok in results),
-        max(r[0] for r in results), max(r[1] for r in results), detail,
+        name, kind, all(results),
+        max(r.max_abs for r in results), max(r.mean_abs for r in results), detail,
     )  # fmt: skip
 
 
@@ -194,9 +240,6 @@ def run_parity(root: Path) -> Iterator[CaseResult]:
             yield CaseResult(f"codec/{path.stem}", "codec", False, detail=f"error: {err}")
 
 
-CODEC_TOL = 2e-5  # backbones/README: encode mean, normalised latent, decode all within 2e-5
-
-
 @torch.no_grad()
 def run_codec(golden: Path, sidecar: dict) -> CaseResult:
     """Encode mean, PiD latent, decode of the golden latent and the noise formula of one codec."""
@@ -216,11 +259,5 @@ def run_codec(golden: Path, sidecar: dict) -> CaseResult:
         (codec.decode(io["latent"]), io["decoded"]),
         (noised, io["latent_noised"]),
     ]
-    diffs = [(out.double() - ref.double()).abs() for out, ref in pairs]
-    worst = max(d.max().item() for d in diffs)
-    shapes_ok = all(out.shape == ref.shape for out, ref in pairs)
-    return CaseResult(
-        f"codec/{backbone}", "codec", shapes_ok and worst <= CODEC_TOL,
-        worst, max(d.mean().item() for d in diffs),
-        f"encode mean, latent, decode, noise ({codec.noise_form}); tol {CODEC_TOL:g}",
-    )  # fmt: skip
+    detail = f"encode mean, latent, decode, noise ({codec.noise_form}); tol {CODEC_TOL:g}"
+    return _worst(f"codec/{backbone}", "codec", pairs, detail, CODEC_STANDARD)

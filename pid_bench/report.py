@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS
+from pid_bench.metrics import METRICS, expand_metric_names
 from pid_bench.schema import ROW_SCHEMA
+from pid_bench.store import read_plan, read_run_json
 
 #: Direction of each measure the reports rank; a metric missing here is shown unmarked.
 #: Which way is better, per measure: the metric registry's declarations plus timing and memory.
@@ -79,18 +81,140 @@ QUERY_PARAMS: dict[str, dict[str, Any]] = {"grid": {"groups": GRID_GROUPS}}
 
 
 def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the run's parts as table `rows` (empty, with ROW_SCHEMA, if none)."""
+    """An in-memory DuckDB over the run's parts.
+
+    Tables: `all_rows` (every row on disk), `rows` (the report's scope: the latest row per
+    (cell, decoder) among the cells and decoders of the suite as last run, with a
+    `metric_<name>` column for every metric the suite asked for, null where no row has one),
+    the view `scoped_rows` (every row of those cells and decoders, superseded ones included),
+    and the view `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one
+    row per requested metric and row, `note` being the row's reason for a null.
+    """
     con = duckdb.connect()
-    parts = sorted(str(p) for p in (Path(run_dir) / "parts").glob("*.parquet"))
+    run_dir = Path(run_dir)
+    parts = sorted(str(p) for p in (run_dir / "parts").glob("*.parquet"))
     if parts:
         con.execute(
-            "CREATE TEMP TABLE rows AS SELECT * FROM read_parquet(?, union_by_name = true)", [parts]
+            "CREATE TEMP TABLE all_rows AS SELECT * FROM read_parquet(?, union_by_name = true)",
+            [parts],
         )
     else:
-        empty = ROW_SCHEMA.empty_table()
-        con.register("empty_rows", empty)
-        con.execute("CREATE TEMP TABLE rows AS SELECT * FROM empty_rows")
+        con.register("empty_rows", ROW_SCHEMA.empty_table())
+        con.execute("CREATE TEMP TABLE all_rows AS SELECT * FROM empty_rows")
+    meta = read_run_json(run_dir)
+    requested = requested_metrics(meta)
+    columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
+    added = [_metric_column(name, columns) for name in requested]
+    select = ", ".join(["*", *(expr for expr in added if expr)])
+    latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC NULLS LAST) = 1"
+    con.execute(
+        f"CREATE TEMP VIEW scoped_rows AS SELECT * FROM all_rows WHERE {_scope(con, run_dir, meta)}"
+    )
+    con.execute(f"CREATE TEMP TABLE rows AS SELECT {select} FROM scoped_rows QUALIFY {latest}")
+    con.execute(_metric_values_view(requested))
     return con
+
+
+def requested_metrics(meta: dict[str, Any]) -> list[str]:
+    """The metrics the suite as last run asked for, aliases expanded, in its order."""
+    names = list((meta.get("suite") or {}).get("metrics") or [])
+    out: list[str] = []
+    for name in names:
+        try:
+            expanded = expand_metric_names([name])
+        except KeyError:  # a name this version of pid-bench no longer knows: still shown
+            expanded = [name]
+        out += [n for n in expanded if n not in out]
+    return out
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_path(name: str) -> str:
+    return _literal("$." + json.dumps(name))
+
+
+def _metric_column(name: str, columns: set[str]) -> str | None:
+    """The SELECT expression giving a requested metric a column when the parts have none:
+    pass-through metrics from extra_metrics, the others (set-level, unknown) null."""
+    column = f"metric_{name}"
+    if column in columns:
+        return None
+    if "extra_metrics" in columns:
+        value = f"TRY_CAST(json_extract_string(extra_metrics, {_json_path(name)}) AS DOUBLE)"
+    else:
+        value = "NULL"
+    return f"CAST({value} AS DOUBLE) AS {_ident(column)}"
+
+
+def _scope(con: duckdb.DuckDBPyConnection, run_dir: Path, meta: dict[str, Any]) -> str:
+    """The WHERE clause of the report's rows: cells and decoders of the suite as last run."""
+    clauses = ["true"]
+    plan = read_plan(run_dir)
+    if plan is not None:
+        con.register("planned_cells", pa.table({"cell_id": pa.array(plan, pa.string())}))
+        clauses.append("cell_id IN (SELECT cell_id FROM planned_cells)")
+    decoders = (meta.get("suite") or {}).get("decoders")
+    if decoders:
+        clauses.append(f"decoder IN ({', '.join(_literal(d) for d in decoders)})")
+    return " AND ".join(clauses)
+
+
+def _metric_values_view(requested: list[str]) -> str:
+    if not requested:
+        return (
+            "CREATE TEMP VIEW metric_values AS SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR "
+            "AS decoder, NULL::VARCHAR AS status, NULL::INTEGER AS ordinal, NULL::VARCHAR AS "
+            "metric, NULL::DOUBLE AS value, NULL::VARCHAR AS note WHERE false"
+        )
+    selects = [
+        f"SELECT cell_id, decoder, status, {i} AS ordinal, {_literal(name)} AS metric, "
+        f"{_ident('metric_' + name)} AS value, "
+        f"json_extract_string(metric_notes, {_json_path(name)}) AS note FROM rows"
+        for i, name in enumerate(requested)
+    ]
+    return "CREATE TEMP VIEW metric_values AS " + " UNION ALL ".join(selects)
+
+
+@dataclass(frozen=True)
+class NullMetric:
+    """A requested metric that is null in some ok rows of the report, with every reason."""
+
+    metric: str
+    n_ok: int
+    reasons: list[tuple[str, int]]  # (reason, rows), most rows first
+
+    @property
+    def n_null(self) -> int:
+        return sum(n for _, n in self.reasons)
+
+    def line(self) -> str:
+        if len(self.reasons) == 1:
+            why = self.reasons[0][0]
+        else:
+            why = "; ".join(f"{reason} ({n} rows)" for reason, n in self.reasons)
+        return f"{self.metric}: null in {self.n_null}/{self.n_ok} rows — {why}"
+
+
+def null_metrics(con: duckdb.DuckDBPyConnection) -> list[NullMetric]:
+    """Requested metrics null anywhere among the report's ok rows (reports/metric_nulls.sql)."""
+    found: dict[str, NullMetric] = {}
+    for r in query(con, "metric_nulls"):
+        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_ok"], []))
+        entry.reasons.append((r["reason"], r["n_null"]))
+    return list(found.values())
+
+
+def run_null_metrics(run_dir: Path) -> list[NullMetric]:
+    """`null_metrics` of a run directory (the end-of-run summary prints these)."""
+    with connect(Path(run_dir)) as con:
+        return null_metrics(con)
 
 
 def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
@@ -123,6 +247,9 @@ class _RunData:
     failures: list[dict[str, Any]]
     provenance: list[dict[str, Any]]
     sections: list[Section] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)  # metrics the suite asked for
+    nulls: list[NullMetric] = field(default_factory=list)
+    outside_rows: int = 0  # rows on disk that the report leaves out (cells no longer planned)
 
     @property
     def metrics(self) -> list[str]:
@@ -170,15 +297,16 @@ def _distinct(records: list[dict[str, Any]], key: str) -> str:
     return ", ".join(dict.fromkeys(str(r[key]) for r in records if r.get(key)))
 
 
-def _read_meta(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
+    meta = read_run_json(run_dir)
+    (total,) = con.execute("SELECT count(*) FROM all_rows").fetchone()
+    (kept,) = con.execute("SELECT count(*) FROM scoped_rows").fetchone()
     return _RunData(
         run_dir=run_dir,
-        meta=_read_meta(run_dir),
+        meta=meta,
+        requested=requested_metrics(meta),
+        nulls=null_metrics(con),
+        outside_rows=total - kept,
         status=query(con, "status"),
         leaderboard=query(con, "leaderboard"),
         failures=query(con, "failures"),
@@ -276,13 +404,7 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
     (r,) = query(con, "time_budget")
     if not r["n_cells"]:
         return None
-    meta = _read_meta(run_dir)
-    run_ms = None
-    if meta.get("started_at") and meta.get("finished_at"):
-        from datetime import datetime
-
-        start, end = (datetime.fromisoformat(meta[k]) for k in ("started_at", "finished_at"))
-        run_ms = (end - start).total_seconds() * 1000
+    spans = invocation_ms(read_run_json(run_dir))
     share = lambda ms: "–" if not r["wall_ms"] else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
     rows = [
         ["decoders (timed repeats + warm-up)", _fmt(r["decode_ms"], 0), share(r["decode_ms"])],
@@ -291,12 +413,25 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
         ["all cells on the workers", _fmt(r["wall_ms"], 0), share(r["wall_ms"])],
     ]
     note = f"{r['n_cells']} ok cells."
-    if run_ms:
+    if spans:
+        each = ", ".join(f"{ms:.0f}" for ms in spans)
         note += (
             f" The run's own wall time (driver, Ray start-up, model loading, all workers; from "
-            f"run.json, the last invocation only when resumed) was {run_ms:.0f} ms."
+            f"run.json) was {sum(spans):.0f} ms over {len(spans)} invocation(s): {each} ms."
         )
     return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
+
+
+def invocation_ms(meta: dict[str, Any]) -> list[float]:
+    """Wall time of each invocation that recorded its start and end (run.json), in ms."""
+    from datetime import datetime
+
+    spans = []
+    for record in meta.get("invocations") or []:
+        if record.get("started_at") and record.get("finished_at"):
+            start, end = (datetime.fromisoformat(record[k]) for k in ("started_at", "finished_at"))
+            spans.append((end - start).total_seconds() * 1000)
+    return spans
 
 
 def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
@@ -370,10 +505,28 @@ def _measures(data: _RunData) -> list[tuple[str, str, Any]]:
         ("latency_ms_p50", "latency p50 ms", lambda v: _fmt(v, 2)),
         ("peak_mem_allocated_bytes", "peak mem MiB", _mib),
     ]
-    for metric in data.metrics:
-        if any(r[metric] is not None for r in data.leaderboard):
+    requested = [f"metric_{m}" for m in data.requested]
+    for metric in requested + [m for m in data.metrics if m not in requested]:
+        if metric in requested or any(r[metric] is not None for r in data.leaderboard):
             measures.append((metric, metric.removeprefix("metric_"), _fmt))
     return measures
+
+
+def _footnote_numbers(data: _RunData) -> dict[str, int]:
+    """metric name -> its footnote number, for metrics null anywhere in the report."""
+    return {entry.metric: i for i, entry in enumerate(data.nulls, start=1)}
+
+
+def footnotes(data: _RunData) -> list[str]:
+    """'[n] metric: null in k/N rows — reason' for each metric null anywhere, then the rows
+    the report leaves out."""
+    lines = [f"[{i}] {entry.line()}" for i, entry in enumerate(data.nulls, start=1)]
+    if data.outside_rows:
+        lines.append(
+            f"{data.outside_rows} rows on disk belong to cells or decoders that the suite as "
+            "last run no longer has; they stay in parts/ and are not counted here."
+        )
+    return lines
 
 
 def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
@@ -398,7 +551,13 @@ def _leaderboard_table(data: _RunData) -> tuple[list[str], list[list[_Cell]]]:
     rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in data.leaderboard]
     keys = [k for k in _KEYS if any(r[k] is not None for r in rows)] + ["decoder"]
     measures = _measures(data)
-    headers = keys + ["ok / rows"] + [h + marker(c) for c, h, _ in measures]
+    numbers = _footnote_numbers(data)
+
+    def header(column: str, title: str) -> str:
+        number = numbers.get(column.removeprefix("metric_"))
+        return title + marker(column) + (f" [{number}]" if number else "")
+
+    headers = keys + ["ok / rows"] + [header(c, h) for c, h, _ in measures]
     best = {c: _best(rows, c) for c, _, _ in measures}
     table = []
     for i, row in enumerate(rows):
@@ -431,11 +590,15 @@ def _markdown(data: _RunData) -> str:
         lines += _md_table(headers, cells) + [""]
         lines += [
             "↑ higher is better, ↓ lower is better; bold: best decoder of its setting. Metrics are "
-            "means over ok rows; latency is the median of the rows' p50; memory the max.",
+            "means over ok rows; latency is the median of the rows' p50; memory the max; "
+            "– no value.",
             "",
         ]
     else:
         lines += ["No rows in this run yet.", ""]
+    notes = footnotes(data)
+    if notes:
+        lines += [f"- {_md_cell(note)}" for note in notes] + [""]
     for section in data.sections:
         lines += [f"## {section.title}", ""] + _md_table(section.headers, section.rows) + [""]
         lines += [section.note, ""] if section.note else []
@@ -708,6 +871,7 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
     headers, table = _leaderboard_table(data)
     return env.get_template("report.html.j2").render(
         data=data,
+        footnotes=footnotes(data),
         warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
         environment=_environment(data.meta),
         headers=headers,

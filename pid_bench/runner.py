@@ -13,6 +13,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 from collections import defaultdict, deque
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from pid_bench import __version__
 from pid_bench.cell import CellSettings, model_identity, utc_now
-from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part
+from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part, write_plan
 from pid_bench.suite import Cell, Suite, cell_id
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
@@ -109,52 +110,87 @@ def run_suite(
     """Run every unfinished cell; rows are persisted as each cell returns.
 
     SIGINT/SIGTERM stop the run after the part being written (nothing half-written, nothing
-    lost); the summary says how many cells remain, and the same command resumes.
+    lost); the summary says how many cells remain, and the same command resumes. run.json keeps
+    one record per invocation (start, end, cells computed, rows written, interruption, argv).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = suite_fingerprint(suite)
-    previous = claim_run_dir(run_dir, fingerprint, force)
+    previous = claim_run_dir(run_dir, suite.name, force) or {}
     planned = plan(suite)
     done = finished_rows(run_dir)
     todo = [(cid, c) for cid, c in planned if any((cid, d) not in done for d in suite.decoders)]
     preflight(todo, checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"))
     env = environment()
+    invocation = {
+        "started_at": utc_now().isoformat(),
+        "finished_at": None,
+        "cells_planned": len(planned),
+        "cells_computed": 0,
+        "rows_written": 0,
+        "interrupted_by": None,
+        "suite_fingerprint": suite_fingerprint(suite),
+        "argv": list(sys.argv),
+    }
+    invocations = [*_invocations(previous), invocation]
     run_info = {
         "run_id": run_dir.name,
         "suite": suite.resolved(),
-        "suite_fingerprint": fingerprint,
+        "suite_fingerprint": invocation["suite_fingerprint"],
         "environment": env,
-        "started_at": (previous or {}).get("started_at") or utc_now().isoformat(),
+        "started_at": invocations[0]["started_at"],
         "random_weights": any(c.backbone == "tiny" for _, c in planned),
         "cells": len(planned),
+        "invocations": invocations,
     }
+    write_plan(run_dir, [cid for cid, _ in planned])
     write_json(run_dir / "run.json", run_info)
     counts: dict[str, int] = defaultdict(int)
-    rows_written, finished = 0, set()
+    finished: set[str] = set()
     stop = _StopFlag()
-    if todo:
-        settings = _settings(suite, run_dir, env, checkpoints)
-        with stop.installed():
-            stream = _execute(todo, settings, ray_address, cpu_workers, progress, max_retries, stop)
-            for rows in stream:
-                rows = [
-                    {**row, "finished_at": utc_now()}
-                    for row in rows
-                    if (row["cell_id"], row["decoder"]) not in done
-                ]
-                if rows:
-                    write_part(run_dir, rows)
-                    rows_written += len(rows)
-                    finished.add(rows[0]["cell_id"])
-                    for row in rows:
-                        counts[row["status"]] += 1
-    run_info["finished_at"] = utc_now().isoformat()
-    write_json(run_dir / "run.json", run_info)
+    try:
+        if todo:
+            settings = _settings(suite, run_dir, env, checkpoints)
+            with stop.installed():
+                stream = _execute(
+                    todo, settings, ray_address, cpu_workers, progress, max_retries, stop
+                )
+                for rows in stream:
+                    rows = [
+                        {**row, "finished_at": utc_now()}
+                        for row in rows
+                        if (row["cell_id"], row["decoder"]) not in done
+                    ]
+                    if rows:
+                        write_part(run_dir, rows)
+                        invocation["rows_written"] += len(rows)
+                        finished.add(rows[0]["cell_id"])
+                        for row in rows:
+                            counts[row["status"]] += 1
+    except BaseException as exc:  # a second Ctrl-C, a crash: the record says so
+        invocation["interrupted_by"] = stop.signal or type(exc).__name__
+        raise
+    else:
+        invocation["interrupted_by"] = stop.signal
+    finally:
+        invocation["cells_computed"] = len(finished)
+        invocation["finished_at"] = utc_now().isoformat()
+        run_info["finished_at"] = invocation["finished_at"]
+        write_json(run_dir / "run.json", run_info)
     return RunSummary(
-        run_dir, len(planned), len(planned) - len(todo), rows_written, dict(counts),
+        run_dir, len(planned), len(planned) - len(todo), invocation["rows_written"], dict(counts),
         cells_remaining=len(todo) - len(finished) if stop.signal else 0,
         interrupted_by=stop.signal,
     )  # fmt: skip
+
+
+def _invocations(previous: dict) -> list[dict]:
+    """The invocation records of an earlier run.json; a run.json written before they existed
+    counts as one invocation with its first start and last end."""
+    if "invocations" in previous:
+        return list(previous["invocations"])
+    if previous.get("started_at"):
+        keys = ("started_at", "finished_at")
+        return [{**{k: previous.get(k) for k in keys}, "argv": None, "interrupted_by": None}]
+    return []
 
 
 class PreflightError(ValueError):
@@ -402,23 +438,76 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+#: Environment of the local Ray this tool starts; its processes inherit it at start-up.
+LOCAL_RAY_ENV = {
+    # Keeps the node IP 127.0.0.1 (Ray otherwise swaps a loopback _node_ip_address for the
+    # machine's external address), so GCS, raylet, workers and agents all bind loopback.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # No usage report (ray.io) from the driver or the GCS.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray 2.60's dashboard head asks the cloud metadata service (169.254.169.254) which cloud it
+    # is on even with usage stats off (usage_stats_head.run calls get_cluster_config_to_report
+    # before reading the setting). Plain HTTP from the local Ray's processes goes to a closed
+    # loopback port instead; loopback itself stays direct. Nothing of ours uses HTTP (weights
+    # are read offline), so this only stops the probe.
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+}
+
+
+@contextmanager
+def _loopback_ray():
+    """Start-up settings of a local Ray, restored afterwards so that a later cluster
+    connection in this process behaves as Ray's defaults say.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, into `ray_constants.ENABLE_RAY_CLUSTER`,
+    when ray is first imported; if it was imported before this (a notebook, the tests), the
+    constant is set for the duration of `ray.init` too. The "Token authentication is enabled"
+    banner is dropped: on a local, loopback-only Ray it tells the user nothing (auth stays on).
+    """
+    import logging
+
+    saved_env = {key: os.environ.get(key) for key in LOCAL_RAY_ENV}
+    os.environ.update(LOCAL_RAY_ENV)
+    import ray._private.ray_constants as ray_constants
+
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    banner = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    saved_level = banner.level
+    banner.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        banner.setLevel(saved_level)
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _init_ray(address: str | None, cpu_workers: int) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address:
         check_ray_address(address)
         ray.init(address=address, log_to_driver=False)
         return
-    ray.init(
-        num_cpus=max(1, cpu_workers) + 1,
-        include_dashboard=False,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    with _loopback_ray():
+        ray.init(
+            # "local": always a new Ray of our own, never a `ray start` cluster found in /tmp/ray
+            address="local",
+            num_cpus=max(1, cpu_workers) + 1,
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
 
 
 def _lost_rows(cid: str, cell: Cell, settings: CellSettings, exc: BaseException) -> list[dict]:

@@ -1,9 +1,14 @@
 """The run directory: Parquet parts written atomically by the driver, and run.json.
 
 RUN_DIR/
-  run.json              resolved suite, environment, start/end times
+  run.json              resolved suite (as last run), environment, one record per invocation
+  cells.parquet         cell ids of the suite as last run: what the report covers
   parts/part-*.parquet  rows (pid_bench.schema.ROW_SCHEMA); a part is complete or absent
   images/<cell_id>/     PNGs written by the workers
+
+Cells are content-addressed, so a suite may grow or shrink between runs into one directory:
+the run computes the cells it lacks and keeps every row; rows of cells the suite no longer has
+stay on disk and outside the report.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pid_bench.schema import to_table
@@ -54,15 +60,42 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def claim_run_dir(run_dir: Path, suite_fingerprint: str, force: bool) -> dict | None:
-    """Check run.json of an existing run directory; returns it (or None when new)."""
+PLAN_FILE = "cells.parquet"
+
+
+def write_plan(run_dir: Path, cell_ids: list[str]) -> None:
+    """The cell ids of the suite as run now (atomically): the report's scope."""
+    tmp = run_dir / f".{PLAN_FILE}.tmp"
+    pq.write_table(pa.table({"cell_id": pa.array(cell_ids, pa.string())}), tmp)
+    os.replace(tmp, run_dir / PLAN_FILE)
+
+
+def read_plan(run_dir: Path) -> list[str] | None:
+    """The cell ids of the suite as last run; None for a run directory written without one."""
+    path = run_dir / PLAN_FILE
+    return pq.read_table(path)["cell_id"].to_pylist() if path.is_file() else None
+
+
+def read_run_json(run_dir: Path) -> dict:
     path = run_dir / "run.json"
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def claim_run_dir(run_dir: Path, suite_name: str, force: bool) -> dict | None:
+    """run.json of an existing run directory (None when new).
+
+    A suite that grew or shrank is welcome: its cells are content-addressed. A suite of another
+    name is refused, because the report would then present one suite's rows under the other's
+    name and settings; `force` mixes them anyway.
+    """
+    previous = read_run_json(run_dir)
+    if not previous:
         return None
-    previous = json.loads(path.read_text())
-    if previous.get("suite_fingerprint") != suite_fingerprint and not force:
+    before = (previous.get("suite") or {}).get("name")
+    if before != suite_name and not force:
         raise RunDirError(
-            f"{run_dir} holds results of a different suite ({previous.get('suite', {}).get('name')!r}, "
-            f"fingerprint {previous.get('suite_fingerprint')}); use another --output, or --force to mix"
+            f"{run_dir} holds results of a different suite ({before!r}, not {suite_name!r}); "
+            "its report would show them under one name. Use another --output, rename the suite "
+            "back, or pass --force to mix them"
         )
     return previous

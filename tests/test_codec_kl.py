@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pid_bench.parity import CODEC_TOL, run_codec
+from pid_bench.parity import run_codec
 from pid_models.checkpoints import CheckpointError
 from pid_models.codecs import CODEC_FILES, add_noise, build_codec, load_codec
 from pid_models.codecs.kl import (
@@ -31,8 +31,7 @@ def _sidecar(golden, name):
 @pytest.mark.parametrize("name", ["flux", "sd3", "sdxl"])
 def test_codec_matches_golden_encode_latent_decode_and_noise(golden, name):
     result = run_codec(golden, _sidecar(golden, name))
-    assert result.passed, result.line()
-    assert result.max_abs <= CODEC_TOL
+    assert result.passed, result.line()  # CODEC_STANDARD on every stage, as `parity` runs it
 
 
 def test_flux_bfl_and_diffusers_key_formats_load_the_same_weights(golden):

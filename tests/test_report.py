@@ -215,8 +215,10 @@ def test_grid_thumbnails_and_zoomed_crop(tmp_path):
 
 def test_extra_metric_column_in_one_part(tmp_path):
     rows = _write_run(tmp_path)
-    extra = to_table(rows[:3])
-    # a metric column of a later pid-bench version: only in this part, direction unknown
+    later = [{**r, "cell_id": r["cell_id"] + "-later", "image_id": "later"} for r in rows[:3]]
+    extra = to_table(later)
+    # cells of a later run (no cells.parquet: all in scope) with a metric column of a later
+    # pid-bench version: only in this part, direction unknown
     values = pa.array([0.1, 0.2, 0.3], pa.float64())
     pq.write_table(
         extra.append_column("metric_future", values), tmp_path / "parts" / "part-c.parquet"
