@@ -9,6 +9,7 @@ and exit 130 / 143.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -30,9 +31,10 @@ TRIALS = 10
 DECODERS = ["pid", "native"]
 
 
-def _command(suite: Path, out: Path) -> list[str]:
+def _command(suite: Path, out: Path, report: bool = False) -> list[str]:
     code = "import sys; from pid_bench.cli import app; sys.exit(app())"
-    return [sys.executable, "-c", code, "run", str(suite), "--output", str(out), "--no-report"]
+    command = [sys.executable, "-c", code, "run", str(suite), "--output", str(out)]
+    return command + ([] if report else ["--no-report"])
 
 
 def _written(out: Path) -> list[tuple[str, str]]:
@@ -92,7 +94,10 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_cell(suite, tmp_p
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_finish_the_part_and_say_what_remains(suite, tmp_path, sig, code):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_command(suite, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    report = sig == signal.SIGINT  # the report is written for what finished
+    proc = subprocess.Popen(
+        _command(suite, out, report), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not list((out / "parts").glob("part-*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -105,6 +110,13 @@ def test_sigint_and_sigterm_finish_the_part_and_say_what_remains(suite, tmp_path
     assert proc.returncode == code, stderr.decode()
     assert b"cells remain" in stderr and b"rerun the same command" in stderr
     assert len(done) == len(set(done)) and len(done) % len(DECODERS) == 0  # whole cells only
+    summary = stdout.decode()
+    assert f"INTERRUPTED ({sig.name}) after" in summary, summary  # never reads like success
+    record = json.loads((out / "run.json").read_text())["invocations"][-1]
+    assert record["interrupted_by"] == sig.name and record["finished_at"]
+    assert record["rows_written"] == len(done)
+    if report:
+        assert f"Status: {len(done)} ok ({len(done)} rows)" in (out / "leaderboard.md").read_text()
     if sig == signal.SIGTERM:  # resuming after a kill is the SIGKILL trials' subject; once here
         rerun = subprocess.run(_command(suite, out), capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -166,3 +167,77 @@ def test_a_tiled_pid_decode_is_recorded_in_its_row(tmp_path, tiny_models):
     assert (pid["decoded_height"], pid["decoded_width"]) == (64, 96)
     assert native.get("tile_size") is None  # only PiD is tiled
     to_table([pid, native])
+
+
+def _leaderboard_header(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("| mode"))
+
+
+def test_a_suite_that_grows_or_shrinks_reruns_into_its_directory(tmp_path):
+    """Cells are content-addressed: a new sigma computes only its cells (no --force), a removed
+    one leaves its rows on disk and out of the report; another suite name is refused."""
+    out = tmp_path / "run"
+    common = {"resolutions": [64], "decoders": ["pid", "native"], "limit": 1}
+    first = runner.invoke(
+        app, ["run", str(write_suite(tmp_path, sigmas=[0.0], **common)), "--output", str(out)]
+    )
+    assert first.exit_code == 0, first.output
+    grown = runner.invoke(
+        app, ["run", str(write_suite(tmp_path, sigmas=[0.0, 0.3], **common)), "--output", str(out)]
+    )
+    assert grown.exit_code == 0, grown.output
+    assert "2 cells (1 already done); 2 rows written: 2 ok" in grown.output
+    assert len(finished_rows(out)) == 4
+    shrunk = runner.invoke(
+        app, ["run", str(write_suite(tmp_path, sigmas=[0.3], **common)), "--output", str(out)]
+    )
+    assert shrunk.exit_code == 0, shrunk.output
+    assert "1 cells (1 already done); 0 rows written" in shrunk.output
+    text = (out / "leaderboard.md").read_text()
+    assert "Status: 2 ok (2 rows)" in text  # only the sigma of the suite as last run
+    assert "| 0.3 |" in text and "| 0 |" not in text
+    assert (
+        "2 rows on disk belong to cells or decoders that the suite as last run no longer has"
+        in text
+    )
+    assert len(finished_rows(out)) == 4  # nothing deleted
+    invocations = json.loads((out / "run.json").read_text())["invocations"]
+    assert [i["cells_computed"] for i in invocations] == [1, 1, 0]
+    assert all(
+        i["started_at"] <= i["finished_at"] and i["interrupted_by"] is None for i in invocations
+    )
+    assert "over 3 invocation(s)" in (out / "leaderboard.md").read_text()
+    renamed = runner.invoke(
+        app, ["run", str(write_suite(tmp_path, name="other", **common)), "--output", str(out)]
+    )
+    assert renamed.exit_code == 2 and "different suite ('mini', not 'other')" in renamed.output
+
+
+def test_every_requested_metric_is_shown_with_its_reasons(tmp_path, monkeypatch):
+    """Metrics that cannot be computed here (weights missing, image too small, set-level) keep
+    their column in leaderboard.md and report.html, with each reason and its row count, and the
+    run prints one line per metric; --strict-metrics turns them into exit code 1."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    metrics = ["psnr", "lpips", "niqe", "ms_ssim", "fid"]
+    suite = write_suite(
+        tmp_path, sigmas=[0.0], resolutions=[64], decoders=["pid", "native"], metrics=metrics
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(suite), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "lpips: null in 2/2 rows — weights missing: " in result.output
+    assert "niqe: null in 2/2 rows — weights missing: " in result.output
+    assert "fid: null in 2/2 rows — not computed: a set-level metric" in result.output
+    assert "ms_ssim: null in 2/2 rows" in result.output
+    assert "psnr: null" not in result.output
+    text = (out / "leaderboard.md").read_text()
+    header = _leaderboard_header(text)
+    for name in ("lpips", "niqe", "ms_ssim", "fid"):
+        assert re.search(rf"\| {name} [↑↓ ]*\[\d\]", header), (name, header)
+        assert re.search(rf"- \[\d\] {name}: null in 2/2 rows — ", text), name
+    assert re.search(r"\| psnr ↑ \|", header)  # computed everywhere: no footnote
+    html = (out / "report.html").read_text()
+    assert "lpips: null in 2/2 rows — weights missing: " in html
+    assert "fid: null in 2/2 rows — not computed: a set-level metric" in html
+    strict = runner.invoke(app, ["run", str(suite), "--output", str(out), "--strict-metrics"])
+    assert strict.exit_code == 1 and "0 rows written" in strict.output

@@ -139,3 +139,14 @@ def test_a_local_run_listens_only_on_loopback_and_probes_nothing(tmp_path):
     assert dashboard_env.get("RAY_USAGE_STATS_ENABLED") == "0"
     assert dashboard_env.get("http_proxy", "").startswith("http://127.0.0.1:")
     assert "Token authentication is enabled" not in err.decode()
+
+
+def test_the_bitsandbytes_kernel_fetch_warning_is_silenced_before_it_can_print():
+    """On AVX512-BF16 CPUs bitsandbytes warns that it could not fetch a hub kernel (offline);
+    `pid-bench parity` printed it. Its logger is quieted when pid_models is imported."""
+    import logging
+
+    import pid_models  # noqa: F401
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert logger.getEffectiveLevel() >= logging.ERROR
