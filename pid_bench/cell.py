@@ -19,6 +19,7 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
+from pid_bench.manifests import is_upsampled, reference_crop
 from pid_bench.metrics import (
     RESIZE_KERNEL,
     MetricContext,
@@ -35,7 +36,7 @@ from pid_bench.schema import COLUMNS
 from pid_bench.suite import Decoder, LdmOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
-from pid_models.registry import EMBEDDED_PAIRS, resolve
+from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE, resolve
 
 
 @dataclass
@@ -122,6 +123,7 @@ class CellSettings:
     faults: dict | None = None  # test-only fault injection (pid_bench.runner.FAULTS_ENV)
     tile_size: int | None = None  # PiD decodes in tiles of this many output pixels
     tile_overlap: int = 256
+    reference: str = "full_size"  # suite.reference: full_size | upsampled
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -140,13 +142,9 @@ def lanczos(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def reference_at(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Centre-crop [3, h, w] to the aspect of `size`, then resize -> [1, 3, H, W]."""
+    """Centre-crop [3, h, w] to the aspect of `size`, then resize once -> [1, 3, H, W]."""
     _, h, w = image.shape
-    target = size[0] / size[1]
-    if h / w > target:
-        crop_h, crop_w = round(w * target), w
-    else:
-        crop_h, crop_w = h, round(h / target)
+    crop_h, crop_w = reference_crop(h, w, size)
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
     return resize(image[None, :, top : top + crop_h, left : left + crop_w], size)
 
@@ -259,8 +257,12 @@ def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
             f"resolution {out_h}x{out_w} is not a multiple of {per_latent} "
             f"(codec {models.codec.spatial_factor}x * PiD {models.pid.scale}x) for {cell.backbone}"
         )
-    reference = reference_at(load_image(cell.item), (out_h, out_w)).to(dev)
-    lq = resize(reference, (out_h // models.pid.scale, out_w // models.pid.scale))
+    source = load_image(cell.item)
+    native_size = (out_h // models.pid.scale, out_w // models.pid.scale)
+    reference = reference_at(source, (out_h, out_w)).to(dev)
+    # The encoder input comes from the source in one resize, never via the (perhaps upsampled)
+    # output-size reference; it is also the native decode's reference at its own size.
+    lq = reference_at(source, native_size).to(dev)
     started = time.perf_counter()
     latent = models.codec.encode(lq)
     encode_ms = (time.perf_counter() - started) * 1000
@@ -272,12 +274,16 @@ def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
     row = {
         "in_height": lq.shape[-2],
         "in_width": lq.shape[-1],
+        "source_height": source.shape[-2],
+        "source_width": source.shape[-1],
         "latent_shape": "x".join(str(s) for s in latent.shape[1:]),
         "encode_ms": encode_ms,
         "caption_ms": caption_ms,
     }
     return {
         "reference": reference,
+        "reference_native": lq,
+        "crop": reference_crop(source.shape[-2], source.shape[-1], (out_h, out_w)),
         "latent": noisy,
         "clean_latent": latent,
         "sigma": float(cell.sigma),
@@ -320,6 +326,8 @@ def _prepare_from_ldm(cell, models: ModelSet, settings: CellSettings, dev) -> di
     clean = latent if step is None else None  # only x0 is a clean latent
     return {
         "reference": None,
+        "reference_native": None,
+        "crop": None,
         "latent": latent,
         "clean_latent": clean,
         "sigma": capture.sigmas[step],
@@ -386,7 +394,7 @@ def default_latent_cache() -> Path:
 #: decoder -> the resize kernel it uses to reach the output size (None: PiD decodes there itself).
 RESIZE_KERNELS = {
     "pid": None,
-    "native": RESIZE_KERNEL,  # the native decode is timed alone, resized only for metrics
+    "native": None,  # the native decode at its own size, scored there
     "native+bicubic": RESIZE_KERNEL,
     "native+lanczos": "lanczos",
 }
@@ -435,41 +443,73 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     }
     if decoder == "pid" and settings.tile_size:
         row |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
+    if decoder == "pid":
+        row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
     if dev.type == "cuda":
         row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
-    at_output = resize(image.float(), tuple(cell.resolution))
-    context = _metric_context(models, prepared, settings.metrics)
-    row |= _metrics(at_output, context, settings.metrics)
-    return row, at_output
+    # native is scored at its own size (the codec's reconstruction); every other decoder at the
+    # output size, the size it delivers.
+    scored = image.float() if decoder == "native" else resize(image.float(), tuple(cell.resolution))
+    context, reference_row = _metric_context(models, prepared, settings, decoder, scored)
+    row |= reference_row | {"scored_height": scored.shape[-2], "scored_width": scored.shape[-1]}
+    row |= _metrics(scored, context, settings.metrics)
+    return row, scored
 
 
 #: Metrics that compare with the native decode at its own size.
-_NEEDS_NATIVE = {"lq_color_de2000", "hf_energy_ratio"}
+_NEEDS_NATIVE = {
+    "lq_color_de2000",
+    "hf_energy_ratio",
+    "twin_psnr",
+    "twin_ssim",
+    "twin_lpips",
+    "twin_pass",
+    "midtone_chroma_shift",
+    "shadow_green_bias",
+}
 
 
-def _metric_context(models: ModelSet, prepared: dict, names: tuple[str, ...]) -> MetricContext:
-    """What the metrics may compare with; the native decode is made once per cell, untimed."""
+def _metric_context(
+    models: ModelSet, prepared: dict, settings: CellSettings, decoder: str, scored: torch.Tensor
+) -> tuple[MetricContext, dict]:
+    """What the metrics may compare with, and the row's reference columns.
+
+    The reference is at the size the decoder is scored at; one that would be upsampled from the
+    source is withheld (unless the suite says `reference: upsampled`), so a full-reference
+    metric never rewards a decoder for matching an interpolation. The native decode is made
+    once per cell, untimed.
+    """
     native = None
-    if _NEEDS_NATIVE & set(expand_metric_names(names)):
+    if _NEEDS_NATIVE & set(expand_metric_names(settings.metrics)):
         if "native_unit" not in prepared:
             with torch.no_grad():
                 prepared["native_unit"] = to_unit_range(models.codec.decode(prepared["latent"]))
         native = prepared["native_unit"]
-    reference = prepared["reference"]
-    return MetricContext(
+    size = tuple(scored.shape[-2:])
+    reference = prepared["reference_native"] if decoder == "native" else prepared["reference"]
+    row: dict = {}
+    withheld = None
+    if prepared["crop"] is not None:
+        crop = prepared["crop"]
+        row["reference_upsampled"] = is_upsampled(crop, size)
+        if row["reference_upsampled"] and settings.reference != "upsampled":
+            reference, withheld = None, f"reference upsampled from {crop[0]}x{crop[1]}"
+    context = MetricContext(
         reference=None if reference is None else to_unit_range(reference),
         native=native,
         codec=models.codec,
         clean_latent=prepared.get("clean_latent"),
         scale=models.pid.scale,
+        reference_reason=withheld,
     )
+    return context, row
 
 
-#: Why a set-level metric (fid, kid) is null in every row: it compares sets, not one image.
+#: Why a set-level metric (fid, kid) has no value in a row: it compares sets of images.
 SET_LEVEL_NOT_COMPUTED = (
-    "not computed: a set-level metric (one value per set of images, not per row), and "
-    "`pid-bench run` does not compute set-level metrics yet"
+    "set-level: one value per (setting, decoder) group, computed at the end of the run "
+    "(RUN_DIR/sets/), not per row"
 )
 
 

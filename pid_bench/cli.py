@@ -98,6 +98,39 @@ def plan(
         )  # fmt: skip
     Console().print(table)
     typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
+    for note in suite.reference_notes():
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+@app.command()
+def manifest(
+    folder: Annotated[Path, typer.Argument(help="A folder of images (not searched recursively).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Manifest to write (default FOLDER/manifest.jsonl)."),
+    ] = None,
+) -> None:
+    """Write a JSONL manifest of a folder of images: ids from the file names, captions from
+    NAME.txt sidecars or a captions.jsonl / captions.csv in the folder (else empty, with a
+    warning), width and height of each image; paths relative to the manifest.
+
+    Exit code: 0 written; 2 bad input.
+    """
+    import warnings
+
+    from pid_bench.manifests import ManifestError, write_manifest
+
+    target = output or folder / "manifest.jsonl"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images = write_manifest(folder, target)
+    except ManifestError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    for warning in caught:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}")
+    typer.echo(f"{len(images)} images -> {target}")
 
 
 @app.command()

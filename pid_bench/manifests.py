@@ -7,15 +7,23 @@ manifest from reading arbitrary files. ``pkg://<distribution>/<path>`` points in
 installed distribution (scikit-image's sample images, pyiqa's Kodak references), resolved
 where the manifest is loaded, so shipped manifests need no download and no absolute path.
 
+A folder of images is a source too (`load_folder`): ids come from the file names, captions
+from a sidecar ``NAME.txt``, a ``captions.jsonl`` or ``captions.csv`` in the folder, else empty
+(with a warning). `write_manifest` turns such a folder into a manifest file
+(`pid-bench manifest DIR -o FILE.jsonl`), with each image's width and height.
+
 Every problem is reported at once, one line each, as ``FILE:LINE field: message; fix``.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
 import importlib.metadata
 import json
+import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -23,10 +31,27 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["ManifestError", "SourceItem", "load_image", "load_manifest", "load_prompts"]
+__all__ = [
+    "ManifestError",
+    "SourceItem",
+    "image_size",
+    "is_upsampled",
+    "reference_crop",
+    "load_folder",
+    "load_image",
+    "load_manifest",
+    "load_prompts",
+    "load_source",
+    "scan_folder",
+    "write_manifest",
+]
 
 PKG_SCHEME = "pkg://"
 FIELDS = ("id", "image", "caption")
+OPTIONAL_FIELDS = ("width", "height")  # pixels; written by `pid-bench manifest`, informative
+#: Files a folder source takes as images (lower-case suffixes).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+CAPTION_FILES = ("captions.jsonl", "captions.csv")
 #: Ids name output files (PNG per cell), so they stay file-name safe.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -136,7 +161,11 @@ def _parse_line(
     if not isinstance(record, dict):
         kind = type(record).__name__
         return None, [f'{where} line is a JSON {kind}, not an object; write {{"id": ...}}']
-    problems = [_unknown_key(where, key) for key in record if key not in FIELDS]
+    known = FIELDS + OPTIONAL_FIELDS
+    problems = [_unknown_key(where, key) for key in record if key not in known]
+    for key in OPTIONAL_FIELDS:
+        if key in record and (not isinstance(record[key], int) or record[key] <= 0):
+            problems.append(f"{where} {key}: must be a positive integer (pixels); fix or drop it")
     for key in FIELDS:
         if key not in record:
             problems.append(f"{where} {key}: missing; add a {key!r} string")
@@ -156,8 +185,9 @@ def _parse_line(
 
 
 def _unknown_key(where: str, key: str) -> str:
-    close = difflib.get_close_matches(key, FIELDS, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(FIELDS)}"
+    known = FIELDS + OPTIONAL_FIELDS
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(known)}"
     return f"{where} {key}: unknown key; {hint}"
 
 
@@ -194,3 +224,172 @@ def _resolve_pkg(ref: str) -> tuple[Path, str | None]:
     except importlib.metadata.PackageNotFoundError:
         return Path(), f"{ref!r}: package {name!r} is not installed; pip install {name}"
     return Path(distribution.locate_file(inner)).resolve(), None
+
+
+def reference_crop(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the largest centre crop of a height x width image with the aspect of `size`:
+    the source pixels a reference at `size` is made from."""
+    target = size[0] / size[1]
+    if height / width > target:
+        return round(width * target), width
+    return height, round(height / target)
+
+
+def is_upsampled(crop: tuple[int, int], size: tuple[int, int]) -> bool:
+    """A reference at `size` made from `crop` invents pixels when the crop is smaller on a side."""
+    return crop[0] < size[0] or crop[1] < size[1]
+
+
+# ---- folders of images --------------------------------------------------------------------------
+
+
+def load_source(path: str | Path) -> list[SourceItem]:
+    """A from_clean source: a JSONL manifest, or a folder of images (`load_folder`)."""
+    path = Path(path)
+    return load_folder(path) if path.is_dir() else load_manifest(path)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, EXIF rotation applied."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+@dataclass(frozen=True)
+class FolderImage:
+    """One image of a folder source, as `pid-bench manifest` writes it."""
+
+    id: str
+    path: Path
+    caption: str
+    height: int
+    width: int
+
+
+def scan_folder(folder: str | Path) -> list[FolderImage]:
+    """The images of a folder (not recursive), sorted by name, with ids and captions.
+
+    Ids are the file names without suffix, made file-name safe ('kodim 01.png' -> 'kodim_01');
+    a clash gets the suffix added ('a.png', 'a.jpg' -> 'a_png', 'a_jpg'). Captions: the sidecar
+    ``NAME.txt`` first, then ``captions.jsonl`` ({"image" or "id", "caption"}) or
+    ``captions.csv`` (columns ``image`` or ``id``, and ``caption``), else empty with a warning.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: not a folder of images; check the path")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        raise ManifestError(f"{folder}: no images ({suffixes}); add images or name another folder")
+    table = _caption_table(folder)
+    ids = _ids(files)
+    out, uncaptioned, problems = [], [], []
+    for path, item_id in zip(files, ids, strict=True):
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            caption = sidecar.read_text(encoding="utf-8").strip()
+        else:
+            caption = table.get(path.name, table.get(path.stem, table.get(item_id)))
+        if caption is None:
+            uncaptioned.append(path.name)
+            caption = ""
+        try:
+            height, width = image_size(path)
+        except (OSError, SyntaxError, ValueError) as err:
+            problems.append(f"{path}: cannot read image ({err}); replace or remove the file")
+            continue
+        out.append(FolderImage(item_id, path.resolve(), caption, height, width))
+    if problems:
+        raise ManifestError("\n".join(problems))
+    if uncaptioned:
+        shown = ", ".join(uncaptioned[:5]) + (" ..." if len(uncaptioned) > 5 else "")
+        warnings.warn(
+            f"{folder}: {len(uncaptioned)} image(s) without a caption ({shown}): PiD gets an "
+            "empty caption for them; add NAME.txt files or a captions.jsonl / captions.csv",
+            stacklevel=2,
+        )
+    return out
+
+
+def load_folder(folder: str | Path) -> list[SourceItem]:
+    """A folder of images as source items (see `scan_folder`)."""
+    return [
+        SourceItem(image.id, str(image.path), image.caption, f"{image.path}")
+        for image in scan_folder(folder)
+    ]
+
+
+def write_manifest(folder: str | Path, output: str | Path) -> list[FolderImage]:
+    """Write the manifest of a folder of images to `output` (JSONL), image paths relative to
+    the manifest. The manifest must sit in the folder or above it: a manifest's paths may not
+    leave its own folder (`load_manifest`)."""
+    folder, output = Path(folder).resolve(), Path(output).resolve()
+    if not folder.is_relative_to(output.parent):
+        raise ManifestError(
+            f"{output}: a manifest's image paths may not leave its folder, and {folder} is not "
+            f"inside {output.parent}; write it into {folder} or a folder above it"
+        )
+    images = scan_folder(folder)
+    lines = [
+        json.dumps(
+            {
+                "id": image.id,
+                "image": Path(os.path.relpath(image.path, output.parent)).as_posix(),
+                "caption": image.caption,
+                "width": image.width,
+                "height": image.height,
+            },
+            ensure_ascii=False,
+        )
+        for image in images
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, output)
+    return images
+
+
+def _ids(files: list[Path]) -> list[str]:
+    def safe(text: str) -> str:
+        cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or "image"
+        return cleaned if _ID_PATTERN.fullmatch(cleaned) else f"i{cleaned}"
+
+    stems = [safe(p.stem) for p in files]
+    return [
+        safe(f"{p.stem}_{p.suffix.lstrip('.')}") if stems.count(stem) > 1 else stem
+        for p, stem in zip(files, stems, strict=True)
+    ]
+
+
+def _caption_table(folder: Path) -> dict[str, str]:
+    """File name, stem or id -> caption, from captions.jsonl or captions.csv in the folder."""
+    table: dict[str, str] = {}
+    jsonl, csv_path = (folder / name for name in CAPTION_FILES)
+    if jsonl.is_file():
+        for lineno, text in _read_lines(jsonl):
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{jsonl}:{lineno} line is not JSON ({err.msg})") from None
+            key = record.get("image") or record.get("id") if isinstance(record, dict) else None
+            if not key or not isinstance(record.get("caption"), str):
+                raise ManifestError(
+                    f'{jsonl}:{lineno}: write {{"image": "NAME.png", "caption": "..."}}'
+                )
+            table[str(key)] = record["caption"]
+    elif csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            if "caption" not in columns or not columns & {"image", "id"}:
+                raise ManifestError(
+                    f"{csv_path}:1 header: needs a 'caption' column and an 'image' or 'id' column"
+                )
+            for row in reader:
+                table[row.get("image") or row["id"]] = row["caption"]
+    return table

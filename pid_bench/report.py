@@ -39,6 +39,11 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 RANDOM_WEIGHTS_WARNING = (
     "The `tiny` backbone uses random networks: its quality numbers say nothing about PiD."
 )
+UPSAMPLED_WARNING = (
+    "This suite says `reference: upsampled`: some full-reference metrics compare with a "
+    "reference upsampled from a smaller source, which rewards blur (rows with "
+    "reference_upsampled = true)."
+)
 GRID_GROUPS = 6  # image groups shown in the HTML comparison grid
 THUMB_WIDTH = 256  # px; grid thumbnails are at most this wide
 MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
@@ -111,8 +116,28 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
         f"CREATE TEMP VIEW scoped_rows AS SELECT * FROM all_rows WHERE {_scope(con, run_dir, meta)}"
     )
     con.execute(f"CREATE TEMP TABLE rows AS SELECT {select} FROM scoped_rows QUALIFY {latest}")
-    con.execute(_metric_values_view(requested))
+    set_level = [n for n in requested if _is_set_level(n)]
+    con.execute(_metric_values_view([n for n in requested if n not in set_level]))
+    _load_sets(con, run_dir)
     return con
+
+
+def _is_set_level(name: str) -> bool:
+    return name in METRICS and METRICS[name].kind == "set_level"
+
+
+def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
+    """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
+    report's groups (pid_bench.sets)."""
+    from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
+
+    con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
+    keys = ", ".join((*GROUP_KEYS, "decoder"))
+    con.execute(
+        f"CREATE TEMP TABLE set_values AS SELECT * FROM set_rows_in "
+        f"WHERE ({keys}) IN (SELECT ({keys}) FROM rows WHERE status = 'ok') "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1"
+    )
 
 
 def requested_metrics(meta: dict[str, Any]) -> list[str]:
@@ -189,6 +214,7 @@ class NullMetric:
     metric: str
     n_ok: int
     reasons: list[tuple[str, int]]  # (reason, rows), most rows first
+    unit: str = "rows"  # set-level metrics: "groups" (one value per setting and decoder)
 
     @property
     def n_null(self) -> int:
@@ -198,23 +224,39 @@ class NullMetric:
         if len(self.reasons) == 1:
             why = self.reasons[0][0]
         else:
-            why = "; ".join(f"{reason} ({n} rows)" for reason, n in self.reasons)
-        return f"{self.metric}: null in {self.n_null}/{self.n_ok} rows — {why}"
+            why = "; ".join(f"{reason} ({n} {self.unit})" for reason, n in self.reasons)
+        return f"{self.metric}: null in {self.n_null}/{self.n_ok} {self.unit} — {why}"
 
 
-def null_metrics(con: duckdb.DuckDBPyConnection) -> list[NullMetric]:
-    """Requested metrics null anywhere among the report's ok rows (reports/metric_nulls.sql)."""
+def null_metrics(
+    con: duckdb.DuckDBPyConnection, requested: list[str] | None = None
+) -> list[NullMetric]:
+    """Requested metrics null anywhere among the report's ok rows (reports/metric_nulls.sql),
+    and set-level ones null in a group (reports/set_nulls.sql) or computed for none."""
     found: dict[str, NullMetric] = {}
     for r in query(con, "metric_nulls"):
         entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_ok"], []))
         entry.reasons.append((r["reason"], r["n_null"]))
-    return list(found.values())
+    for r in query(con, "set_nulls"):
+        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_groups"], [], "groups"))
+        entry.reasons.append((r["reason"], r["n_null"]))
+    computed = {m for (m,) in con.execute("SELECT DISTINCT metric FROM set_values").fetchall()}
+    (groups,) = con.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT mode, backbone, ckpt_type, out_height, out_width, "
+        "sigma, save_xt_step, decoder FROM rows WHERE status = 'ok')"
+    ).fetchone()
+    for name in requested or []:
+        if _is_set_level(name) and name not in computed and groups:
+            reason = "not computed for any group (the run ended before its set-level step; rerun)"
+            found[name] = NullMetric(name, groups, [(reason, groups)], "groups")
+    order = {name: i for i, name in enumerate(requested or [])}
+    return sorted(found.values(), key=lambda entry: order.get(entry.metric, len(order)))
 
 
 def run_null_metrics(run_dir: Path) -> list[NullMetric]:
     """`null_metrics` of a run directory (the end-of-run summary prints these)."""
     with connect(Path(run_dir)) as con:
-        return null_metrics(con)
+        return null_metrics(con, requested_metrics(read_run_json(Path(run_dir))))
 
 
 def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
@@ -282,6 +324,11 @@ class _RunData:
         return str(env.get("devices") or env.get("device") or "unknown")
 
     @property
+    def upsampled_references(self) -> bool:
+        suite = self.meta.get("suite") or {}
+        return suite.get("reference") == "upsampled"
+
+    @property
     def random_weights(self) -> bool:
         return bool(self.meta.get("random_weights")) or any(
             p["random_weights"] for p in self.provenance
@@ -301,18 +348,22 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
     meta = read_run_json(run_dir)
     (total,) = con.execute("SELECT count(*) FROM all_rows").fetchone()
     (kept,) = con.execute("SELECT count(*) FROM scoped_rows").fetchone()
+    leaderboard = query(con, "leaderboard")
+    _fill_set_values(con, leaderboard)
     return _RunData(
         run_dir=run_dir,
         meta=meta,
         requested=requested_metrics(meta),
-        nulls=null_metrics(con),
+        nulls=null_metrics(con, requested_metrics(meta)),
         outside_rows=total - kept,
         status=query(con, "status"),
-        leaderboard=query(con, "leaderboard"),
+        leaderboard=leaderboard,
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
         sections=[
-            s for s in [_paired(con), _end_to_end(con), _time_budget(con, run_dir)] if s is not None
+            s
+            for s in [_paired(con), _flags(con), _end_to_end(con), _time_budget(con, run_dir)]
+            if s is not None
         ],
     )
 
@@ -399,6 +450,43 @@ def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
     return Section("PiD vs native+bicubic, paired", headers, rows, note)
 
 
+def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
+    """Rows outside the checkpoint's trained envelope, or past a colour-QA threshold."""
+    from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
+
+    columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
+    checks = [("outside_envelope", "coalesce(outside_envelope, false)", "outside the trained size")]
+    for column, bound, label in (
+        ("metric_midtone_chroma_shift", MIDTONE_CHROMA_SHIFT_MAX, "midtone chroma shift"),
+        ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX, "shadow green bias"),
+    ):
+        if column in columns:
+            checks.append((column, f"coalesce({column} > {bound}, false)", f"{label} > {bound:g}"))
+    if "outside_envelope" not in columns:
+        checks = checks[1:]
+    if not checks:
+        return None
+    flagged = " OR ".join(expr for _, expr, _ in checks)
+    picks = ", ".join(f"{expr} AS flag_{i}" for i, (_, expr, _) in enumerate(checks))
+    records = con.execute(
+        f"SELECT backbone, ckpt_type, out_height, out_width, sigma, image_id, decoder, {picks} "
+        f"FROM rows WHERE status = 'ok' AND ({flagged}) ORDER BY ALL"
+    ).fetchall()
+    if not records:
+        return None
+    rows = []
+    for r in records:
+        why = ", ".join(label for i, (_, _, label) in enumerate(checks) if r[7 + i])
+        setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={_key(r[4])}"
+        rows.append([setting, str(r[5]), str(r[6]), why])
+    note = (
+        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. The colour "
+        "thresholds are heuristics (about 2.5 just-noticeable differences), not calibrated; "
+        "docs/protocol.md."
+    )
+    return Section(f"Flags ({len(rows)} rows)", ["setting", "image", "decoder", "flag"], rows, note)
+
+
 def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
     """Harness overhead: how much of the workers' and the run's wall time the decoders use."""
     (r,) = query(con, "time_budget")
@@ -420,6 +508,20 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
             f"run.json) was {sum(spans):.0f} ms over {len(spans)} invocation(s): {each} ms."
         )
     return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
+
+
+def _fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
+    """Put each group's set-level value (fid, kid) into its leaderboard row."""
+    from pid_bench.sets import GROUP_KEYS
+
+    keys = (*GROUP_KEYS, "decoder")
+    cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
+    values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}
+    for row in leaderboard:
+        for column in [c for c in row if c.startswith("metric_")]:
+            key = (*(row[k] for k in keys), column.removeprefix("metric_"))
+            if key in values:
+                row[column] = values[key]
 
 
 def invocation_ms(meta: dict[str, Any]) -> list[float]:
@@ -583,6 +685,8 @@ def _markdown(data: _RunData) -> str:
     lines += [f"run `{data.run_id}` · git `{data.git_sha}` · device {data.device}", ""]
     if data.random_weights:
         lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
+    if data.upsampled_references:
+        lines += [f"**{UPSAMPLED_WARNING}**", ""]
     lines += [f"Status: {data.status_line()}", ""]
     headers, table = _leaderboard_table(data)
     if table:
@@ -591,7 +695,9 @@ def _markdown(data: _RunData) -> str:
         lines += [
             "↑ higher is better, ↓ lower is better; bold: best decoder of its setting. Metrics are "
             "means over ok rows; latency is the median of the rows' p50; memory the max; "
-            "– no value.",
+            "– no value. `native` is scored at its own size (the codec's reconstruction, "
+            "against the source at that size); the other decoders at the output size; twin_* "
+            "compare a decode, downsampled to the native size, with the native decode.",
             "",
         ]
     else:
@@ -873,6 +979,7 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
         data=data,
         footnotes=footnotes(data),
         warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
+        upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
         environment=_environment(data.meta),
         headers=headers,
         table=table,

@@ -165,6 +165,8 @@ def run_suite(
                         finished.add(rows[0]["cell_id"])
                         for row in rows:
                             counts[row["status"]] += 1
+        if not stop.signal:
+            _set_metrics(suite, run_dir)
     except BaseException as exc:  # a second Ctrl-C, a crash: the record says so
         invocation["interrupted_by"] = stop.signal or type(exc).__name__
         raise
@@ -180,6 +182,17 @@ def run_suite(
         cells_remaining=len(todo) - len(finished) if stop.signal else 0,
         interrupted_by=stop.signal,
     )  # fmt: skip
+
+
+def _set_metrics(suite: Suite, run_dir: Path) -> None:
+    """fid / kid per (setting, decoder) group into RUN_DIR/sets/ (pid_bench.sets)."""
+    from pid_bench.metrics import expand_metric_names, get_metric
+    from pid_bench.sets import compute_run_sets
+
+    names = [n for n in expand_metric_names(suite.metrics) if get_metric(n).kind == "set_level"]
+    if names:
+        base = suite.path.parent if suite.path else None
+        compute_run_sets(run_dir, names, suite.set_metrics.feature_extractor, base)
 
 
 def _invocations(previous: dict) -> list[dict]:
@@ -247,6 +260,7 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         faults=json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else None,
         tile_size=suite.tiling.tile_size,
         tile_overlap=suite.tiling.tile_overlap,
+        reference=suite.reference,
     )
 
 

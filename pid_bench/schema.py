@@ -60,6 +60,8 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("out_width", pa.int64(), "requested output width (pixels)"),
     ("in_height", pa.int64(), "height of the image given to the encoder"),
     ("in_width", pa.int64(), "width of the image given to the encoder"),
+    ("source_height", pa.int64(), "from_clean: height of the source image file"),
+    ("source_width", pa.int64(), "from_clean: width of the source image file"),
     ("latent_shape", pa.string(), "C x h x w of the PiD latent"),
     ("decoded_height", pa.int64(), "height the decoder itself produced (before any resize)"),
     ("decoded_width", pa.int64(), "width the decoder itself produced (before any resize)"),
@@ -79,6 +81,19 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "how images reached the size a metric compares at (native decodes: the output size)",
     ),
     ("crop_border", pa.int64(), "pixels cropped from each border before the metrics"),
+    ("scored_height", pa.int64(), "height the metrics compared at (native: its own size)"),
+    ("scored_width", pa.int64(), "width the metrics compared at (native: its own size)"),
+    (
+        "reference_upsampled",
+        pa.bool_(),
+        "from_clean: the reference at the scored size would be upsampled from the source's "
+        "centre crop (full-reference metrics null unless the suite says reference: upsampled)",
+    ),
+    (
+        "outside_envelope",
+        pa.bool_(),
+        "pid: the output exceeds the checkpoint's trained size on a side (2k: 2048, 4K: 4096)",
+    ),
     # timing (every repeat kept)
     ("warmup", pa.int64(), "untimed decodes before timing"),
     ("repeats", pa.int64(), "timed decodes"),

@@ -40,7 +40,7 @@ from pydantic import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from pid_bench.manifests import ManifestError, SourceItem, load_manifest, load_prompts
+from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, is_known_metric
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
 
@@ -180,6 +180,18 @@ class Tiling(BaseModel):
     tile_overlap: NonNegativeInt = 256
 
 
+class SetMetricOptions(BaseModel):
+    """How set-level metrics (fid, kid) are computed at the end of a run.
+
+    ``feature_extractor``: ``module.path:callable`` returning a torch module that maps
+    ``[B, 3, H, W]`` in [0, 1] to ``[B, D]`` features and has an int ``num_features`` (the
+    module is imported from sys.path or the suite's folder); default pytorch-fid's Inception.
+    """
+
+    model_config = _FROZEN
+    feature_extractor: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+
+
 class LdmOptions(BaseModel):
     """from_ldm: how each backbone's LDM runs (defaults: the registry's, pid_models.ldm.PIPELINES).
 
@@ -274,10 +286,15 @@ class Suite(BaseModel):
     decoders: DecoderAxis
     metrics: Annotated[list[str], AfterValidator(_unique)] = []
     source: str
+    # full_size: a full-reference metric compares only with a reference at least the size it is
+    # scored at (else null, "reference upsampled from HxW"); upsampled: compare anyway (the
+    # report says so in a banner).
+    reference: Literal["full_size", "upsampled"] = "full_size"
     limit: PositiveInt | None = None
     timing: Timing = Timing()
     save_images: bool = True
     tiling: Tiling = Tiling()
+    set_metrics: SetMetricOptions = SetMetricOptions()
     ldm: LdmOptions = LdmOptions()
     exclude: list[ExcludeEntry] = []
 
@@ -317,7 +334,8 @@ class Suite(BaseModel):
         if unknown:
             raise ValueError(
                 f"unknown metric(s) {unknown}; known: {', '.join(sorted(METRICS))}, "
-                "latent_consistency, or pyiqa:<any pyiqa.list_models() name>"
+                "latent_consistency, twin, pyiqa:<any pyiqa.list_models() name>, or "
+                "module.path:callable (an importable custom metric, docs/metrics.md)"
             )
         return metrics
 
@@ -327,9 +345,12 @@ class Suite(BaseModel):
         """Relative to the suite file (context ``base_dir``), so suites move with their data."""
         base = Path((info.context or {}).get("base_dir", "."))
         resolved = (base / source).resolve()
-        if not resolved.is_file():
-            raise ValueError(f"file not found: {resolved}")
         mode = info.data.get("mode")
+        if resolved.is_dir() and mode == "from_clean":
+            return str(resolved)  # a folder of images
+        if not resolved.is_file():
+            hint = "a manifest (.jsonl) or a folder of images" if mode == "from_clean" else ""
+            raise ValueError(f"file not found: {resolved}" + (f"; name {hint}" if hint else ""))
         if mode in SOURCE_SUFFIX and resolved.suffix != SOURCE_SUFFIX[mode]:
             kind = "an image manifest" if mode == "from_clean" else "a prompts file"
             raise ValueError(f"{mode} reads {kind} ({SOURCE_SUFFIX[mode]}), got {resolved.name}")
@@ -342,9 +363,36 @@ class Suite(BaseModel):
 
     def items(self) -> list[SourceItem]:
         """The source items, manifest or prompts by mode, cut to ``limit``."""
-        loader = load_manifest if self.mode == "from_clean" else load_prompts
+        loader = load_source if self.mode == "from_clean" else load_prompts
         items = loader(self.source)
         return items[: self.limit] if self.limit is not None else items
+
+    def reference_notes(self) -> list[str]:
+        """One line per (image, resolution) whose reference would be upsampled: the image's
+        centre crop with the output's aspect is smaller than the output on a side."""
+        from pid_bench.manifests import image_size, is_upsampled, reference_crop
+
+        if self.mode != "from_clean":
+            return []
+        consequence = (
+            "full-reference metrics compare with an upsampled reference (reference: upsampled)"
+            if self.reference == "upsampled"
+            else "its full-reference metrics are null (set reference: upsampled to compare anyway)"
+        )
+        notes = []
+        for item in self.items():
+            try:
+                height, width = image_size(item.image)
+            except (OSError, ValueError):
+                continue  # preflight names unreadable images
+            for size in self.resolutions:
+                crop = reference_crop(height, width, size)
+                if is_upsampled(crop, size):
+                    notes.append(
+                        f"{item.id} ({height}x{width}): reference at {size[0]}x{size[1]} would be "
+                        f"upsampled from {crop[0]}x{crop[1]}; {consequence}"
+                    )
+        return notes
 
     def cells(self) -> list[Cell]:
         """Every cell of the suite over its own source."""

@@ -13,6 +13,9 @@ from types import MappingProxyType
 from typing import Any
 
 CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5")
+#: Largest output side each checkpoint type was trained for: beyond it a decode is outside the
+#: trained envelope (reports flag it). The embedded tiny backbone borrows the 2k value.
+TRAINED_MAX_SIDE = {"2k": 2048, "2kto4k": 4096, "2kto4k_v1pt5": 4096}
 
 #: Backbones that share another backbone's latent space and therefore its PiD checkpoints.
 BACKBONE_ALIASES: Mapping[str, str] = MappingProxyType(

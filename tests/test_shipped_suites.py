@@ -20,7 +20,8 @@ ALL = sorted(SUITES.rglob("*.yaml"))
 def test_the_ready_suites_are_all_here():
     names = {p.relative_to(SUITES).as_posix() for p in ALL}
     expected = {"smoke.yaml", "from_clean_2k.yaml", "from_clean_4k.yaml", "sigma_sweep.yaml"}
-    expected |= {"aspect_ratios.yaml"} | {f"from_ldm/{tag}.yaml" for tag in PIPELINES}
+    expected |= {"aspect_ratios.yaml", "paper/decode_2k.yaml", "paper/decode_4k.yaml"}
+    expected |= {f"from_ldm/{tag}.yaml" for tag in PIPELINES}
     assert expected <= names
 
 

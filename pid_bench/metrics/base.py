@@ -61,6 +61,8 @@ class MetricContext:
     codec: the backbone's `LatentCodec` (``encode`` takes images in ``[-1, 1]``).
     clean_latent: the codec latent of the low-resolution input before noise (from_clean).
     scale: PiD's upscale factor (output size / native size), e.g. 4 or 8.
+    reference_reason: why ``reference`` is None although the cell has a source image (it would
+    be upsampled): the reason every full-reference metric then gives.
     """
 
     reference: torch.Tensor | None = None
@@ -68,6 +70,7 @@ class MetricContext:
     codec: Any = None
     clean_latent: torch.Tensor | None = None
     scale: int | None = None
+    reference_reason: str | None = None
 
 
 # ---- weight files -----------------------------------------------------------------------------
@@ -220,7 +223,7 @@ class Metric:
 def _needs_reference(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     reference = context.reference
     if reference is None:
-        raise MetricUnavailable("no reference image")
+        raise MetricUnavailable(context.reference_reason or "no reference image")
     if tuple(reference.shape[-2:]) != tuple(image.shape[-2:]):
         raise MetricUnavailable(
             f"image {tuple(image.shape[-2:])} and reference {tuple(reference.shape[-2:])} "

@@ -36,9 +36,14 @@ def _latent_consistency(image: torch.Tensor, context: MetricContext) -> dict[str
     if absent:
         raise MetricUnavailable(f"no {' / '.join(absent)} in the cell's context")
     h, w = image.shape[-2:]
-    if h % scale or w % scale:
+    factor = getattr(codec, "spatial_factor", None)
+    native = (clean.shape[-2] * factor, clean.shape[-1] * factor) if factor else None
+    if native is not None and (h, w) == native:
+        low = image  # the native decode, scored at its own size
+    elif h % scale or w % scale:
         raise MetricUnavailable(f"decode {h}x{w} is not a multiple of PiD's scale {scale}")
-    low = resize(image, (h // scale, w // scale))
+    else:
+        low = resize(image, (h // scale, w // scale))
     dtype = _codec_dtype(codec) or torch.float32
     with torch.no_grad():
         again = codec.encode((low * 2 - 1).to(dtype)).float()

@@ -21,6 +21,7 @@ from pid_bench.metrics.base import (
     MetricUnavailableWarning,
     WeightStatus,
 )
+from pid_bench.metrics.custom import custom_metric, is_custom_name
 from pid_bench.metrics.full_reference import _ms_ssim, _psnr, _ssim
 from pid_bench.metrics.pid_specific import (
     _hf_energy_ratio,
@@ -40,6 +41,16 @@ from pid_bench.metrics.set_level import (
     PATCHES_PER_IMAGE,
     _inception,
     _set_level,
+)
+from pid_bench.metrics.twin import (
+    MIDTONE_L,
+    SHADOW_L_MAX,
+    TWIN_PSNR_MIN,
+    TWIN_SSIM_MIN,
+    _midtone_chroma_shift,
+    _shadow_green_bias,
+    _twin,
+    _twin_lpips,
 )
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -179,6 +190,48 @@ def _registry() -> dict[str, Metric]:
             "reference; with the bicubic baseline values are >> 1.",
         ),
     ]
+    twin = (
+        "VAE-twin check: the decode downsampled (antialiased bicubic, clamped) to the native "
+        "decode's size and compared with the native decode: "
+    )
+    metrics += [
+        Metric("twin_psnr", "latent", True, _twin, twin + "PSNR (as psnr), dB.", group="twin"),
+        Metric("twin_ssim", "latent", True, _twin, twin + "SSIM (as ssim).", group="twin"),
+        Metric(
+            "twin_pass",
+            "latent",
+            True,
+            _twin,
+            twin + f"1 when SSIM >= {TWIN_SSIM_MIN:g} and PSNR >= {TWIN_PSNR_MIN:g} dB "
+            "(vLLM-Omni's PiD acceptance bar), else 0; its mean is the pass rate.",
+            group="twin",
+        ),
+        Metric(
+            "twin_lpips",
+            "latent",
+            False,
+            _twin_lpips,
+            twin + "LPIPS (as lpips).",
+            weights=_PYIQA_SPECS["lpips"][2],
+            backend="pyiqa",
+        ),
+        Metric(
+            "midtone_chroma_shift",
+            "latent",
+            False,
+            _midtone_chroma_shift,
+            twin + f"mean sqrt(da*^2 + db*^2) in CIELAB (D65) over the pixels whose native L* "
+            f"is in [{MIDTONE_L[0]:g}, {MIDTONE_L[1]:g}]: midtones turning pink or any tint.",
+        ),
+        Metric(
+            "shadow_green_bias",
+            "latent",
+            None,  # signed: 0 is ideal; the report flags large positive (greener) values
+            _shadow_green_bias,
+            twin + f"mean a*(native) - a*(decode) over the pixels whose native L* < "
+            f"{SHADOW_L_MAX:g}: positive when the decode's shadows are greener.",
+        ),
+    ]
     return {m.name: m for m in metrics}
 
 
@@ -187,6 +240,7 @@ METRICS: dict[str, Metric] = _registry()
 #: Names that stand for several metrics computed together.
 METRIC_ALIASES: dict[str, tuple[str, ...]] = {
     "latent_consistency": ("latent_consistency_mse", "latent_consistency_cos"),
+    "twin": ("twin_psnr", "twin_ssim", "twin_lpips", "twin_pass"),
 }
 
 #: Every metric with a per-row value (the schema's `metric_<name>` columns); set-level and
@@ -200,6 +254,8 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     if name.startswith("pyiqa:"):
         return _pyiqa_passthrough(name)
+    if is_custom_name(name):
+        return custom_metric(name)
     known = ", ".join([*sorted(METRICS), *sorted(METRIC_ALIASES)])
     raise KeyError(f"unknown metric {name!r}; known: {known}, or pyiqa:<name>")
 

@@ -67,7 +67,9 @@ class InceptionFeatures(torch.nn.Module):
 class _Features(torch.nn.Module):
     """Hands precomputed features to torchmetrics (one Inception pass serves FID and KID)."""
 
-    num_features = InceptionFeatures.num_features
+    def __init__(self, num_features: int = InceptionFeatures.num_features) -> None:
+        super().__init__()
+        self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -138,7 +140,7 @@ def _features(
             if sum(p.shape[0] for p in pending) >= batch_size:
                 flush()
     flush()
-    features = torch.cat(out) if out else torch.zeros(0, InceptionFeatures.num_features)
+    features = torch.cat(out) if out else torch.zeros(0, extractor.num_features)
     return features, count
 
 
@@ -155,6 +157,7 @@ def compute_set_metrics(
     batch_size: int = 16,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    extractor: torch.nn.Module | None = None,
 ) -> dict[str, SetResult]:
     """FID and / or KID of `images` (generated) against `references` (real).
 
@@ -165,7 +168,9 @@ def compute_set_metrics(
     resolution, positions drawn from a generator seeded with `seed` (the same positions for both
     sets where the sizes agree). FID and KID are torchmetrics' (`FrechetInceptionDistance`,
     `KernelInceptionDistance`: polynomial kernel, degree 3; `kid_subsets` subsets of
-    min(`kid_subset_size`, samples) drawn with torch's RNG seeded with `seed`).
+    min(`kid_subset_size`, samples) drawn with torch's RNG seeded with `seed`). `extractor`
+    replaces the Inception: a module ``[B, 3, H, W]`` in [0, 1] -> ``[B, D]`` with an int
+    ``num_features`` (pid_bench.sets.load_feature_extractor).
     """
     unknown = [n for n in names if n not in ("fid", "kid")]
     if unknown:
@@ -188,7 +193,10 @@ def compute_set_metrics(
         return {n: SetResult(n, None, reason, patch=patch_info, **counts) for n in names}
 
     try:
-        extractor = load_inception(device)
+        if extractor is None:
+            extractor = load_inception(device)
+        else:
+            extractor = extractor.to(device)
         fake, n_fake = _features(images, extractor, device, patch_info, batch_size)
         real, n_real = _features(references, extractor, device, patch_info, batch_size)
     except MetricUnavailable as exc:
@@ -221,7 +229,7 @@ def _fid(fake, real, patch_info, counts) -> SetResult:
     if min(fake.shape[0], real.shape[0]) < 2:
         reason = "FID needs at least 2 images (or patches) in each set"
         return SetResult("fid", None, reason, patch=patch_info, **counts)
-    fid = FrechetInceptionDistance(feature=_Features(), normalize=True)
+    fid = FrechetInceptionDistance(feature=_Features(fake.shape[1]), normalize=True)
     fid.update(real, real=True)
     fid.update(fake, real=False)
     value = float(fid.compute())
@@ -239,7 +247,7 @@ def _kid(fake, real, patch_info, counts, seed, subsets, subset_size) -> SetResul
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "will save all extracted features": it is meant to
         kid = KernelInceptionDistance(
-            feature=_Features(), subsets=subsets, subset_size=size, normalize=True
+            feature=_Features(fake.shape[1]), subsets=subsets, subset_size=size, normalize=True
         )
     kid.update(real, real=True)
     kid.update(fake, real=False)

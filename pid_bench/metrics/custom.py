@@ -1,0 +1,74 @@
+"""Custom metrics: a suite names ``module.path:callable`` and pid-bench imports it.
+
+The named object is either a `Metric` (used as it is, renamed to the suite's name) or a
+function ``fn(image, context) -> [B] tensor or float`` with ``image`` ``[B, 3, H, W]`` in
+[0, 1] and ``context`` a `MetricContext` (reference, native decode, codec, clean latent, PiD's
+scale); it may raise `MetricUnavailable(reason)` to leave its value null with that reason.
+Optional attributes on the function: ``kind`` (``no_reference`` by default, or
+``full_reference``: it then gets the reference at the scored size, or a withheld reason) and
+``higher_is_better`` (True, False or None). The module is imported from sys.path (a package
+you installed, or the directory `pid-bench` runs in); its values land in the row's
+``extra_metrics`` and in the report like any other metric. This is how the paper's VLM scorers
+(DeQA-Score, UniPercept, VisualQuality-R1), which pyiqa lacks, plug in without editing
+pid-bench.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+
+import torch
+
+from pid_bench.metrics.base import KINDS, Metric, MetricContext, _needs_reference
+
+#: ``module.path:callable``, e.g. ``my_scorers.deqa:score``.
+CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_custom: dict[str, Metric] = {}
+
+
+def is_custom_name(name: str) -> bool:
+    return bool(CUSTOM_PATTERN.fullmatch(name)) and not name.startswith("pyiqa:")
+
+
+def custom_metric(name: str) -> Metric:
+    """The metric a ``module.path:callable`` name stands for; KeyError naming what is wrong."""
+    if name in _custom:
+        return _custom[name]
+    module_name, _, attribute = name.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise KeyError(
+            f"custom metric {name!r}: cannot import {attribute!r} from {module_name!r} ({err}); "
+            "install the module or run pid-bench where it is importable"
+        ) from None
+    if isinstance(target, Metric):
+        metric = dataclasses.replace(target, name=name)
+    elif callable(target):
+        kind = getattr(target, "kind", "no_reference")
+        if kind not in KINDS or kind == "set_level":
+            raise KeyError(f"custom metric {name!r}: kind {kind!r} is not a per-image kind")
+        metric = Metric(
+            name,
+            kind,
+            getattr(target, "higher_is_better", None),
+            _wrap(target, kind == "full_reference"),
+            (target.__doc__ or "").strip() or f"custom metric {name}",
+            backend="custom",
+        )
+    else:
+        raise KeyError(f"custom metric {name!r}: {type(target).__name__} is not callable")
+    _custom[name] = metric
+    return metric
+
+
+def _wrap(fn, full_reference: bool):
+    def evaluate(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+        if full_reference:
+            _needs_reference(image, context)  # withheld or absent reference: its reason
+        out = fn(image, context)
+        return torch.as_tensor(out, dtype=torch.float64).reshape(image.shape[0])
+
+    return evaluate

@@ -1,0 +1,79 @@
+"""The VAE-twin check and colour QA (kind ``latent``): the decode brought down to the native
+decode's size and compared with it. PiD should keep the latent's content and colours; where it
+does not (noisy latents, outputs beyond the trained size), midtones drift pink and shadows green.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pid_bench.metrics.base import MetricContext, MetricUnavailable, resize
+from pid_bench.metrics.full_reference import _psnr, _ssim
+from pid_bench.metrics.pid_specific import srgb_to_lab
+from pid_bench.metrics.pyiqa_backed import _pyiqa_fn
+
+#: vLLM-Omni's PiD acceptance bar: the decode downsampled to the latent image's size vs the
+#: VAE decode must reach SSIM >= 0.90 and PSNR >= 28 dB.
+TWIN_PSNR_MIN = 28.0
+TWIN_SSIM_MIN = 0.90
+#: CIELAB L* bands (of the native decode) the colour QA looks at.
+MIDTONE_L = (30.0, 70.0)
+SHADOW_L_MAX = 25.0
+#: QA thresholds the report flags (not calibrated on released models; documented heuristics):
+#: a chromatic shift of 6 (about 2.5 just-noticeable differences) and a green shift of 3.
+MIDTONE_CHROMA_SHIFT_MAX = 6.0
+SHADOW_GREEN_BIAS_MAX = 3.0
+
+
+def twin_pair(image: torch.Tensor, context: MetricContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decode downsampled to the native size, native decode), both in [0, 1]."""
+    native = context.native
+    if native is None:
+        raise MetricUnavailable("no native decode in the cell's context")
+    size = tuple(native.shape[-2:])
+    if tuple(image.shape[-2:]) == size:
+        raise MetricUnavailable("scored at the native size: the native decode is its own twin")
+    return resize(image.float(), size), native.to(image.device, torch.float32)
+
+
+def _twin(image: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
+    down, native = twin_pair(image, context)
+    against = MetricContext(reference=native)
+    psnr, ssim = _psnr(down, against), _ssim(down, against)
+    passed = ((psnr >= TWIN_PSNR_MIN) & (ssim >= TWIN_SSIM_MIN)).double()
+    return {"twin_psnr": psnr, "twin_ssim": ssim, "twin_pass": passed}
+
+
+_lpips = _pyiqa_fn("lpips", True)
+
+
+def _twin_lpips(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    down, native = twin_pair(image, context)
+    return _lpips(down, MetricContext(reference=native))
+
+
+def _lab_pair(image: torch.Tensor, context: MetricContext):
+    down, native = twin_pair(image, context)
+    return srgb_to_lab(down), srgb_to_lab(native)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
+    counts = mask.flatten(1).sum(1)
+    if bool((counts == 0).any()):
+        raise MetricUnavailable(f"no {what} pixels in the native decode")
+    return (values * mask).flatten(1).sum(1) / counts
+
+
+def _midtone_chroma_shift(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    lab, lab_native = _lab_pair(image, context)
+    light = lab_native[:, 0]
+    mask = ((light >= MIDTONE_L[0]) & (light <= MIDTONE_L[1])).double()
+    shift = (lab[:, 1:] - lab_native[:, 1:]).pow(2).sum(1).sqrt()
+    return _masked_mean(shift, mask, f"midtone (L* {MIDTONE_L[0]:g}-{MIDTONE_L[1]:g})")
+
+
+def _shadow_green_bias(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    lab, lab_native = _lab_pair(image, context)
+    mask = (lab_native[:, 0] < SHADOW_L_MAX).double()
+    greener = lab_native[:, 1] - lab[:, 1]  # a* < 0 is green: positive = greener than native
+    return _masked_mean(greener, mask, f"shadow (L* < {SHADOW_L_MAX:g})")
