@@ -260,3 +260,16 @@ def test_paired_comparison_has_cis_deltas_and_win_rates(run):
         assert low <= mean <= high
     assert "2000 resamples, seed 0" in section
     assert "PiD vs native+bicubic, paired" in paths.html.read_text()
+
+
+def test_rows_outside_the_envelope_or_past_a_colour_threshold_are_flagged(tmp_path):
+    rows = _write_run(tmp_path)
+    flagged = [
+        {**rows[0], "cell_id": "big", "image_id": "big", "outside_envelope": True},
+        {**rows[1], "cell_id": "tinted", "image_id": "tinted", "metric_midtone_chroma_shift": 9.5},
+    ]
+    pq.write_table(to_table(flagged), tmp_path / "parts" / "part-flags.parquet")
+    text = report.write_report(tmp_path).leaderboard.read_text()
+    section = text.split("## Flags (2 rows)")[1].split("##")[0]
+    assert "| big | pid | outside the trained size |" in section
+    assert "| tinted | native | midtone chroma shift > 6 |" in section
