@@ -124,6 +124,7 @@ class CellSettings:
     tile_size: int | None = None  # PiD decodes in tiles of this many output pixels
     tile_overlap: int = 256
     reference: str = "full_size"  # suite.reference: full_size | upsampled
+    metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
 
 
 # ---- image preparation ------------------------------------------------------------------------

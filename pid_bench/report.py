@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS, expand_metric_names
+from pid_bench.metrics import METRICS, expand_metric_names, get_metric
 from pid_bench.schema import ROW_SCHEMA
 from pid_bench.store import read_plan, read_run_json
 
@@ -35,6 +35,18 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "latency_ms_p50": False,
     "peak_mem_allocated_bytes": False,
 }
+
+
+def direction(name: str) -> bool | None:
+    """Whether higher is better for a measure or metric (pyiqa:<name> and custom metrics
+    included: the registry resolves them); None when it has no better direction."""
+    name = name.removeprefix("metric_")
+    if name in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[name]
+    try:
+        return get_metric(name).higher_is_better
+    except KeyError:
+        return None
 
 RANDOM_WEIGHTS_WARNING = (
     "The `tiny` backbone uses random networks: its quality numbers say nothing about PiD."
@@ -379,7 +391,7 @@ def _ok_rows(con: duckdb.DuckDBPyConnection):
     columns = ["mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma"]
     columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
     columns += ["latency_ms_p50"]
-    select = ", ".join(columns + metric_columns)
+    select = ", ".join(_ident(c) for c in columns + metric_columns)
     latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC) = 1"
     query_text = f"SELECT {select} FROM rows WHERE status = 'ok' QUALIFY {latest}"
     return con.execute(query_text).df(), metric_columns  # a row written twice counts once
@@ -410,11 +422,11 @@ def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
 
     frame, metric_columns = _ok_rows(con)
     metrics = [
-        c for c in _measured(frame, metric_columns) if HIGHER_IS_BETTER.get(c.removeprefix("metric_")) is not None
+        c for c in _measured(frame, metric_columns) if direction(c) is not None
     ]
     if frame.empty or not metrics or not {"pid", "native+bicubic"} <= set(frame.decoder):
         return None
-    directions = {m: HIGHER_IS_BETTER[m.removeprefix("metric_")] for m in metrics}
+    directions = {m: direction(m) for m in metrics}
     table = comparison_table(
         frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
         seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
@@ -579,8 +591,8 @@ class _Cell:
 
 def marker(name: str) -> str:
     """' ↑' / ' ↓' after a measure whose direction is known, '' otherwise."""
-    direction = HIGHER_IS_BETTER.get(name.removeprefix("metric_"))
-    return "" if direction is None else (" ↑" if direction else " ↓")
+    better = direction(name)
+    return "" if better is None else (" ↑" if better else " ↓")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -633,7 +645,7 @@ def footnotes(data: _RunData) -> list[str]:
 
 def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
     """Indexes of the rows holding the best value of `column` within their setting."""
-    higher = HIGHER_IS_BETTER.get(column.removeprefix("metric_"))
+    higher = direction(column)
     if higher is None:
         return set()
     groups: dict[tuple, list[int]] = {}
@@ -843,13 +855,13 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
 
     frame, metric_columns = _ok_rows(con)
     metrics = [
-        c for c in _measured(frame, metric_columns) if HIGHER_IS_BETTER.get(c.removeprefix("metric_")) is not None
+        c for c in _measured(frame, metric_columns) if direction(c) is not None
     ]
     if frame.empty or not metrics:
         return []
     metric = "metric_psnr" if "metric_psnr" in metrics else metrics[0]
     name = metric.removeprefix("metric_")
-    higher = HIGHER_IS_BETTER[name]
+    higher = direction(name)
     keys = ["backbone", "ckpt_type", "decoder", "out_height", "out_width", "sigma", "save_xt_step"]
     points = (
         frame.groupby(keys, dropna=False)

@@ -23,7 +23,7 @@ from pathlib import Path
 from pid_bench import __version__
 from pid_bench.cell import CellSettings, model_identity, utc_now
 from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part, write_plan
-from pid_bench.suite import Cell, Suite, cell_id
+from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
 DEFAULT_MAX_RETRIES = 2
@@ -261,6 +261,7 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         tile_size=suite.tiling.tile_size,
         tile_overlap=suite.tiling.tile_overlap,
         reference=suite.reference,
+        metric_paths=custom_metric_paths(suite.path),
     )
 
 
@@ -556,7 +557,11 @@ class CellWorker:
     def __init__(self, device: str, settings: CellSettings) -> None:
         import torch
 
+        from pid_bench.metrics.custom import add_search_path
+
         torch.set_num_threads(max(1, int(os.environ.get("PID_BENCH_THREADS", os.cpu_count() or 1))))
+        for folder in settings.metric_paths:
+            add_search_path(folder)
         self.device = device
         self.settings = settings
         self.identity = _worker_identity()

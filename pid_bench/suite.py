@@ -493,6 +493,7 @@ def load_suite(path: str | Path) -> Suite:
     problems = _duplicate_keys(path, root)
     suite: Suite | None = None
     try:
+        _custom_metric_paths(path)
         suite = Suite.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as err:
         problems += [_format_error(path, root, error) for error in err.errors()]
@@ -504,6 +505,21 @@ def load_suite(path: str | Path) -> Suite:
     suite._path = path
     _log_defaults(suite, raw)
     return suite
+
+
+def custom_metric_paths(path: Path | None) -> tuple[str, ...]:
+    """Where a suite's ``module.path:callable`` metrics import from, besides sys.path."""
+    folders = [str(Path.cwd().resolve())]
+    if path is not None:
+        folders.insert(0, str(path.resolve().parent))
+    return tuple(dict.fromkeys(folders))
+
+
+def _custom_metric_paths(path: Path) -> None:
+    from pid_bench.metrics.custom import add_search_path
+
+    for folder in custom_metric_paths(path):
+        add_search_path(folder)
 
 
 def _line_number(problem: str, path: Path) -> int:

@@ -102,9 +102,11 @@ def make():
 
 def test_set_level_metrics_per_group_into_sets_with_a_stand_in_extractor(tmp_path):
     (tmp_path / "stand_in_features.py").write_text(STAND_IN)
+    (tmp_path / "run_scorers.py").write_text(CUSTOM)  # imported by the Ray workers too
     suite = write_suite(
         tmp_path, sigmas=[0.0], resolutions=[64], decoders=["pid", "native"], limit=2,
-        metrics=["psnr", "fid", "kid"], set_metrics={"feature_extractor": "stand_in_features:make"},
+        metrics=["psnr", "fid", "kid", "run_scorers:mean_red"],
+        set_metrics={"feature_extractor": "stand_in_features:make"},
     )  # fmt: skip
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(suite), "--output", str(out)])
@@ -120,10 +122,12 @@ def test_set_level_metrics_per_group_into_sets_with_a_stand_in_extractor(tmp_pat
         assert row["feature_extractor"] == "stand_in_features:make" and row["n_images"] == 2
     board = (out / "leaderboard.md").read_text()
     assert "| fid ↓ |" in board and "fid: null" not in board
+    assert "run_scorers:mean_red ↑" in board and "run_scorers:mean_red: null" not in board
     rerun = runner.invoke(app, ["run", str(suite), "--output", str(out)])
     assert rerun.exit_code == 0, rerun.output
     assert len(list((out / "sets").glob("set-*.parquet"))) == 1  # members unchanged: reused
-    sys.modules.pop("stand_in_features", None)
+    for name in ("stand_in_features", "run_scorers"):
+        sys.modules.pop(name, None)
 
 
 def test_offline_fid_is_null_with_its_reason_per_group(tmp_path, monkeypatch):
@@ -193,9 +197,9 @@ mean_red.higher_is_better = True
 '''
 
 
-def test_a_custom_metric_plugs_in_by_module_path(tmp_path, tiny_models, monkeypatch):
+def test_a_custom_metric_plugs_in_by_module_path(tmp_path, tiny_models):
+    """The module sits next to the suite: load_suite makes the suite's folder importable."""
     (tmp_path / "my_scorers.py").write_text(CUSTOM)
-    monkeypatch.syspath_prepend(str(tmp_path))
     suite = load_suite(write_suite(tmp_path, metrics=["my_scorers:mean_red"], sigmas=[0.0]))
     settings = _settings(tmp_path, tuple(suite.metrics))
     rows = run_cell(suite.cells()[0], "c", tiny_models, settings, "cpu")
@@ -204,3 +208,4 @@ def test_a_custom_metric_plugs_in_by_module_path(tmp_path, tiny_models, monkeypa
         assert 0 <= value <= 1
     bad = runner.invoke(app, ["plan", str(write_suite(tmp_path, name="bad", metrics=["nope_mod:f"]))])
     assert bad.exit_code == 2 and "nope_mod:f" in bad.output
+    sys.modules.pop("my_scorers", None)

@@ -7,7 +7,8 @@ scale); it may raise `MetricUnavailable(reason)` to leave its value null with th
 Optional attributes on the function: ``kind`` (``no_reference`` by default, or
 ``full_reference``: it then gets the reference at the scored size, or a withheld reason) and
 ``higher_is_better`` (True, False or None). The module is imported from sys.path (a package
-you installed, or the directory `pid-bench` runs in); its values land in the row's
+you installed), the suite's folder or the directory `pid-bench` runs in (`add_search_path`;
+the workers get the same folders); its values land in the row's
 ``extra_metrics`` and in the report like any other metric. This is how the paper's VLM scorers
 (DeQA-Score, UniPercept, VisualQuality-R1), which pyiqa lacks, plug in without editing
 pid-bench.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import sys
 
 import torch
 
@@ -26,6 +28,12 @@ from pid_bench.metrics.base import KINDS, Metric, MetricContext, _needs_referenc
 #: ``module.path:callable``, e.g. ``my_scorers.deqa:score``.
 CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _custom: dict[str, Metric] = {}
+
+
+def add_search_path(folder: str) -> None:
+    """Let custom metric modules import from `folder` (like lm-eval's --include_path)."""
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def is_custom_name(name: str) -> bool:
