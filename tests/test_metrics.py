@@ -119,12 +119,18 @@ def test_registry_lists_every_metric_of_the_issue_with_kind_direction_and_doc():
         "latent_consistency_cos": ("latent", True),
         "lq_color_de2000": ("latent", False),
         "hf_energy_ratio": ("latent", None),
+        "twin_psnr": ("latent", True),
+        "twin_ssim": ("latent", True),
+        "twin_pass": ("latent", True),
+        "twin_lpips": ("latent", False),
+        "midtone_chroma_shift": ("latent", False),
+        "shadow_green_bias": ("latent", None),
     }
     assert {n: (m.kind, m.higher_is_better) for n, m in METRICS.items()} == expected
     assert set(KINDS) == {"full_reference", "no_reference", "set_level", "latent"}
     for metric in METRICS.values():
         assert len(metric.doc) > 40, metric.name
-    assert {n for n, m in METRICS.items() if m.weights} == {*WEIGHTED, "fid", "kid"}
+    assert {n for n, m in METRICS.items() if m.weights} == {*WEIGHTED, "fid", "kid", "twin_lpips"}
     assert "fid" not in M.ROW_METRICS and "psnr" in M.ROW_METRICS
     assert M.expand_metric_names(["latent_consistency", "psnr", "latent_consistency_cos"]) == [
         "latent_consistency_mse",
@@ -764,3 +770,30 @@ def test_pyiqa_files_are_also_found_in_an_hf_cache_snapshot(hub, tmp_path):
     model = M.load_model("niqe", "cpu")  # pyiqa reads it from the snapshot folder
     np.testing.assert_allclose(model.net.mu_pris_param.numpy(), mu.ravel())
     assert not (hub / "pyiqa" / "niqe_modelparameters.mat").exists()
+
+
+@pytest.mark.parametrize("level", [0.45, 0.08])  # sRGB grey: a midtone (L* 47), a shadow (L* 8)
+def test_twin_check_and_colour_qa_follow_their_definitions(level):
+    """The decode is brought down to the native size and compared with the native decode."""
+    import math
+
+    native = torch.full((1, 3, 16, 16), level, dtype=torch.float64)
+    tinted = native.clone()
+    tinted[:, 1] += 0.02  # greener, everywhere
+    decode = torch.nn.functional.interpolate(tinted, scale_factor=4, mode="nearest").float()
+    names = ["twin_psnr", "twin_pass", "midtone_chroma_shift", "shadow_green_bias"]
+    result = measure(names, decode, MetricContext(native=native.float()))
+    mse = 0.02**2 / 3
+    assert result.values["twin_psnr"] == pytest.approx(10 * math.log10(1 / mse), abs=1e-3)
+    lab, lab_native = srgb_to_lab(tinted), srgb_to_lab(native)
+    da, db = (lab - lab_native)[0, 1, 0, 0], (lab - lab_native)[0, 2, 0, 0]
+    if level == 0.45:
+        shift = float(torch.sqrt(da**2 + db**2))
+        assert result.values["midtone_chroma_shift"] == pytest.approx(shift, rel=1e-4)
+        assert "no shadow" in result.reasons["shadow_green_bias"]
+    else:
+        assert result.values["shadow_green_bias"] == pytest.approx(float(-da), rel=1e-4)
+        assert result.values["shadow_green_bias"] > 0  # greener shadows are positive
+        assert "no midtone" in result.reasons["midtone_chroma_shift"]
+    same = measure(["twin_psnr"], native.float(), MetricContext(native=native.float()))
+    assert "its own twin" in same.reasons["twin_psnr"]

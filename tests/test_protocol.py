@@ -130,20 +130,6 @@ def test_set_level_metrics_per_group_into_sets_with_a_stand_in_extractor(tmp_pat
         sys.modules.pop(name, None)
 
 
-def test_offline_fid_is_null_with_its_reason_per_group(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    suite = write_suite(
-        tmp_path, sigmas=[0.0], resolutions=[64], decoders=["pid"], limit=2, metrics=["fid"]
-    )
-    out = tmp_path / "run"
-    result = runner.invoke(app, ["run", str(suite), "--output", str(out)])
-    assert result.exit_code == 0, result.output
-    (row,) = pq.read_table(next((out / "sets").glob("set-*.parquet"))).to_pylist()
-    assert row["value"] is None and row["reason"].startswith("weights missing: ")
-    assert "fid: null in 1/1 groups — weights missing: " in result.output
-    assert "fid: null in 1/1 groups — weights missing: " in (out / "leaderboard.md").read_text()
-
-
 def _image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -229,17 +229,21 @@ def test_every_requested_metric_is_shown_with_its_reasons(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "lpips: null in 2/2 rows — weights missing: " in result.output
     assert "niqe: null in 2/2 rows — weights missing: " in result.output
-    assert "fid: null in 2/2 rows — not computed: a set-level metric" in result.output
+    assert "fid: null in 2/2 groups — weights missing: " in result.output  # one group a decoder
     assert "ms_ssim: null in 2/2 rows" in result.output
     assert "psnr: null" not in result.output
     text = (out / "leaderboard.md").read_text()
     header = _leaderboard_header(text)
     for name in ("lpips", "niqe", "ms_ssim", "fid"):
         assert re.search(rf"\| {name} [↑↓ ]*\[\d\]", header), (name, header)
-        assert re.search(rf"- \[\d\] {name}: null in 2/2 rows — ", text), name
+        unit = "groups" if name == "fid" else "rows"
+        assert re.search(rf"- \[\d\] {name}: null in 2/2 {unit} — ", text), name
     assert re.search(r"\| psnr ↑ \|", header)  # computed everywhere: no footnote
     html = (out / "report.html").read_text()
     assert "lpips: null in 2/2 rows — weights missing: " in html
-    assert "fid: null in 2/2 rows — not computed: a set-level metric" in html
+    assert "fid: null in 2/2 groups — weights missing: " in html
+    sets = pq.read_table(next((out / "sets").glob("set-*.parquet"))).to_pylist()
+    assert {r["decoder"] for r in sets} == {"pid", "native"}  # one fid per (setting, decoder)
+    assert all(r["value"] is None and r["reason"].startswith("weights missing: ") for r in sets)
     strict = runner.invoke(app, ["run", str(suite), "--output", str(out), "--strict-metrics"])
     assert strict.exit_code == 1 and "0 rows written" in strict.output

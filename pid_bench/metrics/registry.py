@@ -49,8 +49,10 @@ from pid_bench.metrics.twin import (
     TWIN_SSIM_MIN,
     _midtone_chroma_shift,
     _shadow_green_bias,
-    _twin,
     _twin_lpips,
+    _twin_pass,
+    _twin_psnr,
+    _twin_ssim,
 )
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -195,16 +197,15 @@ def _registry() -> dict[str, Metric]:
         "decode's size and compared with the native decode: "
     )
     metrics += [
-        Metric("twin_psnr", "latent", True, _twin, twin + "PSNR (as psnr), dB.", group="twin"),
-        Metric("twin_ssim", "latent", True, _twin, twin + "SSIM (as ssim).", group="twin"),
+        Metric("twin_psnr", "latent", True, _twin_psnr, twin + "PSNR (as psnr), dB."),
+        Metric("twin_ssim", "latent", True, _twin_ssim, twin + "SSIM (as ssim)."),
         Metric(
             "twin_pass",
             "latent",
             True,
-            _twin,
+            _twin_pass,
             twin + f"1 when SSIM >= {TWIN_SSIM_MIN:g} and PSNR >= {TWIN_PSNR_MIN:g} dB "
             "(vLLM-Omni's PiD acceptance bar), else 0; its mean is the pass rate.",
-            group="twin",
         ),
         Metric(
             "twin_lpips",

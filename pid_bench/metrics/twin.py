@@ -36,12 +36,19 @@ def twin_pair(image: torch.Tensor, context: MetricContext) -> tuple[torch.Tensor
     return resize(image.float(), size), native.to(image.device, torch.float32)
 
 
-def _twin(image: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
+def _twin_psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     down, native = twin_pair(image, context)
-    against = MetricContext(reference=native)
-    psnr, ssim = _psnr(down, against), _ssim(down, against)
-    passed = ((psnr >= TWIN_PSNR_MIN) & (ssim >= TWIN_SSIM_MIN)).double()
-    return {"twin_psnr": psnr, "twin_ssim": ssim, "twin_pass": passed}
+    return _psnr(down, MetricContext(reference=native))
+
+
+def _twin_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    down, native = twin_pair(image, context)
+    return _ssim(down, MetricContext(reference=native))
+
+
+def _twin_pass(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    psnr, ssim = _twin_psnr(image, context), _twin_ssim(image, context)
+    return ((psnr >= TWIN_PSNR_MIN) & (ssim >= TWIN_SSIM_MIN)).double()
 
 
 _lpips = _pyiqa_fn("lpips", True)
