@@ -199,9 +199,9 @@ class PiDDecoder:
             raise ValueError(f"{sigma_t.numel()} sigmas for a batch of {batch} latents")
         if y is None:
             y = self.encode_captions(caption, batch)
-        latent = latent.to(self.device, torch.float32)
-        if self.autocast_dtype is not None:
-            latent = latent.to(self.autocast_dtype).float()
+        # Upstream hands the LQ latent over in bfloat16 whatever the run's precision (its VAE
+        # runs in bf16): the latent is rounded to bf16 and back, always.
+        latent = latent.to(self.device, torch.bfloat16).float()
         generator = torch.Generator(self.device).manual_seed(seed)
         with self._autocast():
             return sample(

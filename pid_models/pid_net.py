@@ -29,7 +29,9 @@ ROPE_MODES = ("original", "ntk_aware")
 
 
 class RMSNorm(nn.Module):
-    """u * w / sqrt(mean(u^2) + eps), computed in float32 whatever the input dtype."""
+    """w * (u / sqrt(mean(u^2) + eps)): the normalisation in float32, rounded back to the input
+    dtype, then times the (float32) weight, as upstream; under bf16 autocast the result is
+    therefore float32, which keeps the pixel stream in float32 like upstream's."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -39,7 +41,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10.0) -> torch.Tensor:
@@ -716,7 +718,9 @@ class PidNet(nn.Module):
         batch, _, height, width = x.shape
         p = self.patch_size
         u = self.pixel_embedder(x.permute(0, 2, 3, 1))
-        u = u + self._pixel_pos(height, width, x.device, u.dtype)
+        # The table joins in the input's dtype (float32), as upstream's PixelTokenEmbedder: under
+        # autocast the bf16 projection is promoted, and the pixel blocks run on float32 tokens.
+        u = u + self._pixel_pos(height, width, x.device, x.dtype)
         u = u.reshape(batch, grid_h, p, grid_w, p, -1).permute(0, 1, 3, 2, 4, 5)
         return u.reshape(batch * grid_h * grid_w, p * p, -1)
 

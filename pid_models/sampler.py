@@ -13,6 +13,9 @@ import torch
 
 #: The released 4-step student schedule (float32 values).
 DISTILLED_T_LIST: tuple[float, ...] = (0.999, 0.866, 0.634, 0.342, 0.0)
+#: A single step starts here, not at the list's first entry: upstream's `student_timestep`
+#: (PidInferenceConfig, pid_distill_model_infer.py), which no released config overrides.
+STUDENT_TIMESTEP = 1.0
 TIMESCALE = 1000.0
 
 #: (x, t_scaled [B], y, lq_latent, degrade_sigma) -> velocity, same shape as x.
@@ -24,9 +27,10 @@ VelocityFn = Callable[
 def t_schedule(steps: int = 4, t_list: Sequence[float] = DISTILLED_T_LIST) -> torch.Tensor:
     """The t list for `steps` network evaluations, float32 [steps + 1].
 
-    Other step counts sub-sample the distilled list at round(linspace(0, n, steps + 1)), so
-    they always start at the first and end at the last entry. More steps than the list has
-    intervals would repeat t values, so they are refused.
+    One step runs from `STUDENT_TIMESTEP` (1.0) to the list's last entry, as upstream's
+    student does. Other step counts sub-sample the distilled list at
+    round(linspace(0, n, steps + 1)), so they always start at the first and end at the last
+    entry. More steps than the list has intervals would repeat t values, so they are refused.
     """
     full = torch.tensor(list(t_list), dtype=torch.float32)
     intervals = len(full) - 1
@@ -36,6 +40,8 @@ def t_schedule(steps: int = 4, t_list: Sequence[float] = DISTILLED_T_LIST) -> to
         )
     if steps == intervals:
         return full
+    if steps == 1:
+        return torch.tensor([STUDENT_TIMESTEP, float(full[-1])], dtype=torch.float32)
     return full[torch.linspace(0, intervals, steps + 1).round().long()]
 
 

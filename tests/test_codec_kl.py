@@ -87,3 +87,12 @@ def test_missing_codec_file_names_the_expected_path(tmp_path):
 def test_a_backbone_without_a_codec_is_refused():
     with pytest.raises(ValueError, match="no native codec for backbone 'tiny'"):
         build_codec("tiny", {})
+
+
+@pytest.mark.parametrize("form", ["flow", "vp"])
+def test_a_sigma_at_or_below_zero_adds_no_noise_and_draws_nothing(form):
+    """Upstream's add_noise skips sigma <= 0, not only sigma == 0."""
+    latent = torch.ones(1, 4, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    assert add_noise(latent, -0.1, form, gen) is latent
+    assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=torch.Generator().manual_seed(0)))

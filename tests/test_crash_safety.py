@@ -27,7 +27,7 @@ from tests.test_run import write_suite
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 10
+TRIALS = 6  # each trial starts Ray (~15 s on 2 cores); 6 keep the suite under 15 min
 DECODERS = ["pid", "native"]
 
 
@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments_never_loses_or_duplicates_a_cell(suite, tmp_p
     final = subprocess.run(_command(suite, out), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert sorted(_written(out)) == sorted(expected)  # every cell exactly once
-    assert sum(after > before for _, before, _, _, after in log) >= 3, "too few mid-run kills"
+    assert sum(after > before for _, before, _, _, after in log) >= 2, "too few mid-run kills"
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

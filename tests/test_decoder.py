@@ -39,10 +39,21 @@ def test_decode_is_the_sampler_on_the_net_with_the_encoded_captions(decoder, lat
     sigma = torch.tensor([0.0, 0.4])
     got = decoder.decode(latent, sigma=sigma, caption=captions, seed=9, steps=2)
     y = decoder.caption_encoder.encode(captions)
+    rounded = latent.to(torch.bfloat16).float()  # upstream hands the latent over in bf16
     with torch.no_grad():
-        want = sample(decoder.net, y, latent, sigma, (2, 3, 128, 192), steps=2,
+        want = sample(decoder.net, y, rounded, sigma, (2, 3, 128, 192), steps=2,
                       generator=torch.Generator().manual_seed(9)).image  # fmt: skip
     assert torch.equal(got, want)
+
+
+def test_the_latent_is_rounded_to_bf16_even_in_float32(decoder, latent):
+    """As upstream (its VAE hands PiD a bf16 latent): a latent and its bf16 rounding decode to
+    the same image, also in a float32 run without autocast."""
+    assert decoder.autocast_dtype is None
+    nudged = latent + 1e-4 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(nudged.to(torch.bfloat16), latent.to(torch.bfloat16))
+    same = nudged.to(torch.bfloat16).float()
+    assert torch.equal(decoder.decode(nudged, seed=2), decoder.decode(same, seed=2))
 
 
 def test_sigma_and_caption_matter(decoder, latent):

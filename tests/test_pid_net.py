@@ -125,3 +125,28 @@ def test_image_size_must_be_a_multiple_of_the_patch():
     with pytest.raises(ValueError, match="multiple of patch size"):
         net(torch.zeros(1, 3, 40, 64), torch.zeros(1), torch.zeros(1, 2, 24),
             torch.zeros(1, 16, 1, 2), torch.zeros(1))  # fmt: skip
+
+
+def test_under_bf16_autocast_the_pixel_stream_stays_float32_as_upstream():
+    """Upstream adds the pixel position table in the input's dtype and its RMSNorm returns
+    weight * x.to(input dtype), which promotes to float32: the pixel blocks see float32 tokens
+    and every RMSNorm returns float32 although the Linear layers run in bf16."""
+    net = build_tiny_net(0)
+    seen = {}
+
+    def pixel_input(module, args) -> None:  # a pre-hook returning a value would replace args
+        seen["pixel_in"] = args[0].dtype
+
+    def norm_output(module, args, out) -> None:
+        seen.setdefault("norms", set()).add(out.dtype)
+
+    net.pixel_blocks[0].register_forward_pre_hook(pixel_input)
+    for norm in [m for m in net.modules() if type(m).__name__ == "RMSNorm"]:
+        norm.register_forward_hook(norm_output)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 5, 24, generator=g)
+    z = torch.randn(1, 16, 2, 2, generator=g)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x, torch.tensor([999.0]), y, z, torch.tensor([0.2]))
+    assert seen["pixel_in"] == torch.float32
+    assert seen["norms"] == {torch.float32}

@@ -25,7 +25,6 @@ def test_sampler_matches_golden_vector_with_injected_noise(reference_dir):
         (4, [0.999, 0.866, 0.634, 0.342, 0.0]),
         (3, [0.999, 0.866, 0.342, 0.0]),  # indices round(linspace(0, 4, 4)) = 0, 1, 3, 4
         (2, [0.999, 0.634, 0.0]),
-        (1, [0.999, 0.0]),
     ],
 )
 def test_t_schedule_subsamples_the_distilled_list(steps, expected):
@@ -33,6 +32,21 @@ def test_t_schedule_subsamples_the_distilled_list(steps, expected):
     assert schedule.dtype == torch.float32
     assert schedule.tolist() == pytest.approx(expected)
     assert set(schedule.tolist()) <= set(torch.tensor(DISTILLED_T_LIST).tolist())
+
+
+def test_one_step_starts_at_upstreams_student_timestep():
+    """Upstream's single-step student uses t = 1.0 (PidInferenceConfig.student_timestep), not
+    the list's 0.999: the network sees t = 1000."""
+    assert t_schedule(1).tolist() == [1.0, 0.0]
+    seen = []
+
+    def velocity(x, t, y, z, s):
+        seen.append(t.tolist())
+        return torch.zeros_like(x)
+
+    sample(velocity, torch.zeros(1, 2, 4), torch.zeros(1, 16, 1, 1), torch.zeros(1),
+           (1, 3, 16, 16), steps=1, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert seen == [[1000.0]]
 
 
 @pytest.mark.parametrize("steps", [0, 5, -1])

@@ -32,8 +32,9 @@ class LatentCodec(Protocol):
 def add_noise(
     latent: torch.Tensor, sigma: float, form: NoiseForm, generator: torch.Generator
 ) -> torch.Tensor:
-    """Flow matching: (1 - s) z + s eps; VP (SDXL): sqrt(1 - s^2) z + s eps. s = 0: unchanged."""
-    if sigma == 0:
+    """Flow matching: (1 - s) z + s eps; VP (SDXL): sqrt(1 - s^2) z + s eps. s <= 0: unchanged
+    (upstream's add_noise skips the draw for sigma <= 0)."""
+    if sigma <= 0:
         return latent  # no draw, so the generator's state does not depend on clean cells
     eps = torch.randn(
         latent.shape, generator=generator, device=latent.device, dtype=torch.float32
