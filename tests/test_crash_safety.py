@@ -27,7 +27,7 @@ from tests.test_run import write_suite
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 6  # each trial starts Ray (~15 s on 2 cores); 6 keep the suite under 15 min
+TRIALS = 4  # each trial starts Ray (~20 s on 2 cores): 4 keep the suite well under 15 min
 DECODERS = ["pid", "native"]
 
 

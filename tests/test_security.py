@@ -109,8 +109,8 @@ def test_a_local_run_listens_only_on_loopback_and_probes_nothing(tmp_path):
                 "decoders": ["pid", "native"],
                 "metrics": ["psnr"],
                 "source": str(REPO / "manifests" / "smoke.jsonl"),
-                "limit": 2,
-                "timing": {"warmup": 1, "repeats": 3},
+                "limit": 1,
+                "timing": {"warmup": 0, "repeats": 2},
             }
         )
     )
