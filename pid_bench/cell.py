@@ -24,7 +24,7 @@ from pid_bench.metrics import (
     RESIZE_KERNEL,
     MetricContext,
     expand_metric_names,
-    get_metric,
+    is_set_level,
     measure,
     protocol_fields,
     to_unit_range,
@@ -518,7 +518,7 @@ def _metrics(image: torch.Tensor, context: MetricContext, names: tuple[str, ...]
     """metric_<name> columns, extra_metrics for metrics without a column, and the reasons of
     every null in metric_notes (set-level metrics are computed per run, not here)."""
     names = expand_metric_names(names)
-    set_level = [n for n in names if get_metric(n).kind == "set_level"]
+    set_level = [n for n in names if is_set_level(n)]
     per_row = [n for n in names if n not in set_level]
     result = measure(per_row, to_unit_range(image), context)
     columns, extra, notes = {}, {}, dict(result.reasons)

@@ -24,8 +24,9 @@ import duckdb
 import pyarrow as pa
 from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS, expand_metric_names, get_metric
+from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_set_level
 from pid_bench.schema import ROW_SCHEMA
+from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
 from pid_bench.store import read_plan, read_run_json
 
 #: Direction of each measure the reports rank; a metric missing here is shown unmarked.
@@ -128,21 +129,15 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
         f"CREATE TEMP VIEW scoped_rows AS SELECT * FROM all_rows WHERE {_scope(con, run_dir, meta)}"
     )
     con.execute(f"CREATE TEMP TABLE rows AS SELECT {select} FROM scoped_rows QUALIFY {latest}")
-    set_level = [n for n in requested if _is_set_level(n)]
+    set_level = [n for n in requested if is_set_level(n)]
     con.execute(_metric_values_view([n for n in requested if n not in set_level]))
     _load_sets(con, run_dir)
     return con
 
 
-def _is_set_level(name: str) -> bool:
-    return name in METRICS and METRICS[name].kind == "set_level"
-
-
 def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
     """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
     report's groups (pid_bench.sets)."""
-    from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
-
     con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
     keys = ", ".join((*GROUP_KEYS, "decoder"))
     con.execute(
@@ -253,12 +248,12 @@ def null_metrics(
         entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_groups"], [], "groups"))
         entry.reasons.append((r["reason"], r["n_null"]))
     computed = {m for (m,) in con.execute("SELECT DISTINCT metric FROM set_values").fetchall()}
+    keys = ", ".join((*GROUP_KEYS, "decoder"))
     (groups,) = con.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT mode, backbone, ckpt_type, out_height, out_width, "
-        "sigma, save_xt_step, decoder FROM rows WHERE status = 'ok')"
+        f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM rows WHERE status = 'ok')"
     ).fetchone()
     for name in requested or []:
-        if _is_set_level(name) and name not in computed and groups:
+        if is_set_level(name) and name not in computed and groups:
             reason = "not computed for any group (the run ended before its set-level step; rerun)"
             found[name] = NullMetric(name, groups, [(reason, groups)], "groups")
     order = {name: i for i, name in enumerate(requested or [])}
@@ -524,8 +519,6 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
 
 def _fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
     """Put each group's set-level value (fid, kid) into its leaderboard row."""
-    from pid_bench.sets import GROUP_KEYS
-
     keys = (*GROUP_KEYS, "decoder")
     cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
     values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}

@@ -186,10 +186,10 @@ def run_suite(
 
 def _set_metrics(suite: Suite, run_dir: Path) -> None:
     """fid / kid per (setting, decoder) group into RUN_DIR/sets/ (pid_bench.sets)."""
-    from pid_bench.metrics import expand_metric_names, get_metric
+    from pid_bench.metrics import expand_metric_names, is_set_level
     from pid_bench.sets import compute_run_sets
 
-    names = [n for n in expand_metric_names(suite.metrics) if get_metric(n).kind == "set_level"]
+    names = [n for n in expand_metric_names(suite.metrics) if is_set_level(n)]
     if names:
         base = suite.path.parent if suite.path else None
         compute_run_sets(run_dir, names, suite.set_metrics.feature_extractor, base)

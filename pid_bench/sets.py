@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from pid_bench.metrics.custom import add_search_path
+from pid_bench.store import write_table_atomic
 
 SETS_DIR = "sets"
 GROUP_KEYS = ("mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma", "save_xt_step")
@@ -69,8 +70,8 @@ def load_feature_extractor(spec: str, base_dir: Path | None = None) -> torch.nn.
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"feature extractor {spec!r}: write module.path:callable")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
+    if base_dir is not None:
+        add_search_path(str(base_dir))
     extractor = getattr(importlib.import_module(module_name), attribute)()
     if not isinstance(getattr(extractor, "num_features", None), int):
         raise ValueError(f"feature extractor {spec!r}: the module needs an int num_features")
@@ -159,18 +160,12 @@ def _group_results(run_dir, group, natives, names, extractor, device) -> dict[st
 
 def _pngs(run_dir: Path, paths: list[str], size: tuple[int, int] | None) -> Iterator[torch.Tensor]:
     """[3, H, W] images in [0, 1], read one at a time; resized (antialiased bicubic) to size."""
-    import numpy as np
-    from PIL import Image
-
-    from pid_bench.metrics import resize
+    from pid_bench.manifests import load_image
+    from pid_bench.metrics import resize, to_unit_range
 
     for relative in paths:
-        with Image.open(Path(run_dir) / relative) as opened:
-            array = np.asarray(opened.convert("RGB"), dtype=np.float32) / 255.0
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
-        if size is not None:
-            image = resize(image, size)
-        yield image[0]
+        image = to_unit_range(load_image(Path(run_dir) / relative))[None]
+        yield (image if size is None else resize(image, size))[0]
 
 
 def _digest(group: list[dict], extractor_name: str) -> str:
@@ -205,13 +200,9 @@ def _row(key, run_id, name, result, extractor_name, digest) -> dict[str, Any]:
 
 
 def write_sets(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    folder = Path(run_dir) / SETS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"set-{uuid.uuid4().hex[:16]}.parquet"
-    tmp = folder / f".{name}.tmp"
-    pq.write_table(pa.Table.from_pylist(rows, schema=SET_SCHEMA), tmp)
-    os.replace(tmp, folder / name)
-    return folder / name
+    table = pa.Table.from_pylist(rows, schema=SET_SCHEMA)
+    return write_table_atomic(table, Path(run_dir) / SETS_DIR / name)
 
 
 def read_sets(run_dir: Path) -> list[dict[str, Any]]:

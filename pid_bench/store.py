@@ -28,17 +28,21 @@ class RunDirError(ValueError):
     """A run directory that cannot take this run (another suite's results, say)."""
 
 
-def write_part(run_dir: Path, rows: list[dict]) -> Path:
-    """Write rows as one new part: temp file, fsync, rename, so a kill leaves no half part."""
-    parts = run_dir / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    name = f"part-{uuid.uuid4().hex[:16]}.parquet"
-    tmp = parts / f".{name}.tmp"
-    pq.write_table(to_table(rows), tmp)
+def write_table_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet file as temp file, fsync, rename: a kill leaves it complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(tmp, parts / name)
-    return parts / name
+    os.replace(tmp, path)
+    return path
+
+
+def write_part(run_dir: Path, rows: list[dict]) -> Path:
+    """Write rows as one new part (atomically)."""
+    name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+    return write_table_atomic(to_table(rows), run_dir / "parts" / name)
 
 
 def part_files(run_dir: Path) -> list[Path]:
@@ -65,9 +69,7 @@ PLAN_FILE = "cells.parquet"
 
 def write_plan(run_dir: Path, cell_ids: list[str]) -> None:
     """The cell ids of the suite as run now (atomically): the report's scope."""
-    tmp = run_dir / f".{PLAN_FILE}.tmp"
-    pq.write_table(pa.table({"cell_id": pa.array(cell_ids, pa.string())}), tmp)
-    os.replace(tmp, run_dir / PLAN_FILE)
+    write_table_atomic(pa.table({"cell_id": pa.array(cell_ids, pa.string())}), run_dir / PLAN_FILE)
 
 
 def read_plan(run_dir: Path) -> list[str] | None:

@@ -79,6 +79,7 @@ from pid_bench.metrics.registry import (
     expand_metric_names,
     get_metric,
     is_known_metric,
+    is_set_level,
     measure,
     weight_status,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "hf_cutoff",
     "hf_energy",
     "is_known_metric",
+    "is_set_level",
     "load_inception",
     "load_model",
     "luma",

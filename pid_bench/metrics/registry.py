@@ -130,23 +130,18 @@ def _registry() -> dict[str, Metric]:
     )
     metrics += [
         Metric(
-            "fid",
+            name,
             "set_level",
             False,
             _set_level,
-            set_doc.format(name="FID", cls="FrechetInceptionDistance"),
+            set_doc.format(name=label, cls=cls),
             weights=(INCEPTION_WEIGHTS,),
             backend="torchmetrics",
-        ),
-        Metric(
-            "kid",
-            "set_level",
-            False,
-            _set_level,
-            set_doc.format(name="KID (mean over subsets)", cls="KernelInceptionDistance"),
-            weights=(INCEPTION_WEIGHTS,),
-            backend="torchmetrics",
-        ),
+        )
+        for name, label, cls in (
+            ("fid", "FID", "FrechetInceptionDistance"),
+            ("kid", "KID (mean over subsets)", "KernelInceptionDistance"),
+        )
     ]
     consistency = (
         "Decode downsampled by PiD's scale to the native size (antialiased bicubic), re-encoded "
@@ -270,6 +265,11 @@ def expand_metric_names(names: Iterable[str]) -> list[str]:
             if each not in out:
                 out.append(each)
     return out
+
+
+def is_set_level(name: str) -> bool:
+    """A registered set-level metric (fid, kid): one value per set of images, never per row."""
+    return name in METRICS and METRICS[name].kind == "set_level"
 
 
 def is_known_metric(name: str) -> bool:
