@@ -18,11 +18,15 @@ full-size diffusers config; `--tiny`: the tiny VAE) is timed at the same latents
 `--no-native`.
 
 `--upstream PATH` compares against NVIDIA's own network from a checkout you have
-(github.com/nv-tlabs/PiD; nothing of it is part of this repository): PATH is put on sys.path,
-`--upstream-module` (default `pid._src.networks.pid_net:PidNet`, upstream's layout) is
-imported, built from the same net_kwargs, given our random weights (key-exact), and run through
-the same sampler with the same noise; the table then shows both latencies, their ratio and the
-max abs difference of the decoded images. Any other network class works the same way if its
+(github.com/nv-tlabs/PiD, exported outside this repository; nothing of it is part of it):
+PATH is put on sys.path and `--upstream-module` (default `pid._src.networks.pid_net:PidNet`,
+upstream's layout) is imported first, so a missing dependency of upstream's (loguru,
+nvidia-ml-py: `pip install -e '.[upstream]'`) is named before anything is built. Upstream's
+network is built on the meta device from the same net_kwargs and given our random tensors
+(`assign=True`, key-exact: one copy of the weights for both), and run through the same sampler
+with the same noise. Timed repeats alternate (ours, upstream; upstream, ours; ...), and the
+table shows both latencies, the median of the paired ratios ours_i / upstream_i with its p10 and
+p90, and the max abs difference of the decoded images; the JSON keeps every repeat. Any other network class works the same way if its
 forward is `(x, t, y, lq_latent=..., degrade_sigma=...)`. Tiling an upstream network needs
 `--tile-positions local`.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -230,18 +235,30 @@ def locate_upstream(path: str, spec: str) -> tuple[Path, str, str]:
     return root, module_name, class_name
 
 
-def load_upstream(
-    located: tuple[Path, str, str], ours: PidNet, device: torch.device
-) -> UpstreamAdapter:
-    """Import upstream's network class from a checkout, build it, give it our weights."""
+#: Packages upstream's network module imports beyond torch (its logging and NVML helpers), with
+#: the pip name of each.
+UPSTREAM_PACKAGES = {"loguru": "loguru", "pynvml": "nvidia-ml-py"}
+
+
+def import_upstream(located: tuple[Path, str, str]) -> type:
+    """Upstream's network class from the checkout, imported before anything is built, so a
+    missing dependency is named before minutes are spent building our network."""
     root, module_name, class_name = located
     sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        known = [pip for mod, pip in UPSTREAM_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+        packages = known if top in UPSTREAM_PACKAGES else [top]
+        raise BenchError(
+            f"could not import {module_name} from {root}: it needs {err.name!r}, not installed "
+            f"here: pip install {' '.join(packages)}"
+            + (" (or pip install -e '.[upstream]')" if top in UPSTREAM_PACKAGES else "")
+        ) from None
     except Exception as err:
         raise BenchError(
-            f"could not import {module_name} from {root}: {type(err).__name__}: {err} "
-            f"(upstream's own dependencies must be installed in this environment)"
+            f"could not import {module_name} from {root}: {type(err).__name__}: {err}"
         ) from None
     source = Path(getattr(module, "__file__", "") or "").resolve()
     if root not in source.parents:
@@ -249,21 +266,31 @@ def load_upstream(
     cls = getattr(module, class_name, None)
     if cls is None:
         raise BenchError(f"{module_name} has no {class_name}")
+    return cls
+
+
+def load_upstream(cls: type, ours: PidNet, device: torch.device) -> UpstreamAdapter:
+    """Build upstream's network on the meta device and hand it our tensors (`assign=True`):
+    both networks share one copy of the weights, key for key."""
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in ours.config.items() if takes_any or k in params}
     try:
-        net = cls(**kwargs)
+        with torch.device("meta"):
+            net = cls(**kwargs)
     except Exception as err:
-        raise BenchError(f"building upstream {class_name}: {type(err).__name__}: {err}") from None
+        raise BenchError(f"building upstream {cls.__name__}: {type(err).__name__}: {err}") from None
     state = ours.state_dict()
     missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
     if missing or unexpected:
         raise BenchError(
-            f"upstream {class_name} keys differ from ours: missing {sorted(missing)[:5]}, "
+            f"upstream {cls.__name__} keys differ from ours: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:
+        raise BenchError(f"upstream {cls.__name__} has tensors outside its state dict: {left[:5]}")
     return UpstreamAdapter(net.to(device).eval().requires_grad_(False), ours)
 
 
@@ -282,37 +309,69 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def measure(
-    run: Callable[[], torch.Tensor], device: torch.device, repeats: int, warmup: int
-) -> dict[str, Any]:
-    """First call (timed alone), `warmup` more, then `repeats` timed; CUDA peaks over all."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+def _timed_call(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
     _sync(device)
     start = time.perf_counter()
     output = run()
     _sync(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        output = run()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
+    return (time.perf_counter() - start) * 1000, output
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Per run: the first call (timed alone), `warmup` more, its CUDA peak over those; then the
+    timed repeats of all runs interleaved (A B, B A, A B, ...), so drift in clocks, heat or load
+    falls on every run alike and repeat i of each is a pair."""
+    cuda = device.type == "cuda"
+    results: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        first_ms, output = _timed_call(run, device)
+        for _ in range(warmup):
+            run()
+        results[name] = {
+            "first_decode_s": first_ms / 1000,
+            "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
+            "latency_all_ms": [],
+            "_output": output,
+        }
+    names = list(runs)
+    for index in range(repeats):
+        for name in names if index % 2 == 0 else names[::-1]:
+            ms, results[name]["_output"] = _timed_call(runs[name], device)
+            results[name]["latency_all_ms"].append(ms)
+    for result in results.values():
+        times = result["latency_all_ms"]
+        result |= {
+            "latency_p50_ms": _percentile(times, 0.5),
+            "latency_p90_ms": _percentile(times, 0.9),
+            "latency_mean_ms": statistics.fmean(times),
+        }
+    return results
+
+
+def measure(
+    run: Callable[[], torch.Tensor], device: torch.device, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """One run alone: first call, `warmup` more, then `repeats` timed; CUDA peak over the first
+    and warm-up calls."""
+    return measure_interleaved({"run": run}, device, repeats, warmup)["run"]
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> dict[str, float]:
+    """Ratio of repeat i of ours to repeat i of theirs: median, p10, p90, min, max."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     return {
-        "latency_p50_ms": _percentile(times, 0.5),
-        "latency_p90_ms": _percentile(times, 0.9),
-        "latency_mean_ms": statistics.fmean(times),
-        "latency_all_ms": times,
-        "first_decode_s": first,
-        "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
-        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
-        "_output": output,
+        "median": _percentile(ratios, 0.5),
+        "p10": _percentile(ratios, 0.1),
+        "p90": _percentile(ratios, 0.9),
+        "min": min(ratios),
+        "max": max(ratios),
+        "n": len(ratios),
     }
 
 
@@ -370,14 +429,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "crops of pid_models' position tables, which upstream's network does not read)"
         )
 
-    located = locate_upstream(args.upstream, args.upstream_module) if args.upstream else None
+    upstream_cls = None
+    if args.upstream:  # importable before our network is built, or a one-line error now
+        upstream_cls = import_upstream(locate_upstream(args.upstream, args.upstream_module))
 
     torch.manual_seed(args.seed)
     net = build_net(net_kwargs, device, args.seed, args.tiny)
     autocast = torch.bfloat16 if args.dtype == "bf16" else None
     decoder = PiDDecoder(net, EmbeddingsOnly(net.config["txt_embed_dim"]), device, autocast)
     dtype_effective = "bf16-autocast" if decoder.autocast_dtype is not None else "fp32"
-    upstream = load_upstream(located, net, device) if located else None
+    upstream = load_upstream(upstream_cls, net, device) if upstream_cls else None
     native, native_reason = (
         (None, "--no-native")
         if args.no_native
@@ -433,18 +494,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     tile_overlap=args.overlap, tile_positions=args.tile_positions,
                 )  # fmt: skip
 
-            ours_out = None
+            runs = {"ours": lambda m=ours_net: decode(m)}
+            if theirs is not None:
+                runs["upstream"] = lambda m=theirs: decode(m)
             try:
-                result = measure(lambda m=ours_net: decode(m), device, args.repeats, args.warmup)
-                ours_out = result.pop("_output")
-                row.update(result)
+                results = measure_interleaved(runs, device, args.repeats, args.warmup)
             except Exception as err:
                 if not _is_oom(err):
                     raise
                 row.update(status="oom", error=f"{type(err).__name__}: {err}".splitlines()[0])
                 _free(device)
-            if theirs is not None:
-                row["upstream"] = _upstream_row(theirs, decode, ours_out, device, args)
+            else:
+                ours_out = results["ours"].pop("_output")
+                row.update(results["ours"])
+                if theirs is not None:
+                    row["upstream"] = _upstream_row(results["upstream"], ours_out, row)
             decoder.net = net
             print(f"[{variant}] {row['size_str']}: {row['status']}", file=sys.stderr)
 
@@ -491,6 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else {"path": args.upstream, "module": args.upstream_module},
         "native": {"available": native is not None, "reason": native_reason, "rows": native_rows},
         "results": rows,
+        "peak_rss_bytes": _peak_rss_bytes(),
     }
     path = Path(args.json) if args.json else _default_json_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -500,17 +565,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def _upstream_row(theirs, decode, ours_out, device, args) -> dict[str, Any]:
-    try:
-        result = measure(lambda: decode(theirs), device, args.repeats, args.warmup)
-    except Exception as err:
-        if not _is_oom(err):
-            raise
-        _free(device)
-        return {"status": "oom", "error": str(err)[:200]}
+def _upstream_row(result: dict[str, Any], ours_out: torch.Tensor, ours: dict) -> dict[str, Any]:
     out = result.pop("_output")
-    diff = None if ours_out is None else (out.float() - ours_out.float()).abs().max().item()
-    return {"status": "ok", "max_abs_diff": diff, **result}
+    return {
+        "status": "ok",
+        "max_abs_diff": (out.float() - ours_out.float()).abs().max().item(),
+        "paired_ratio": paired_ratio(ours["latency_all_ms"], result["latency_all_ms"]),
+        **result,
+    }
+
+
+def _peak_rss_bytes() -> int | None:
+    """The process's peak resident set size (Linux and macOS; None elsewhere)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
 def _free(device: torch.device) -> None:
@@ -555,7 +627,7 @@ def print_table(report: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column in ("variant", "size") else "right")
     with_upstream = report["upstream"] is not None
     if with_upstream:
-        for column in ("upstream p50 ms", "ours/upstream", "max |diff|"):
+        for column in ("upstream p50 ms", "ours/upstream paired [p10, p90]", "max |diff|"):
             table.add_column(column, justify="right")
     native = {tuple(r["size"]): r for r in report["native"]["rows"]}
     for row in report["results"]:
@@ -574,16 +646,17 @@ def print_table(report: dict[str, Any]) -> None:
         ]
         if with_upstream:
             up = row.get("upstream") or {}
-            ours, theirs = row.get("latency_p50_ms"), up.get("latency_p50_ms")
+            ratio = up.get("paired_ratio")
             cells += [
-                _ms(theirs),
-                "—" if not (ours and theirs) else f"{ours / theirs:.3f}",
+                _ms(up.get("latency_p50_ms")),
+                "—" if not ratio else f"{ratio['median']:.3f} [{ratio['p10']:.3f}, {ratio['p90']:.3f}]",
                 "—" if up.get("max_abs_diff") is None else f"{up['max_abs_diff']:.2e}",
             ]
         table.add_row(*cells)
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     if not report["native"]["available"]:
         print(f"native decoder not timed: {report['native']['reason']}")
+    print(f"peak RSS of this process: {_bytes(report['peak_rss_bytes'])}")
 
 
 if __name__ == "__main__":

@@ -71,19 +71,24 @@ def load_models(
     device: str,
     checkpoints: str | None = None,
     ldm: LdmOptions | None = None,
+    pid_options: dict | None = None,
 ) -> ModelSet:
     """PiD and the native codec of (backbone, ckpt_type), and with `ldm` (from_ldm cells) the
-    backbone's LDM pipeline; released weights from local files only."""
+    backbone's LDM pipeline; released weights from local files only. `pid_options` are
+    `PiDDecoder` keyword arguments (`CellSettings.pid_options`)."""
+    pid_options = pid_options or {}
     pipeline = load_ldm_pipeline(backbone, device, ldm) if ldm is not None else None
     if (backbone, ckpt_type) in EMBEDDED_PAIRS:
         from pid_models.tiny import build_tiny_codec
 
-        pid = PiDDecoder.tiny(seed=0, device=device)
+        pid = PiDDecoder.tiny(seed=0, device=device, **pid_options)
         return ModelSet(pid, build_tiny_codec(0).to(device), True, pipeline)
     from pid_models.codecs import load_codec
 
     codec = load_codec(backbone, checkpoints, device)  # small: fails fast before PiD loads
-    pid = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, device=device)
+    pid = PiDDecoder.from_pretrained(
+        backbone, ckpt_type, checkpoints, device=device, **pid_options
+    )
     return ModelSet(pid, codec, False, pipeline)
 
 
@@ -112,8 +117,7 @@ class CellSettings:
     suite: str
     decoders: tuple[str, ...]
     metrics: tuple[str, ...]
-    warmup: int
-    repeats: int
+    timing: TimingPolicy
     save_images: bool
     run_dir: str
     provenance: dict = field(default_factory=dict)  # git sha, versions
@@ -123,8 +127,15 @@ class CellSettings:
     faults: dict | None = None  # test-only fault injection (pid_bench.runner.FAULTS_ENV)
     tile_size: int | None = None  # PiD decodes in tiles of this many output pixels
     tile_overlap: int = 256
+    tf32: bool = True  # suite.pid.tf32: TF32 during CUDA PiD decodes
+    generator_device: str = "decode"  # suite.pid.generator_device
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
+
+    def pid_options(self) -> dict:
+        """Keyword arguments of `PiDDecoder` from the suite's `pid:` options."""
+        device = None if self.generator_device == "decode" else self.generator_device
+        return {"tf32": self.tf32, "generator_device": device}
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -153,26 +164,79 @@ def reference_at(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # ---- timing -----------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], torch.Tensor], warmup: int, repeats: int, device: torch.device):
-    """Warm up, then time each repeat; returns (last output, [ms], timer name)."""
-    for _ in range(warmup):
+#: A row is `timing_noisy` when (p90 - p10) / p50 of its repeats exceeds this: on a GPU with
+#: fixed clocks repeated decodes agree within a few percent; 10 % means something else ran.
+NOISY_SPREAD = 0.10
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """suite.timing: warm-up, then repeat until `repeats` runs and `min_time_s`, at most
+    `max_repeats` (`pid_bench.suite.Timing`)."""
+
+    warmup: int = 1
+    repeats: int = 5
+    min_time_s: float = 1.0
+    max_repeats: int = 100
+
+    def more(self, times: list[float]) -> bool:
+        if len(times) >= self.max_repeats:
+            return False
+        return len(times) < self.repeats or sum(times) < self.min_time_s * 1000
+
+
+def timed(fn: Callable[[], torch.Tensor], policy: TimingPolicy, device: torch.device):
+    """Warm up, then time repeats as `policy` says; returns (last output, [ms], timer name).
+
+    CUDA: CUDA events around each call, synchronised before and after; CPU: perf_counter.
+    """
+    for _ in range(policy.warmup):
         fn()
-    times = []
+    times: list[float] = []
+    cuda = device.type == "cuda"
+    while policy.more(times):
+        ms, out = time_once(fn, device) if not cuda else _time_events(fn, device)
+        times.append(ms)
+    return out, times, "cuda_events" if cuda else "perf_counter"
+
+
+def _time_events(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    out = fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end), out
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall milliseconds of one call, the device synchronised before and after (encode,
+    caption, LDM: work that is timed once)."""
     if device.type == "cuda":
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        return out, times, "cuda_events"
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return out, times, "perf_counter"
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) * 1000, out
+
+
+def timing_fields(times: list[float]) -> dict[str, Any]:
+    """The row's latency columns from every timed repeat."""
+    p10, p25, p50, p75, p90 = (percentile(times, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9))
+    spread = (p90 - p10) / p50 if p50 > 0 else None
+    return {
+        "repeats": len(times),
+        "latency_ms": times,
+        "latency_ms_p50": p50,
+        "latency_ms_p90": p90,
+        "latency_ms_p10": p10,
+        "latency_ms_min": min(times),
+        "latency_ms_iqr": p75 - p25,
+        "timing_spread": spread,
+        "timing_noisy": None if spread is None else spread > NOISY_SPREAD,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -226,6 +290,7 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "dtype": "bfloat16-autocast" if models.pid.autocast_dtype is not None else "float32",
+        "generator_device": str(models.pid.generator_device),
         "random_weights": models.random_weights,
         "mode": cell.mode,
         "backbone": cell.backbone,
@@ -242,8 +307,7 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
         "out_width": cell.resolution[1],
         "downsample_kernel": RESIZE_KERNEL,
         **protocol_fields(),
-        "warmup": settings.warmup,
-        "repeats": settings.repeats,
+        "warmup": settings.timing.warmup,
     }
 
 
@@ -264,14 +328,10 @@ def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
     # The encoder input comes from the source in one resize, never via the (perhaps upsampled)
     # output-size reference; it is also the native decode's reference at its own size.
     lq = reference_at(source, native_size).to(dev)
-    started = time.perf_counter()
-    latent = models.codec.encode(lq)
-    encode_ms = (time.perf_counter() - started) * 1000
-    generator = torch.Generator(dev).manual_seed(cell.seed)
+    encode_ms, latent = time_once(lambda: models.codec.encode(lq), dev)
+    generator = torch.Generator(models.pid.generator_device).manual_seed(cell.seed)
     noisy = add_noise(latent, float(cell.sigma), models.codec.noise_form, generator)
-    started = time.perf_counter()
-    y = models.pid.encode_captions(cell.item.caption, 1)
-    caption_ms = (time.perf_counter() - started) * 1000
+    caption_ms, y = time_once(lambda: models.pid.encode_captions(cell.item.caption, 1), dev)
     row = {
         "in_height": lq.shape[-2],
         "in_width": lq.shape[-1],
@@ -308,9 +368,7 @@ def _prepare_from_ldm(cell, models: ModelSet, settings: CellSettings, dev) -> di
     if step not in capture.latents:
         raise KeyError(f"capture {key} has no {capture_label(step)} latent")
     latent = capture.latents[step].to(dev)
-    started = time.perf_counter()
-    y = models.pid.encode_captions(cell.item.caption, 1)
-    caption_ms = (time.perf_counter() - started) * 1000
+    caption_ms, y = time_once(lambda: models.pid.encode_captions(cell.item.caption, 1), dev)
     row = {
         "in_height": ldm_size[0],
         "in_width": ldm_size[1],
@@ -366,7 +424,7 @@ def _capture(cell, models: ModelSet, settings: CellSettings, size: tuple[int, in
     cache = LatentCache(ldm.cache_dir or default_latent_cache())
     found, origin = cache.get(key), "disk"
     if found is None:
-        if not models.pipeline_warm and settings.warmup > 0:
+        if not models.pipeline_warm and settings.timing.warmup > 0:
             _warm_pipeline(models.pipeline, cell, size, overrides)
         models.pipeline_warm = True
         found, origin = capture(
@@ -430,13 +488,10 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with torch.no_grad():
-        image, times, timer = timed(fn, settings.warmup, settings.repeats, dev)
+        image, times, timer = timed(fn, settings.timing, dev)
     row = {
         "status": "ok",
-        "latency_ms": times,
-        "latency_ms_p50": percentile(times, 0.5),
-        "latency_ms_p90": percentile(times, 0.9),
-        "latency_ms_min": min(times),
+        **timing_fields(times),
         "timer": timer,
         "decoded_height": image.shape[-2],
         "decoded_width": image.shape[-1],
@@ -447,6 +502,7 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     if decoder == "pid":
         row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
     if dev.type == "cuda":
+        row["tf32"] = models.pid.tf32 if decoder == "pid" else torch.backends.cuda.matmul.allow_tf32
         row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
         row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
     # native is scored at its own size (the codec's reconstruction); every other decoder at the

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pid_bench import __version__
-from pid_bench.cell import CellSettings, model_identity, utc_now
+from pid_bench.cell import CellSettings, TimingPolicy, model_identity, utc_now
 from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part, write_plan
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
 
@@ -93,6 +93,8 @@ def plan(suite: Suite) -> list[tuple[str, Cell]]:
             identities[key] = model_identity(*key)
             if suite.mode == "from_ldm":  # a different LDM makes different latents
                 identities[key] += f"|ldm:{suite.ldm.identity(cell.backbone)}"
+            if suite.decode_identity():  # tiles, TF32 or the noise's device change the decode
+                identities[key] += f"|decode:{suite.decode_identity()}"
         planned.append((cell_id(cell, identities[key]), cell))
     return planned
 
@@ -244,8 +246,7 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         suite=suite.name,
         decoders=tuple(suite.decoders),
         metrics=tuple(suite.metrics),
-        warmup=suite.timing.warmup,
-        repeats=suite.timing.repeats,
+        timing=TimingPolicy(**suite.timing.model_dump()),
         save_images=suite.save_images,
         run_dir=str(run_dir.resolve()),
         checkpoints=checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"),
@@ -260,6 +261,8 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         faults=json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else None,
         tile_size=suite.tiling.tile_size,
         tile_overlap=suite.tiling.tile_overlap,
+        tf32=suite.pid.tf32,
+        generator_device=suite.pid.generator_device,
         reference=suite.reference,
         metric_paths=custom_metric_paths(suite.path),
     )
@@ -577,8 +580,9 @@ class CellWorker:
             self._release()
             try:
                 self.models = load_models(
-                    *key, self.device, self.settings.checkpoints, self.settings.ldm
-                )
+                    *key, self.device, self.settings.checkpoints, self.settings.ldm,
+                    self.settings.pid_options(),
+                )  # fmt: skip
                 self.key = key
             except Exception as exc:
                 return [

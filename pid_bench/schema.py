@@ -38,6 +38,17 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("device_name", pa.string(), "GPU name or CPU model"),
     ("dtype", pa.string(), "compute dtype of the decoder (float32, bfloat16 autocast)"),
     (
+        "tf32",
+        pa.bool_(),
+        "CUDA: TF32 allowed for matmuls and cuDNN during this decoder's calls (pid: suite "
+        "pid.tf32, default true as upstream; others: torch's setting); null on CPU",
+    ),
+    (
+        "generator_device",
+        pa.string(),
+        "where the latent noise and PiD's sampler noise were drawn (cpu | cuda[:N])",
+    ),
+    (
         "random_weights",
         pa.bool_(),
         "true for the embedded tiny backbone: numbers mean nothing about PiD",
@@ -96,11 +107,19 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     # timing (every repeat kept)
     ("warmup", pa.int64(), "untimed decodes before timing"),
-    ("repeats", pa.int64(), "timed decodes"),
+    ("repeats", pa.int64(), "timed decodes (suite timing: at least repeats and min_time_s)"),
     ("latency_ms", pa.list_(pa.float64()), "every timed repeat, milliseconds"),
     ("latency_ms_p50", pa.float64(), "median of latency_ms"),
     ("latency_ms_p90", pa.float64(), "90th percentile of latency_ms"),
+    ("latency_ms_p10", pa.float64(), "10th percentile of latency_ms"),
     ("latency_ms_min", pa.float64(), "minimum of latency_ms"),
+    ("latency_ms_iqr", pa.float64(), "interquartile range (p75 - p25) of latency_ms"),
+    ("timing_spread", pa.float64(), "(p90 - p10) / p50 of latency_ms"),
+    (
+        "timing_noisy",
+        pa.bool_(),
+        "timing_spread > pid_bench.cell.NOISY_SPREAD (0.10): the repeats disagree",
+    ),
     ("timer", pa.string(), "cuda_events | perf_counter"),
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
     ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),

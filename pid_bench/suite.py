@@ -135,11 +135,27 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class Timing(BaseModel):
-    """Warm-up runs are discarded; every one of ``repeats`` timed runs is kept."""
+    """How each decoder of a cell is timed (docs/protocol.md, "Time").
+
+    ``warmup`` untimed runs, then timed runs until there are at least ``repeats`` of them *and*
+    they add up to ``min_time_s`` (at most ``max_repeats``): a 0.2 s GPU decode is timed at least
+    five times and for a second, a 20 ms one fifty times. Every timed run is kept.
+    """
 
     model_config = _FROZEN
     warmup: NonNegativeInt = 1
-    repeats: PositiveInt = 3
+    repeats: PositiveInt = 5
+    min_time_s: Annotated[float, Field(ge=0)] = 1.0
+    max_repeats: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _cap_above_count(self) -> Timing:
+        if self.max_repeats < self.repeats:
+            raise ValueError(
+                f"max_repeats ({self.max_repeats}) is below repeats ({self.repeats}); raise "
+                "max_repeats or lower repeats"
+            )
+        return self
 
 
 class ExcludeEntry(BaseModel):
@@ -178,6 +194,20 @@ class Tiling(BaseModel):
     model_config = _FROZEN
     tile_size: PositiveInt | None = None
     tile_overlap: NonNegativeInt = 256
+
+
+class PidOptions(BaseModel):
+    """How PiD runs where upstream offers a choice (docs/protocol.md, "inference path").
+
+    ``tf32``: allow TF32 matmuls and cuDNN during a CUDA decode (upstream's loader turns it on);
+    no effect on CPU. ``generator_device``: where the latent noise and the sampler's noise are
+    drawn; ``decode`` (the decode device) or ``cuda`` to replay upstream's stream, which always
+    draws from a CUDA generator, or ``cpu`` to make a CUDA run draw a CPU run's noise.
+    """
+
+    model_config = _FROZEN
+    tf32: bool = True
+    generator_device: Literal["decode", "cpu", "cuda"] = "decode"
 
 
 class SetMetricOptions(BaseModel):
@@ -294,6 +324,7 @@ class Suite(BaseModel):
     timing: Timing = Timing()
     save_images: bool = True
     tiling: Tiling = Tiling()
+    pid: PidOptions = PidOptions()
     set_metrics: SetMetricOptions = SetMetricOptions()
     ldm: LdmOptions = LdmOptions()
     exclude: list[ExcludeEntry] = []
@@ -393,6 +424,17 @@ class Suite(BaseModel):
                         f"upsampled from {crop[0]}x{crop[1]}; {consequence}"
                     )
         return notes
+
+    def decode_identity(self) -> str:
+        """The decode settings that change PiD's output, for cell ids ("" at the defaults, so
+        the ids of suites that leave them alone do not change)."""
+        changed = {
+            **self.tiling.model_dump(exclude_defaults=True),
+            **self.pid.model_dump(exclude_defaults=True),
+        }
+        if self.tiling.tile_size is not None:
+            changed["tile_overlap"] = self.tiling.tile_overlap
+        return json.dumps(changed, sort_keys=True) if changed else ""
 
     def cells(self) -> list[Cell]:
         """Every cell of the suite over its own source."""
@@ -590,6 +632,8 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
         return list(Suite.model_fields)
     if loc[0] == "timing":
         return list(Timing.model_fields)
+    if loc[0] == "pid" and len(loc) == 1:
+        return list(PidOptions.model_fields)
     if loc[0] == "ldm" and len(loc) == 1:
         return list(LdmOptions.model_fields)
     if loc[0] == "tiling" and len(loc) == 1:

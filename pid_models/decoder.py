@@ -1,15 +1,17 @@
 """`PiDDecoder`: latent + caption -> image, the way upstream runs PiD for inference.
 
 CPU runs float32 eagerly. CUDA keeps the float32 network under
-`torch.autocast("cuda", dtype=torch.bfloat16)` and rounds the LQ latent to bf16 first, as the
-upstream demos do; pass `autocast_dtype=None` for float32 on CUDA.
+`torch.autocast("cuda", dtype=torch.bfloat16)` with TF32 allowed for matmul and cuDNN, as
+upstream's loader and demos do; pass `autocast_dtype=None` for float32 and `tf32=False` for
+full-precision float32 matmuls. The LQ latent is rounded to bf16 first, always (upstream hands
+it over in bf16). `docs/protocol.md` lists each choice against upstream's code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -43,6 +45,13 @@ class PiDDecoder:
         device: where to run; the net and encoder are moved there.
         autocast_dtype: autocast dtype on CUDA (default bfloat16, as upstream); ignored on CPU.
         t_list: the distilled t list the sampler sub-samples.
+        tf32: allow TF32 matmuls and convolutions during a CUDA decode (default True, as
+            upstream's model loader sets it); ignored on CPU, where `tf32` reads None.
+        generator_device: where the sampler's noise is drawn (default: the decode device).
+            "cuda" replays upstream's stream, which always draws from a CUDA generator.
+        compile: False (eager), True or a `torch.compile` mode: the network is compiled with
+            `dynamic=False` once per output size (and tile size), as upstream's `--compile`.
+        compile_backend: the `torch.compile` backend (default inductor).
     """
 
     def __init__(
@@ -52,6 +61,10 @@ class PiDDecoder:
         device: str | torch.device = "cpu",
         autocast_dtype: torch.dtype | None | object = _DEFAULT,
         t_list: Sequence[float] = DISTILLED_T_LIST,
+        tf32: bool = True,
+        generator_device: str | torch.device | None = None,
+        compile: bool | str = False,
+        compile_backend: str = "inductor",
     ) -> None:
         if caption_encoder.hidden_size != net.config["txt_embed_dim"]:
             raise ValueError(
@@ -66,6 +79,16 @@ class PiDDecoder:
             autocast_dtype = torch.bfloat16 if on_cuda else None
         self.autocast_dtype = autocast_dtype if on_cuda else None
         self.t_list = tuple(t_list)
+        self.tf32 = bool(tf32) if on_cuda else None
+        self.generator_device = torch.device(generator_device or self.device)
+        if self.generator_device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"generator_device {generator_device!r}: CUDA is not available on this machine "
+                "(leave it unset to draw the noise on the decode device)"
+            )
+        self.compile_mode = None if compile is False else ("default" if compile is True else compile)
+        self.compile_backend = compile_backend
+        self._compiled: dict[tuple, torch.nn.Module] = {}
 
     # ---- constructors ----------------------------------------------------------------------
 
@@ -78,11 +101,13 @@ class PiDDecoder:
         text_encoder: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         cache_dir: str | os.PathLike | None = None,
+        **options,
     ) -> PiDDecoder:
         """The released decoder for (backbone, ckpt_type), entirely from local files.
 
         `checkpoints` (or $PID_BENCH_CHECKPOINTS) is the `hf download nvidia/PiD` folder;
-        `text_encoder` a local Gemma-2-2b-it folder or repo id in the HF cache.
+        `text_encoder` a local Gemma-2-2b-it folder or repo id in the HF cache; `options` are
+        the constructor's keyword arguments (tf32, generator_device, compile, ...).
         """
         resolve(backbone, ckpt_type)  # unknown pairs fail before anything loads
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -90,7 +115,7 @@ class PiDDecoder:
         gemma = GemmaCaptionEncoder.from_pretrained(
             text_encoder or "Efficient-Large-Model/gemma-2-2b-it", device=device
         )
-        return cls(net, CachedCaptionEncoder(gemma, CaptionCache(cache_dir)), device)
+        return cls(net, CachedCaptionEncoder(gemma, CaptionCache(cache_dir)), device, **options)
 
     @classmethod
     def tiny(
@@ -98,12 +123,13 @@ class PiDDecoder:
         seed: int = 0,
         device: str | torch.device = "cpu",
         cache_dir: str | os.PathLike | None = None,
+        **options,
     ) -> PiDDecoder:
         """The embedded default: tiny seeded PiD (2k FLUX layout) + tiny seeded Gemma-2."""
         from pid_models.tiny import build_tiny_caption_encoder, build_tiny_net
 
         encoder = CachedCaptionEncoder(build_tiny_caption_encoder(seed), CaptionCache(cache_dir))
-        return cls(build_tiny_net(seed), encoder, device)
+        return cls(build_tiny_net(seed), encoder, device, **options)
 
     # ---- decoding --------------------------------------------------------------------------
 
@@ -202,8 +228,8 @@ class PiDDecoder:
         # Upstream hands the LQ latent over in bfloat16 whatever the run's precision (its VAE
         # runs in bf16): the latent is rounded to bf16 and back, always.
         latent = latent.to(self.device, torch.bfloat16).float()
-        generator = torch.Generator(self.device).manual_seed(seed)
-        with self._autocast():
+        generator = torch.Generator(self.generator_device).manual_seed(seed)
+        with self._autocast(), tf32_allowed(self.tf32):
             return sample(
                 velocity,
                 y.to(self.device),
@@ -226,10 +252,24 @@ class PiDDecoder:
         if tile_positions not in POSITIONS:
             raise ValueError(f"tile positions {tile_positions!r}: one of {POSITIONS}")
         if tile_size is None:
-            return self.net
+            return self._network(out_hw)
         plan = plan_tiles(self.net.config, out_hw, tile_size, tile_overlap)
-        tiled = TiledVelocity(self.net, plan, self.net.config, tile_positions)
-        return self.net if len(plan) == 1 else tiled
+        if len(plan) == 1:
+            return self._network(out_hw)
+        net = self._network((*out_hw, tile_size, tile_overlap))
+        return TiledVelocity(net, plan, self.net.config, tile_positions)
+
+    def _network(self, shape_key: tuple) -> torch.nn.Module:
+        """The eager net, or its compiled wrapper for this output (and tile) size."""
+        if self.compile_mode is None:
+            return self.net
+        if shape_key not in self._compiled:
+            # A mode is an inductor setting; other backends take none.
+            mode = self.compile_mode if self.compile_backend == "inductor" else None
+            self._compiled[shape_key] = torch.compile(
+                self.net, mode=mode, dynamic=False, backend=self.compile_backend
+            )
+        return self._compiled[shape_key]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -252,3 +292,18 @@ class PiDDecoder:
                 f"decodes to latent size x {self.net.pixels_per_latent} = {expected}"
             )
         return expected
+
+
+@contextlib.contextmanager
+def tf32_allowed(enabled: bool | None) -> Iterator[None]:
+    """TF32 for CUDA matmuls and cuDNN inside the block (None: leave torch's setting), restored
+    afterwards so that other decoders run with the process's own setting."""
+    if enabled is None:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -77,8 +77,9 @@ def sample(
         y, lq_latent, degrade_sigma: conditioning, the same at every step.
         out_shape: (B, 3, H, W) of the image.
         steps: network evaluations (sub-samples `t_list`, see `t_schedule`).
-        generator: draws the initial noise, then each re-noising eps in order (upstream's
-            order, so a generator seeded like upstream's reproduces its samples).
+        generator: draws the initial noise, then each re-noising eps in order, float32 on the
+            generator's own device (upstream's order and dtype, so a generator seeded like
+            upstream's reproduces its samples).
         noise, eps: inject the initial noise and the per-step re-noising draws instead of
             drawing them (`len(eps) == steps - 1`); used to replay the golden vectors.
         record_steps: keep t_scaled, v_pred and x0_pred of every step in `SampleOutput.steps`.
@@ -88,8 +89,13 @@ def sample(
     if eps is not None and len(eps) != steps - 1:
         raise ValueError(f"eps has {len(eps)} draws; {steps} steps need {steps - 1}")
 
+    # Drawn where the generator lives, then moved: a CUDA generator gives upstream's stream
+    # whatever the decode device.
+    draw_device = generator.device if generator is not None else device
+
     def draw() -> torch.Tensor:
-        return torch.randn(out_shape, generator=generator, device=device, dtype=torch.float32)
+        fresh = torch.randn(out_shape, generator=generator, device=draw_device, dtype=torch.float32)
+        return fresh.to(device)
 
     x = noise.to(device, torch.float32) if noise is not None else draw()
     batch = out_shape[0]

@@ -31,7 +31,7 @@ resolutions: [64]
 decoders: [pid, native]
 metrics: [psnr]
 source: m.jsonl
-timing: {warmup: 0, repeats: 1}
+timing: {warmup: 0, repeats: 1, min_time_s: 0}
 """
 
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "decode.py"
@@ -73,7 +74,7 @@ def test_upstream_comparison_runs_against_a_module_from_a_checkout_path(tmp_path
         )
     )
     proc, report = run_bench(
-        "--tiny", "--sizes", "64x96", "--repeats", "1", "--no-native", "--tile", "64",
+        "--tiny", "--sizes", "64x96", "--repeats", "2", "--no-native", "--tile", "64",
         "--overlap", "32", "--tile-positions", "local", "--upstream", str(tmp_path / "checkout"),
         tmp_path=tmp_path,
     )  # fmt: skip
@@ -82,7 +83,9 @@ def test_upstream_comparison_runs_against_a_module_from_a_checkout_path(tmp_path
     assert row["tiles"] == 2 and row["upstream"]["status"] == "ok"
     assert row["upstream"]["max_abs_diff"] == 0.0  # same weights, same noise, same sampler
     assert row["upstream"]["latency_p50_ms"] > 0
-    assert "ours/upstream" in proc.stdout
+    ratio = row["upstream"]["paired_ratio"]
+    assert ratio["n"] == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "ours/upstream paired" in proc.stdout and report["peak_rss_bytes"] > 0
     assert report["native"] == {"available": False, "reason": "--no-native", "rows": []}
 
 
@@ -127,3 +130,51 @@ def test_a_bad_option_exits_2_with_one_line_and_no_traceback(tmp_path):
         proc.stderr.startswith("benchmarks/decode.py: error: --upstream")
         and "Traceback" not in proc.stderr
     )
+
+
+def _checkout(root: Path, body: str) -> Path:
+    package = root / "pid" / "_src" / "networks"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "pid_net.py").write_text(textwrap.dedent(body))
+    return root
+
+
+def test_a_missing_upstream_dependency_is_named_before_our_network_is_built(
+    bench_module, tmp_path, monkeypatch
+):
+    checkout = _checkout(tmp_path / "co", "import upstream_only_logger\nclass PidNet: pass\n")
+    monkeypatch.setattr(bench_module, "UPSTREAM_PACKAGES", {"upstream_only_logger": "uo-logger"})
+    monkeypatch.setattr(bench_module, "build_net", lambda *a: pytest.fail("built a network"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(bench_module.BenchError, match=r"needs 'upstream_only_logger'.*pip "
+                       r"install uo-logger \(or pip install -e '\.\[upstream\]'\)"):  # fmt: skip
+        bench_module.main(["--tiny", "--sizes", "64x64", "--upstream", str(checkout)])
+
+
+def test_upstream_is_built_on_meta_and_shares_our_tensors(bench_module):
+    from pid_models.pid_net import PidNet
+    from pid_models.tiny import build_tiny_net
+
+    ours = build_tiny_net(0)
+    adapter = bench_module.load_upstream(PidNet, ours, torch.device("cpu"))
+    theirs = dict(adapter.module.named_parameters())
+    for name, param in ours.named_parameters():
+        assert theirs[name].data_ptr() == param.data_ptr(), name  # one copy, not two
+
+
+def test_interleaved_repeats_alternate_and_pair_up(bench_module):
+    calls = []
+
+    def run(name):
+        return lambda: calls.append(name) or torch.zeros(1)
+
+    results = bench_module.measure_interleaved(
+        {"a": run("a"), "b": run("b")}, torch.device("cpu"), repeats=3, warmup=1
+    )
+    # first + warm-up of each alone, then a b | b a | a b
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
+    assert [len(r["latency_all_ms"]) for r in results.values()] == [3, 3]
+    ratio = bench_module.paired_ratio([2.0, 4.0, 3.0], [1.0, 2.0, 3.0])
+    assert ratio["median"] == 2.0 and (ratio["min"], ratio["max"]) == (1.0, 2.0)

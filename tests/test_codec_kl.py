@@ -96,3 +96,14 @@ def test_a_sigma_at_or_below_zero_adds_no_noise_and_draws_nothing(form):
     gen = torch.Generator().manual_seed(0)
     assert add_noise(latent, -0.1, form, gen) is latent
     assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("form", ["flow", "vp"])
+def test_a_bf16_latent_is_noised_in_float32_as_upstream(form):
+    """Upstream noises `clean_latent.float()` and rounds afterwards; noising in bf16 would round
+    the latent and the noise first."""
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    rounded = latent.to(torch.bfloat16)
+    got = add_noise(rounded, 0.3, form, torch.Generator().manual_seed(2))
+    want = add_noise(rounded.float(), 0.3, form, torch.Generator().manual_seed(2))
+    assert got.dtype == torch.float32 and torch.equal(got, want)

@@ -96,3 +96,78 @@ def test_cuda_decode_runs_under_bf16_autocast(latent):
     assert decoder.autocast_dtype == torch.bfloat16
     image = decoder.decode(latent.cuda(), caption="a cat")
     assert image.is_cuda and image.dtype == torch.float32
+
+
+# ---- upstream's settings as options (docs/protocol.md, "PiD's inference path") -------------
+
+
+def test_tf32_is_a_cuda_setting_read_as_none_on_cpu(decoder):
+    assert decoder.tf32 is None
+    assert PiDDecoder.tiny(seed=0, tf32=False).tf32 is None  # CPU matmuls have no TF32 mode
+
+
+def test_tf32_allowed_sets_both_switches_inside_and_restores_them():
+    from pid_models.decoder import tf32_allowed
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32_allowed(not before[0]):
+        assert torch.backends.cuda.matmul.allow_tf32 is (not before[0])
+        assert torch.backends.cudnn.allow_tf32 is (not before[0])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with tf32_allowed(None):  # None leaves torch's setting alone
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_noise_drawn_on_the_generator_device_is_the_default_on_cpu(decoder, latent):
+    explicit = PiDDecoder(decoder.net, decoder.caption_encoder, "cpu", generator_device="cpu")
+    assert torch.equal(explicit.decode(latent, seed=5), decoder.decode(latent, seed=5))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_a_cuda_generator_without_cuda_is_refused_with_the_fix(decoder):
+    with pytest.raises(ValueError, match="CUDA is not available.*leave it unset"):
+        PiDDecoder(decoder.net, decoder.caption_encoder, "cpu", generator_device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_generator_replays_upstreams_stream_in_a_cpu_decode(decoder, latent):
+    """Upstream draws noise, then each eps, from torch.Generator('cuda') seeded with the seed."""
+    cpu_net = PiDDecoder(decoder.net, decoder.caption_encoder, "cpu", generator_device="cuda")
+    got = cpu_net.sample(latent, y=decoder.encode_captions("", 2), seed=4, steps=2)
+    generator = torch.Generator("cuda").manual_seed(4)
+    noise = torch.randn(2, 3, 128, 192, generator=generator, device="cuda").cpu()
+    eps = [torch.randn(2, 3, 128, 192, generator=generator, device="cuda").cpu()]
+    with torch.no_grad():
+        want = sample(decoder.net, decoder.encode_captions("", 2), latent.to(torch.bfloat16).float(),
+                      torch.zeros(2), (2, 3, 128, 192), steps=2, noise=noise, eps=eps)  # fmt: skip
+    assert torch.equal(got.unclamped, want.unclamped)
+
+
+def test_compile_wraps_the_net_once_per_output_size_and_decodes_the_same(decoder, latent):
+    compiled = PiDDecoder(
+        decoder.net, decoder.caption_encoder, "cpu", compile=True, compile_backend="eager"
+    )
+    eager = decoder.decode(latent, seed=1, steps=2)
+    assert torch.equal(compiled.decode(latent, seed=1, steps=2), eager)
+    compiled.decode(latent, seed=2, steps=2)
+    compiled.decode(latent[:, :, :2, :2], seed=2, steps=1)
+    assert sorted(compiled._compiled) == [(64, 64), (128, 192)]
+    assert all(hasattr(m, "_orig_mod") for m in compiled._compiled.values())
+    assert decoder._compiled == {}  # eager by default, as upstream without --compile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_allows_tf32_by_default_and_only_during_the_call(latent):
+    seen = []
+    decoder = PiDDecoder.tiny(seed=0, device="cuda")
+    net = decoder.net
+
+    def spy(*args):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return net(*args)
+
+    decoder._network = lambda key: spy
+    before = torch.backends.cuda.matmul.allow_tf32
+    decoder.decode(latent.cuda(), steps=1)
+    assert decoder.tf32 is True and seen == [True]
+    assert torch.backends.cuda.matmul.allow_tf32 == before

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pid_bench.cell import CellSettings, load_models, run_cell
+from pid_bench.cell import CellSettings, TimingPolicy, load_models, run_cell
 from pid_bench.cli import app
 from pid_bench.manifests import load_folder, scan_folder
 from pid_bench.suite import load_suite
@@ -20,6 +20,9 @@ from tests.test_run import write_suite
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+
+ONCE = TimingPolicy(warmup=0, repeats=1, min_time_s=0)  # cells, not timing, under test
+
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def tiny_models():
 
 def _settings(tmp_path: Path, metrics: tuple[str, ...], **extra) -> CellSettings:
     decoders = ("pid", "native", "native+bicubic")
-    return CellSettings("r", "mini", decoders, metrics, 0, 1, False, str(tmp_path), **extra)
+    return CellSettings("r", "mini", decoders, metrics, ONCE, False, str(tmp_path), **extra)
 
 
 def test_kodak_at_1024_withholds_full_reference_metrics_against_an_upsampled_reference(

@@ -11,7 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pid_bench.cell import CellSettings, load_models, model_identity, reference_at, run_cell
+from pid_bench.cell import (
+    CellSettings,
+    TimingPolicy,
+    load_models,
+    model_identity,
+    reference_at,
+    run_cell,
+)
 from pid_bench.cli import app
 from pid_bench.schema import COLUMNS, ROW_SCHEMA, to_table
 from pid_bench.store import RunDirError, claim_run_dir, finished_rows, part_files, write_part
@@ -19,6 +26,10 @@ from pid_bench.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+
+ONCE = TimingPolicy(warmup=0, repeats=1, min_time_s=0)  # cells, not timing, under test
+TWICE = TimingPolicy(warmup=0, repeats=2, min_time_s=0)
+
 
 
 def write_suite(folder: Path, name: str = "mini", **overrides) -> Path:
@@ -32,7 +43,7 @@ def write_suite(folder: Path, name: str = "mini", **overrides) -> Path:
         "metrics": ["psnr", "ssim"],
         "source": str(REPO / "manifests" / "smoke.jsonl"),
         "limit": 1,
-        "timing": {"warmup": 0, "repeats": 2},
+        "timing": {"warmup": 0, "repeats": 2, "min_time_s": 0},
         **overrides,
     }
     path = folder / f"{name}.yaml"
@@ -49,7 +60,7 @@ def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, t
     suite = load_suite(write_suite(tmp_path))
     cell = suite.cells()[1]  # sigma 0.3, 64x64
     settings = CellSettings(
-        "r", "mini", tuple(suite.decoders), ("psnr", "ssim"), 0, 2, True, str(tmp_path)
+        "r", "mini", tuple(suite.decoders), ("psnr", "ssim"), TWICE, True, str(tmp_path)
     )
     rows = run_cell(cell, "c0", tiny_models, settings, "cpu")
     assert [r["decoder"] for r in rows] == ["pid", "native", "native+bicubic"]
@@ -57,6 +68,7 @@ def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, t
         assert row["status"] == "ok", row.get("error")
         assert len(row["latency_ms"]) == 2 and row["latency_ms_p50"] > 0
         assert row.get("peak_mem_allocated_bytes") is None  # CPU: null, never 0
+        assert row.get("tf32") is None and row["generator_device"] == "cpu"  # TF32: CUDA only
         assert 0 < row["metric_ssim"] <= 1 and row["metric_psnr"] > 0
         assert (tmp_path / row["image_path"]).is_file()
         assert row["random_weights"] is True
@@ -72,7 +84,7 @@ def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, t
 
 def test_a_failing_decoder_is_an_error_row_not_a_lost_cell(tmp_path, tiny_models):
     suite = load_suite(write_suite(tmp_path, resolutions=[48]))  # 48 is not a multiple of 32
-    settings = CellSettings("r", "mini", ("pid", "native"), (), 0, 1, False, str(tmp_path))
+    settings = CellSettings("r", "mini", ("pid", "native"), (), ONCE, False, str(tmp_path))
     rows = run_cell(suite.cells()[0], "c1", tiny_models, settings, "cpu")
     assert [r["status"] for r in rows] == ["error", "error"]
     assert "not a multiple of 32" in rows[0]["error"]
@@ -144,7 +156,7 @@ def test_a_cell_without_metric_weights_completes_with_nulls_and_reasons(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     suite = load_suite(write_suite(tmp_path, resolutions=[64], limit=1))
     settings = CellSettings(
-        "r", "mini", ("pid", "native"), ("psnr", "lpips", "niqe"), 0, 1, False, str(tmp_path)
+        "r", "mini", ("pid", "native"), ("psnr", "lpips", "niqe"), ONCE, False, str(tmp_path)
     )
     rows = run_cell(suite.cells()[0], "c2", tiny_models, settings, "cpu")
     for row in rows:
@@ -160,7 +172,7 @@ def test_a_cell_without_metric_weights_completes_with_nulls_and_reasons(
 def test_a_tiled_pid_decode_is_recorded_in_its_row(tmp_path, tiny_models):
     suite = load_suite(write_suite(tmp_path, resolutions=[[64, 96]], limit=1, sigmas=[0.0]))
     settings = CellSettings(
-        "r", "mini", ("pid", "native"), ("psnr",), 0, 1, False, str(tmp_path),
+        "r", "mini", ("pid", "native"), ("psnr",), ONCE, False, str(tmp_path),
         tile_size=64, tile_overlap=32,
     )  # fmt: skip
     pid, native = run_cell(suite.cells()[0], "c3", tiny_models, settings, "cpu")

@@ -42,7 +42,7 @@ def suite_path(tmp_path_factory) -> Path:
         "decoders": ["pid", "native+bicubic"],
         "metrics": ["psnr"],
         "source": "prompts.txt",
-        "timing": {"warmup": 1, "repeats": 1},
+        "timing": {"warmup": 1, "repeats": 1, "min_time_s": 0},
         "ldm": {"steps": 4, "pipelines": {"tiny": "tiny_flux"}, "cache_dir": "latents"},
     }
     path = folder / "ldm.yaml"

@@ -110,7 +110,7 @@ def test_a_local_run_listens_only_on_loopback_and_probes_nothing(tmp_path):
                 "metrics": ["psnr"],
                 "source": str(REPO / "manifests" / "smoke.jsonl"),
                 "limit": 1,
-                "timing": {"warmup": 0, "repeats": 2},
+                "timing": {"warmup": 0, "repeats": 2, "min_time_s": 0},
             }
         )
     )

@@ -75,7 +75,8 @@ def test_good_suite_loads_with_defaults(folder):
     assert suite.mode == "from_clean" and suite.backbones == ["tiny"]
     assert suite.resolutions == [(256, 256), (256, 384)]
     assert suite.seeds == [0] and suite.pid_steps == [4] and suite.save_xt_steps == []
-    assert suite.timing.warmup == 1 and suite.timing.repeats == 3
+    assert suite.timing.warmup == 1 and suite.timing.repeats == 5
+    assert (suite.timing.min_time_s, suite.timing.max_repeats) == (1.0, 100)
     assert suite.save_images is True and suite.limit is None and suite.exclude == []
     assert suite.source == str((folder / "m.jsonl").resolve())
 
@@ -99,7 +100,7 @@ def test_resolved_is_plain_json_with_absolute_paths(folder):
     assert resolved["source"] == str((folder / "m.jsonl").resolve())
     assert resolved["path"] == str((folder / "suite.yaml").resolve())
     assert resolved["resolutions"] == [[256, 256], [256, 384]]
-    assert resolved["timing"] == {"warmup": 1, "repeats": 3}
+    assert resolved["timing"] == {"warmup": 1, "repeats": 5, "min_time_s": 1.0, "max_repeats": 100}
     assert resolved["exclude"] == [{"backbone": "tiny", "resolution": [256, 256]}]
     assert resolved["sigmas"] == [0.0, 0.3] and resolved["limit"] is None
 
@@ -440,3 +441,26 @@ def test_unknown_metric_is_named_with_the_known_ones(tmp_path):
     )
     with pytest.raises(SuiteError, match=r"m.yaml:6 metrics: .*unknown metric\(s\) \['lpipz'\]"):
         load_suite(path)
+
+
+def test_pid_options_default_to_upstreams_and_only_changed_ones_enter_cell_ids(folder):
+    from pid_bench.runner import plan
+
+    def ids(extra: str) -> list[str]:
+        path = folder / "s.yaml"
+        path.write_text(BASE + extra, encoding="utf-8")
+        return [cid for cid, _ in plan(load_suite(path))]
+
+    default = load_suite(_write(folder, BASE))
+    assert default.pid.tf32 is True and default.pid.generator_device == "decode"
+    assert default.decode_identity() == ""
+    assert ids("") == ids("pid: {tf32: true, generator_device: decode}\n")
+    for changed in ("pid: {tf32: false}\n", "pid: {generator_device: cpu}\n",
+                    "tiling: {tile_size: 128}\n"):  # fmt: skip
+        assert set(ids(changed)).isdisjoint(ids("")), changed
+    assert ids("tiling: {tile_size: 128, tile_overlap: 64}\n") != ids("tiling: {tile_size: 128}\n")
+
+
+def test_an_unknown_generator_device_names_the_field_and_the_choices(folder):
+    with pytest.raises(SuiteError, match=r"pid\.generator_device.*'decode', 'cpu' or 'cuda'"):
+        load_suite(_write(folder, BASE + "pid: {generator_device: gpu}\n"))

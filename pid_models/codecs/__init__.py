@@ -32,13 +32,13 @@ class LatentCodec(Protocol):
 def add_noise(
     latent: torch.Tensor, sigma: float, form: NoiseForm, generator: torch.Generator
 ) -> torch.Tensor:
-    """Flow matching: (1 - s) z + s eps; VP (SDXL): sqrt(1 - s^2) z + s eps. s <= 0: unchanged
-    (upstream's add_noise skips the draw for sigma <= 0)."""
+    """Flow matching: (1 - s) z + s eps; VP (SDXL): sqrt(1 - s^2) z + s eps, in float32 (upstream
+    noises `clean_latent.float()`). s <= 0: unchanged (upstream's add_noise skips the draw)."""
     if sigma <= 0:
         return latent  # no draw, so the generator's state does not depend on clean cells
-    eps = torch.randn(
-        latent.shape, generator=generator, device=latent.device, dtype=torch.float32
-    ).to(latent.dtype)
+    latent = latent.float()
+    eps = torch.randn(latent.shape, generator=generator, device=generator.device)
+    eps = eps.to(latent.device)
     if form == "flow":
         return (1 - sigma) * latent + sigma * eps
     if form == "vp":
