@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pid_bench.manifests import is_upsampled, reference_crop
+from pid_bench.memory import CPU_REASON, modules_of, peak_fields, place, weights_bytes
 from pid_bench.metrics import (
     RESIZE_KERNEL,
     MetricContext,
@@ -36,7 +37,9 @@ from pid_bench.schema import COLUMNS
 from pid_bench.suite import Decoder, LdmOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
+from pid_models.flops import decode_flops, peak_tflops
 from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE, resolve
+from pid_models.tiling import plan_tiles
 
 
 @dataclass
@@ -132,10 +135,15 @@ class CellSettings:
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
 
-    def pid_options(self) -> dict:
-        """Keyword arguments of `PiDDecoder` from the suite's `pid:` options."""
+    def pid_options(self, cell=None) -> dict:
+        """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's
+        precision and compile axes."""
         device = None if self.generator_device == "decode" else self.generator_device
-        return {"tf32": self.tf32, "generator_device": device}
+        options = {"tf32": self.tf32, "generator_device": device}
+        if cell is not None:
+            compile_mode = False if cell.compile == "eager" else cell.compile
+            options |= {"precision": cell.precision, "compile": compile_mode}
+        return options
 
 
 # ---- image preparation ------------------------------------------------------------------------
@@ -276,6 +284,9 @@ def run_cell(
     return [{**row, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
 
+_DTYPE_NAMES = {"bf16-autocast": "bfloat16-autocast", "bf16": "bfloat16", "fp32": "float32"}
+
+
 def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev) -> dict:
     experiment = (
         cell.backbone
@@ -289,7 +300,9 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
         "cell_id": cell_id,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-        "dtype": "bfloat16-autocast" if models.pid.autocast_dtype is not None else "float32",
+        "dtype": _DTYPE_NAMES.get(models.pid.precision, models.pid.precision),
+        "precision": models.pid.precision,
+        "compile": cell.compile,
         "generator_device": str(models.pid.generator_device),
         "random_weights": models.random_weights,
         "mode": cell.mode,
@@ -311,6 +324,15 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
     }
 
 
+def _encode_caption(models: ModelSet, caption: str, dev) -> tuple[float, torch.Tensor]:
+    """Caption embeddings, timed; the caption encoder is brought to the device only when the
+    caption is in no cache (it leaves again when a decoder is measured)."""
+    encoder = models.pid.caption_encoder
+    if getattr(encoder, "_lookup", lambda c: None)(caption) is None:
+        place(modules_of(encoder), [], dev)
+    return time_once(lambda: models.pid.encode_captions(caption, 1), dev)
+
+
 def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
     """from_clean: reference -> low-res input -> codec latent -> noise at the cell's σ."""
     from pid_bench.manifests import load_image
@@ -328,10 +350,11 @@ def _prepare(cell, models: ModelSet, settings: CellSettings, dev) -> dict:
     # The encoder input comes from the source in one resize, never via the (perhaps upsampled)
     # output-size reference; it is also the native decode's reference at its own size.
     lq = reference_at(source, native_size).to(dev)
+    place(modules_of(models.codec), [], dev)
     encode_ms, latent = time_once(lambda: models.codec.encode(lq), dev)
     generator = torch.Generator(models.pid.generator_device).manual_seed(cell.seed)
     noisy = add_noise(latent, float(cell.sigma), models.codec.noise_form, generator)
-    caption_ms, y = time_once(lambda: models.pid.encode_captions(cell.item.caption, 1), dev)
+    caption_ms, y = _encode_caption(models, cell.item.caption, dev)
     row = {
         "in_height": lq.shape[-2],
         "in_width": lq.shape[-1],
@@ -368,7 +391,7 @@ def _prepare_from_ldm(cell, models: ModelSet, settings: CellSettings, dev) -> di
     if step not in capture.latents:
         raise KeyError(f"capture {key} has no {capture_label(step)} latent")
     latent = capture.latents[step].to(dev)
-    caption_ms, y = time_once(lambda: models.pid.encode_captions(cell.item.caption, 1), dev)
+    caption_ms, y = _encode_caption(models, cell.item.caption, dev)
     row = {
         "in_height": ldm_size[0],
         "in_width": ldm_size[1],
@@ -485,11 +508,20 @@ def _decoder_fn(
 
 def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings: CellSettings, dev):
     fn = _decoder_fn(decoder, cell, models, prepared, settings)
+    keep, others = _placement(decoder, models)
+    place(keep, others, dev)
+    compiled = _compile_first(decoder, fn, models, dev)
+    resident = None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+        resident = torch.cuda.memory_allocated(dev)
+    graphs_before = _graph_count()
     with torch.no_grad():
         image, times, timer = timed(fn, settings.timing, dev)
+    if compiled:
+        compiled["recompiles"] = _graph_count() - graphs_before
     row = {
+        **compiled,
         "status": "ok",
         **timing_fields(times),
         "timer": timer,
@@ -501,10 +533,11 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         row |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
     if decoder == "pid":
         row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
+    row |= peak_fields(dev, resident) | {"weights_bytes": weights_bytes(keep)}
+    row |= _compute_fields(decoder, cell, models, prepared, settings, row, dev)
     if dev.type == "cuda":
         row["tf32"] = models.pid.tf32 if decoder == "pid" else torch.backends.cuda.matmul.allow_tf32
-        row["peak_mem_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
-        row["peak_mem_reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+    place(modules_of(models.codec), [], dev)  # the twin metrics decode natively
     # native is scored at its own size (the codec's reconstruction); every other decoder at the
     # output size, the size it delivers.
     scored = image.float() if decoder == "native" else resize(image.float(), tuple(cell.resolution))
@@ -512,6 +545,83 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     row |= reference_row | {"scored_height": scored.shape[-2], "scored_width": scored.shape[-1]}
     row |= _metrics(scored, context, settings.metrics)
     return row, scored
+
+
+def _graph_count() -> int:
+    """Graphs torch.compile has produced in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _compile_first(decoder: str, fn, models: ModelSet, dev) -> dict[str, Any]:
+    """A compiled PiD's first call at this size, apart from the timed span: `compile_ms` (null
+    when this worker compiled the size before) and the graphs it produced."""
+    if decoder != "pid" or models.pid.compile_mode is None:
+        return {}
+    before = _graph_count()
+    with torch.no_grad():
+        ms, _ = time_once(fn, dev)
+    graphs = _graph_count() - before
+    return {"compile_ms": ms if graphs else None, "compile_graphs": graphs}
+
+
+def _placement(decoder: str, models: ModelSet) -> tuple[list, list]:
+    """(modules of this decoder, modules to move off the device while it is measured).
+
+    A from_ldm pipeline stays where it is (moving a 12B LDM per cell costs more than the decode);
+    it is in the allocator's peak but not in `peak_activation_bytes`. A PiD compiled with CUDA
+    graphs stays too: the graphs hold its weights' addresses.
+    """
+    pid_modules = modules_of(models.pid.net) + modules_of(models.pid.caption_encoder)
+    codec = modules_of(models.codec)
+    if decoder == "pid":
+        return modules_of(models.pid.net), codec + modules_of(models.pid.caption_encoder)
+    if models.pid.compile_mode in CUDA_GRAPH_MODES:
+        return codec, modules_of(models.pid.caption_encoder)
+    return codec, pid_modules
+
+
+#: torch.compile modes that record CUDA graphs (fixed weight addresses).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def _compute_fields(decoder, cell, models, prepared, settings, row: dict, dev) -> dict:
+    """FLOPs of the decode (PiD), achieved TFLOP/s and MFU (CUDA), and the reason for each
+    measurement column left null (`measure_notes`)."""
+    notes: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    if dev.type != "cuda":
+        for column in ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_activation_bytes"):
+            notes[column] = CPU_REASON
+    elif decoder != "pid" and models.pid.compile_mode in CUDA_GRAPH_MODES:
+        notes["peak_mem_allocated_bytes"] = "includes PiD's weights: compiled with CUDA graphs, not moved"
+    if decoder == "pid":
+        out["flops"] = _pid_flops(cell, models, prepared, settings)
+    else:
+        notes["flops"] = "not modelled: pid_models.flops counts PiD only"
+    if out.get("flops") is None:
+        notes.update(achieved_tflops="no FLOP count", mfu="no FLOP count")
+    elif dev.type != "cuda":
+        notes.update(achieved_tflops="CPU: a GPU figure", mfu="CPU: a GPU figure")
+    else:
+        out["achieved_tflops"] = out["flops"] / (row["latency_ms_p50"] / 1000) / 1e12
+        peak = peak_tflops(torch.cuda.get_device_name(dev))
+        if peak is None:
+            notes["mfu"] = f"no dense bf16 peak for {torch.cuda.get_device_name(dev)} in pid_models.flops"
+        else:
+            out["mfu"] = out["achieved_tflops"] / peak
+    return out | {"measure_notes": json.dumps(notes, sort_keys=True) if notes else None}
+
+
+def _pid_flops(cell, models: ModelSet, prepared: dict, settings: CellSettings) -> int:
+    config = models.pid.net.config
+    size = tuple(cell.resolution)
+    tiles = None
+    if settings.tile_size:
+        plan = plan_tiles(config, size, settings.tile_size, settings.tile_overlap)
+        tiles = [(y1 - y0, x1 - x0) for y0, y1 in plan.rows for x0, x1 in plan.cols]
+    return decode_flops(config, size, cell.pid_steps, tiles, text_len=prepared["y"].shape[1])
 
 
 #: Metrics that compare with the native decode at its own size.

@@ -81,6 +81,8 @@ def plan(
         "cell_id",
         "backbone",
         "ckpt_type",
+        "precision",
+        "compile",
         "resolution",
         "sigma",
         "x_t",
@@ -93,8 +95,9 @@ def plan(
         sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
         xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
         table.add_row(
-            cid, cell.backbone, cell.ckpt_type, f"{cell.resolution[0]}x{cell.resolution[1]}",
-            sigma, xt, str(cell.seed), str(cell.pid_steps), cell.item.id,
+            cid, cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
+            f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
+            str(cell.pid_steps), cell.item.id,
         )  # fmt: skip
     Console().print(table)
     typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")

@@ -96,7 +96,7 @@ class CaseResult:
         )
 
 
-def _load_case(golden: Path, entry: dict) -> tuple[dict, dict[str, torch.Tensor], PidNet]:
+def load_case(golden: Path, entry: dict) -> tuple[dict, dict[str, torch.Tensor], PidNet]:
     sidecar = json.loads((golden / entry["sidecar"]).read_text())
     # Clone: memory-mapped tensors are not 64-byte aligned and round differently on CPU.
     tensors = {k: v.clone() for k, v in load_file(golden / entry["safetensors"]).items()}
@@ -108,7 +108,7 @@ def _load_case(golden: Path, entry: dict) -> tuple[dict, dict[str, torch.Tensor]
 
 @torch.no_grad()
 def run_forward(golden: Path, entry: dict) -> CaseResult:
-    _, t, net = _load_case(golden, entry)
+    _, t, net = load_case(golden, entry)
     want_aux = "output_aux.pred_lq_rgb" in t
     out = net(
         t["input.x"], t["input.t"], t["input.y"],
@@ -125,7 +125,7 @@ def run_forward(golden: Path, entry: dict) -> CaseResult:
 
 @torch.no_grad()
 def run_sampler(golden: Path, entry: dict) -> CaseResult:
-    _, t, net = _load_case(golden, entry)
+    _, t, net = load_case(golden, entry)
     t_list = t["sampler.t_list"].tolist()
     steps = len(t_list) - 1
     result = sample(

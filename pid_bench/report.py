@@ -6,7 +6,8 @@ and draws:
 
   RUN_DIR/leaderboard.md   title, provenance, status counts, leaderboard table, failures
   RUN_DIR/report.html      one self-contained page (plots and images inlined as data URIs)
-  RUN_DIR/plots/*.png      latency_vs_megapixels, memory_vs_resolution, quality_vs_sigma_<metric>
+  RUN_DIR/plots/*.png      latency_vs_megapixels, memory_vs_resolution, mfu_vs_megapixels,
+                           quality_vs_sigma_<metric>
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ UPSAMPLED_WARNING = (
 GRID_GROUPS = 6  # image groups shown in the HTML comparison grid
 THUMB_WIDTH = 256  # px; grid thumbnails are at most this wide
 MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
-_KEYS = ("mode", "backbone", "ckpt_type", "out", "sigma", "save_xt_step")
+_KEYS = ("mode", "backbone", "ckpt_type", "precision", "compile", "out", "sigma", "save_xt_step")
 _MiB = 2**20
 
 
@@ -111,13 +112,14 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     run_dir = Path(run_dir)
     parts = sorted(str(p) for p in (run_dir / "parts").glob("*.parquet"))
-    if parts:
+    con.register("empty_rows", ROW_SCHEMA.empty_table())
+    if parts:  # parts written before a column existed get it as null
         con.execute(
-            "CREATE TEMP TABLE all_rows AS SELECT * FROM read_parquet(?, union_by_name = true)",
+            "CREATE TEMP TABLE all_rows AS SELECT * FROM read_parquet(?, union_by_name = true) "
+            "UNION ALL BY NAME SELECT * FROM empty_rows",
             [parts],
         )
     else:
-        con.register("empty_rows", ROW_SCHEMA.empty_table())
         con.execute("CREATE TEMP TABLE all_rows AS SELECT * FROM empty_rows")
     meta = read_run_json(run_dir)
     requested = requested_metrics(meta)
@@ -369,7 +371,10 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         provenance=query(con, "provenance"),
         sections=[
             s
-            for s in [_paired(con), _flags(con), _end_to_end(con), _time_budget(con, run_dir)]
+            for s in [
+                _paired(con), _flags(con), _not_measured(con), _end_to_end(con),
+                _time_budget(con, run_dir),
+            ]  # fmt: skip
             if s is not None
         ],
     )
@@ -462,17 +467,18 @@ def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
 
     columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
+    from pid_bench.cell import NOISY_SPREAD
+
     checks = [("outside_envelope", "coalesce(outside_envelope, false)", "outside the trained size")]
+    checks.append(
+        ("timing_noisy", "coalesce(timing_noisy, false)", f"timing noisy (spread > {NOISY_SPREAD:g})")
+    )
     for column, bound, label in (
         ("metric_midtone_chroma_shift", MIDTONE_CHROMA_SHIFT_MAX, "midtone chroma shift"),
         ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX, "shadow green bias"),
     ):
         if column in columns:
             checks.append((column, f"coalesce({column} > {bound}, false)", f"{label} > {bound:g}"))
-    if "outside_envelope" not in columns:
-        checks = checks[1:]
-    if not checks:
-        return None
     flagged = " OR ".join(expr for _, expr, _ in checks)
     picks = ", ".join(f"{expr} AS flag_{i}" for i, (_, expr, _) in enumerate(checks))
     records = con.execute(
@@ -487,11 +493,23 @@ def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
         setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={_key(r[4])}"
         rows.append([setting, str(r[5]), str(r[6]), why])
     note = (
-        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. The colour "
+        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. Timing noisy: "
+        "(p90 - p10) / p50 of the repeats above the bound; its latency is not a steady figure. "
+        "The colour "
         "thresholds are heuristics (about 2.5 just-noticeable differences), not calibrated; "
         "docs/protocol.md."
     )
     return Section(f"Flags ({len(rows)} rows)", ["setting", "image", "decoder", "flag"], rows, note)
+
+
+def _not_measured(con: duckdb.DuckDBPyConnection) -> Section | None:
+    """Timing, memory and compute columns left null, each with its reason and row count."""
+    records = query(con, "measure_nulls")
+    if not records:
+        return None
+    rows = [[r["decoder"], r["column_name"], r["reason"], str(r["n"])] for r in records]
+    note = "A null is never a zero: each reason is the row's own (measure_notes)."
+    return Section("Not measured", ["decoder", "column", "reason", "rows"], rows, note)
 
 
 def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
@@ -814,6 +832,16 @@ def _plot_memory(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
     return _save(fig, folder / "memory_vs_resolution.png")
 
 
+def _plot_mfu(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
+    fig, ax = _new_figure(
+        "PiD model FLOPs utilisation", "output megapixels", "median MFU (dense bf16 peak) ↑"
+    )
+    records = query(con, "mfu")
+    empty = "no MFU (CPU run, or a GPU without a peak in pid_models.flops)"
+    _draw(ax, _series([r for r in records if r["mfu"] is not None], "out_megapixels", "mfu"), empty)
+    return _save(fig, folder / "mfu_vs_megapixels.png")
+
+
 def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     records = query(con, "quality_vs_sigma")
     columns = list(records[0]) if records else _metric_columns(con)
@@ -885,6 +913,7 @@ def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     return [
         _plot_latency(con, folder),
         _plot_memory(con, folder),
+        _plot_mfu(con, folder),
         *_plot_quality(con, folder),
         *_plot_pareto(con, folder),
     ]

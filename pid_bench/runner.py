@@ -549,6 +549,8 @@ def _lost_rows(cid: str, cell: Cell, settings: CellSettings, exc: BaseException)
             "image_id": cell.item.id,
             "out_height": cell.resolution[0],
             "out_width": cell.resolution[1],
+            "precision": cell.precision,
+            "compile": cell.compile,
         }  # fmt: skip
         for d in settings.decoders
     ]
@@ -575,13 +577,13 @@ class CellWorker:
         from pid_bench.cell import failure_fields, load_models, run_cell
 
         _maybe_die(self.settings.faults, cid)
-        key = (cell.backbone, cell.ckpt_type)
+        key = (cell.backbone, cell.ckpt_type, cell.precision, cell.compile)
         if key != self.key:
             self._release()
             try:
                 self.models = load_models(
-                    *key, self.device, self.settings.checkpoints, self.settings.ldm,
-                    self.settings.pid_options(),
+                    cell.backbone, cell.ckpt_type, self.device, self.settings.checkpoints,
+                    self.settings.ldm, self.settings.pid_options(cell),
                 )  # fmt: skip
                 self.key = key
             except Exception as exc:

@@ -36,7 +36,21 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_ids", pa.string(), "Ray GPU ids assigned to that actor (empty: none)"),
     ("started_at", pa.timestamp("us", tz="UTC"), "when the worker started the cell"),
     ("device_name", pa.string(), "GPU name or CPU model"),
-    ("dtype", pa.string(), "compute dtype of the decoder (float32, bfloat16 autocast)"),
+    ("dtype", pa.string(), "compute dtype of PiD (float32, bfloat16, bfloat16-autocast)"),
+    (
+        "precision",
+        pa.string(),
+        "PiD precision axis as run: bf16-autocast (fp32 weights under autocast) | bf16 | fp32",
+    ),
+    ("compile", pa.string(), "PiD compile axis: eager | a torch.compile mode"),
+    (
+        "compile_ms",
+        pa.float64(),
+        "pid, compiled: wall time of the first call at this size (compilation; not in latency); "
+        "null when the worker had compiled this size before",
+    ),
+    ("compile_graphs", pa.int64(), "pid, compiled: graphs torch.compile produced in that call"),
+    ("recompiles", pa.int64(), "pid, compiled: graphs produced during the timed repeats (0)"),
     (
         "tf32",
         pa.bool_(),
@@ -140,8 +154,33 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("ldm_capture_key", pa.string(), "from_ldm: latent cache key of the capture"),
     # memory
-    ("peak_mem_allocated_bytes", pa.int64(), "torch.cuda.max_memory_allocated (null on CPU)"),
+    (
+        "weights_bytes",
+        pa.int64(),
+        "bytes of the decoder's parameters and buffers (pid: the network; native: the codec)",
+    ),
+    (
+        "peak_mem_allocated_bytes",
+        pa.int64(),
+        "torch.cuda.max_memory_allocated over the decoder's calls, only its modules on the "
+        "device (null on CPU)",
+    ),
     ("peak_mem_reserved_bytes", pa.int64(), "torch.cuda.max_memory_reserved (null on CPU)"),
+    (
+        "peak_activation_bytes",
+        pa.int64(),
+        "peak allocated minus what was allocated before the first call (activations, workspace, "
+        "autocast's bf16 weight copies); null on CPU",
+    ),
+    # compute
+    ("flops", pa.int64(), "pid: FLOPs of one decode (pid_models.flops, all steps and tiles)"),
+    ("achieved_tflops", pa.float64(), "flops / latency_ms_p50 (CUDA only)"),
+    ("mfu", pa.float64(), "achieved_tflops / the GPU's dense bf16 peak (pid_models.flops)"),
+    (
+        "measure_notes",
+        pa.string(),
+        "JSON {column: reason} for timing, memory and compute columns left null",
+    ),
     # outputs
     ("image_path", pa.string(), "decoded PNG, relative to the run directory (null: not saved)"),
     ("reference_path", pa.string(), "reference PNG at output size, relative to the run directory"),

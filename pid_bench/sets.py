@@ -33,7 +33,10 @@ from pid_bench.metrics.custom import add_search_path
 from pid_bench.store import write_table_atomic
 
 SETS_DIR = "sets"
-GROUP_KEYS = ("mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma", "save_xt_step")
+GROUP_KEYS = (
+    "mode", "backbone", "ckpt_type", "precision", "compile", "out_height", "out_width", "sigma",
+    "save_xt_step",
+)  # fmt: skip
 #: What identifies the default feature extractor in a row.
 INCEPTION_NAME = "pytorch-fid InceptionV3 pool3 (2048)"
 
@@ -43,6 +46,8 @@ SET_SCHEMA = pa.schema(
         ("mode", pa.string()),
         ("backbone", pa.string()),
         ("ckpt_type", pa.string()),
+        ("precision", pa.string()),
+        ("compile", pa.string()),
         ("out_height", pa.int64()),
         ("out_width", pa.int64()),
         ("sigma", pa.float64()),

@@ -130,6 +130,16 @@ ResolutionAxis = _axis(Resolution)
 SeedAxis = _axis(NonNegativeInt)
 PidStepsAxis = _axis(PidSteps)
 DecoderAxis = _axis(Decoder)
+#: auto: upstream's choice on the device (bf16 autocast on CUDA, float32 on CPU);
+#: bf16-autocast: float32 weights under bf16 autocast; bf16: weights stored in bf16; fp32.
+Precision = Literal["auto", "bf16-autocast", "bf16", "fp32"]
+PrecisionAxis = _axis(Precision)
+#: eager, or a torch.compile mode (the network compiled once per output size).
+CompileMode = Literal["eager", "default", "reduce-overhead", "max-autotune"]
+CompileAxis = _axis(CompileMode)
+#: Axes added after the first release: they enter a cell's id only away from these defaults,
+#: so the ids of earlier runs stay valid.
+LATE_AXIS_DEFAULTS = {"precision": "auto", "compile": "eager"}
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -170,6 +180,8 @@ class ExcludeEntry(BaseModel):
     seed: int | None = None
     pid_steps: int | None = None
     image_id: str | None = None
+    precision: str | None = None
+    compile: str | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ExcludeEntry:
@@ -280,6 +292,8 @@ class Cell:
     seed: int
     pid_steps: int
     item: SourceItem
+    precision: str = "auto"
+    compile: str = "eager"
 
     def axes(self) -> dict[str, Any]:
         """Every axis as plain JSON-able data (rows, run.json and `cell_id` use it)."""
@@ -295,6 +309,8 @@ class Cell:
             "image_id": self.item.id,
             "caption": self.item.caption,
             "source": self.item.image,
+            "precision": self.precision,
+            "compile": self.compile,
         }
 
 
@@ -314,6 +330,8 @@ class Suite(BaseModel):
     seeds: SeedAxis = [0]
     pid_steps: PidStepsAxis = [4]
     decoders: DecoderAxis
+    precision: PrecisionAxis = ["auto"]
+    compile: CompileAxis = ["eager"]
     metrics: Annotated[list[str], AfterValidator(_unique)] = []
     source: str
     # full_size: a full-reference metric compares only with a reference at least the size it is
@@ -441,13 +459,16 @@ class Suite(BaseModel):
         return self.expand(self.items())
 
     def expand(self, items: Iterable[SourceItem]) -> list[Cell]:
-        """The product in the fixed order backbone, ckpt_type, resolution, sigma, save_xt_step,
-        seed, pid_steps, item, minus cells matched by an ``exclude`` entry."""
+        """The product in the fixed order backbone, ckpt_type, precision, compile, resolution,
+        sigma, save_xt_step, seed, pid_steps, item, minus cells matched by an ``exclude`` entry
+        (a worker reloads PiD only when one of the first four changes)."""
         cells = [
-            Cell(self.mode, b, c, float(s), x, r, seed, p, item)
-            for b, c, r, s, x, seed, p, item in itertools.product(
+            Cell(self.mode, b, c, float(s), x, r, seed, p, item, precision, mode)
+            for b, c, precision, mode, r, s, x, seed, p, item in itertools.product(
                 self.backbones,
                 self.ckpt_types,
+                self.precision,
+                self.compile,
                 self.resolutions,
                 self.sigmas,
                 self._xt_axis(),
@@ -504,7 +525,11 @@ def cell_id(cell: Cell, model_identity: str) -> str:
     The absolute ``source`` path is left out: the image is named by ``image_id`` and its
     caption, so moving the checkout or recreating the venv (pkg:// paths) keeps resume working.
     """
-    payload = {k: v for k, v in cell.axes().items() if k != "source"}
+    payload = {
+        k: v
+        for k, v in cell.axes().items()
+        if k != "source" and not (k in LATE_AXIS_DEFAULTS and v == LATE_AXIS_DEFAULTS[k])
+    }
     payload["model_identity"] = model_identity
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

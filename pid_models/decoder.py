@@ -34,6 +34,7 @@ from pid_models.tiling import (
 )
 
 _DEFAULT = object()
+PRECISIONS = ("auto", "bf16-autocast", "bf16", "fp32")
 
 
 class PiDDecoder:
@@ -52,6 +53,10 @@ class PiDDecoder:
         compile: False (eager), True or a `torch.compile` mode: the network is compiled with
             `dynamic=False` once per output size (and tile size), as upstream's `--compile`.
         compile_backend: the `torch.compile` backend (default inductor).
+        precision: "auto" (`autocast_dtype` decides: bf16 autocast on CUDA, float32 on CPU),
+            "bf16-autocast" (float32 weights under bf16 autocast, upstream's way, on any
+            device), "bf16" (the weights converted to bf16: half the resident memory, no
+            autocast) or "fp32".
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class PiDDecoder:
         generator_device: str | torch.device | None = None,
         compile: bool | str = False,
         compile_backend: str = "inductor",
+        precision: str = "auto",
     ) -> None:
         if caption_encoder.hidden_size != net.config["txt_embed_dim"]:
             raise ValueError(
@@ -75,9 +81,17 @@ class PiDDecoder:
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.caption_encoder = caption_encoder
         on_cuda = self.device.type == "cuda"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
         if autocast_dtype is _DEFAULT:
             autocast_dtype = torch.bfloat16 if on_cuda else None
         self.autocast_dtype = autocast_dtype if on_cuda else None
+        if precision == "bf16-autocast":
+            self.autocast_dtype = torch.bfloat16
+        elif precision in ("bf16", "fp32"):
+            self.autocast_dtype = None
+            self.net.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.precision = self.resolved_precision()
         self.t_list = tuple(t_list)
         self.tf32 = bool(tf32) if on_cuda else None
         self.generator_device = torch.device(generator_device or self.device)
@@ -89,6 +103,12 @@ class PiDDecoder:
         self.compile_mode = None if compile is False else ("default" if compile is True else compile)
         self.compile_backend = compile_backend
         self._compiled: dict[tuple, torch.nn.Module] = {}
+
+    def resolved_precision(self) -> str:
+        """What runs: bf16-autocast, bf16 (weights stored in bf16) or fp32."""
+        if self.autocast_dtype is not None:
+            return "bf16-autocast" if self.autocast_dtype == torch.bfloat16 else str(self.autocast_dtype)
+        return "bf16" if self.net.s_embedder.proj.weight.dtype == torch.bfloat16 else "fp32"
 
     # ---- constructors ----------------------------------------------------------------------
 

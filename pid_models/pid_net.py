@@ -195,7 +195,12 @@ class SigmaAwareGate(nn.Module):
     def forward(self, x: torch.Tensor, lq: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         logits = self.content_proj(torch.cat([x, lq], dim=-1))
         penalty = self.log_alpha.exp() * sigma.float()[:, None, None]
-        return x + torch.sigmoid(logits - penalty) * lq
+        gated = x + torch.sigmoid(logits - penalty) * lq
+        # The float32 sigma promotes the result. Under autocast that is upstream's behaviour and
+        # is kept; with weights stored in bf16 (no autocast) the stream must stay bf16.
+        if x.dtype == torch.bfloat16 and not torch.is_autocast_enabled(x.device.type):
+            return gated.to(x.dtype)
+        return gated
 
 
 class LQProjection(nn.Module):

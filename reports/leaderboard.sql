@@ -1,4 +1,5 @@
--- grain:   one row per (mode, backbone, ckpt_type, out_height, out_width, sigma, save_xt_step, decoder)
+-- grain:   one row per (mode, backbone, ckpt_type, precision, compile, out_height, out_width, sigma,
+--          save_xt_step, decoder)
 -- inputs:  table `rows` (every part of the run, read with union_by_name); no parameters
 -- returns: n_rows, n_ok, latency_ms_p50 (median over ok rows of each row's p50),
 --          peak_mem_allocated_bytes (max over ok rows; null on CPU), then the mean over ok rows of
@@ -7,6 +8,8 @@ SELECT
     mode,
     backbone,
     ckpt_type,
+    precision,
+    compile,
     out_height,
     out_width,
     sigma,
@@ -19,7 +22,8 @@ SELECT
     avg(COLUMNS(lambda c: c LIKE 'metric\_%' ESCAPE '\' AND c <> 'metric_notes'))
         FILTER (WHERE status = 'ok')
 FROM rows
-GROUP BY mode, backbone, ckpt_type, out_height, out_width, sigma, save_xt_step, decoder
+GROUP BY mode, backbone, ckpt_type, precision, compile, out_height, out_width, sigma, save_xt_step,
+    decoder
 ORDER BY
-    mode, backbone, ckpt_type, out_height * out_width, out_height, sigma, save_xt_step NULLS FIRST,
+    mode, backbone, ckpt_type, precision, compile, out_height * out_width, out_height, sigma, save_xt_step NULLS FIRST,
     decoder

@@ -171,3 +171,22 @@ def test_cuda_decode_allows_tf32_by_default_and_only_during_the_call(latent):
     decoder.decode(latent.cuda(), steps=1)
     assert decoder.tf32 is True and seen == [True]
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@pytest.mark.parametrize(
+    "precision, resolved, weight_dtype",
+    [("auto", "fp32", torch.float32), ("fp32", "fp32", torch.float32),
+     ("bf16", "bf16", torch.bfloat16), ("bf16-autocast", "bf16-autocast", torch.float32)],
+)  # fmt: skip
+def test_precision_sets_weights_and_autocast_and_decodes(latent, precision, resolved, weight_dtype):
+    decoder = PiDDecoder.tiny(seed=0, precision=precision)
+    assert decoder.precision == resolved
+    assert decoder.net.s_embedder.proj.weight.dtype == weight_dtype
+    assert (decoder.autocast_dtype is not None) == (resolved == "bf16-autocast")
+    image = decoder.decode(latent, caption="a cat", steps=2)
+    assert image.dtype == torch.float32 and torch.isfinite(image).all()
+
+
+def test_an_unknown_precision_is_refused_with_the_choices(decoder):
+    with pytest.raises(ValueError, match="precision 'fp16': one of"):
+        PiDDecoder(decoder.net, decoder.caption_encoder, "cpu", precision="fp16")

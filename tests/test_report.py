@@ -173,6 +173,7 @@ def test_plots_are_pngs(run):
     assert names == {
         "latency_vs_megapixels.png",
         "memory_vs_resolution.png",
+        "mfu_vs_megapixels.png",
         "quality_vs_sigma_psnr.png",
         "quality_vs_sigma_ssim.png",
         "pareto_tiny_psnr.png",
@@ -192,8 +193,8 @@ def test_html_is_self_contained_and_escaped(run):
     assert "<script" not in html.lower()
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    # 5 plots + 6 groups x 3 columns x (full + crop)
-    assert len(uris) == 5 + report.GRID_GROUPS * 3 * 2
+    # 6 plots (latency, memory, MFU, two quality, one Pareto) + 6 groups x 3 columns x 2
+    assert len(uris) == 6 + report.GRID_GROUPS * 3 * 2
     assert "native+bicubic" in html and "centre crop" in html
     assert report.RANDOM_WEIGHTS_WARNING.replace("`", "") in html.replace("`", "")
     assert "broken-cell" in html and "RuntimeError: boom &lt;b&gt;" in html

@@ -415,7 +415,29 @@ def test_axes_are_plain_json():
         "image_id",
         "caption",
         "source",
+        "precision",
+        "compile",
     }
+
+
+def test_late_axes_at_their_defaults_leave_cell_ids_unchanged():
+    """precision and compile came after the first runs: at auto / eager a cell keeps the id it
+    had before they existed (CELL_ID is pinned above); away from them the id changes."""
+    assert cell_id(CELL, "model-abc") == CELL_ID
+    assert cell_id(dataclasses.replace(CELL, precision="bf16"), "model-abc") != CELL_ID
+    assert cell_id(dataclasses.replace(CELL, compile="default"), "model-abc") != CELL_ID
+
+
+def test_precision_and_compile_are_axes_of_the_product(folder):
+    text = BASE + "precision: [bf16-autocast, fp32]\ncompile: [eager, max-autotune]\n"
+    cells = load_suite(_write(folder, text)).cells()
+    assert len(cells) == 4 * 2 * 2 * 3  # the BASE product x 2 precisions x 2 compile modes
+    assert {(c.precision, c.compile) for c in cells} == {
+        ("bf16-autocast", "eager"), ("bf16-autocast", "max-autotune"),
+        ("fp32", "eager"), ("fp32", "max-autotune"),
+    }  # fmt: skip
+    with pytest.raises(SuiteError, match=r"precision\[0\].*'auto', 'bf16-autocast', 'bf16'"):
+        load_suite(_write(folder, BASE + "precision: [fp16]\n"))
 
 
 def test_suite_built_in_code_has_no_path(folder):
