@@ -23,6 +23,7 @@ from pid_bench.cli import app
 from pid_bench.schema import COLUMNS, ROW_SCHEMA, to_table
 from pid_bench.store import RunDirError, claim_run_dir, finished_rows, part_files, write_part
 from pid_bench.suite import load_suite
+from pid_models.flops import decode_flops
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -74,6 +75,14 @@ def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, t
         assert row["random_weights"] is True
     pid, native, bicubic = rows
     assert (pid["decoded_height"], pid["decoded_width"]) == (64, 64)
+    # compute and memory columns: PiD's FLOPs everywhere, GPU figures null with their reasons
+    assert pid["flops"] == decode_flops(tiny_models.pid.net.config, (64, 64), 4, text_len=64)
+    assert native.get("flops") is None and pid.get("mfu") is None and pid["weights_bytes"] > 0
+    notes = json.loads(pid["measure_notes"])
+    assert notes["mfu"] == "CPU: a GPU figure" and notes["peak_activation_bytes"].startswith("CPU")
+    assert "counts PiD only" in json.loads(native["measure_notes"])["flops"]
+    assert (pid["precision"], pid["compile"], pid["dtype"]) == ("fp32", "eager", "float32")
+    assert pid.get("compile_ms") is None and pid["timing_noisy"] in (True, False)
     assert (native["decoded_height"], native["decoded_width"]) == (16, 16)
     # native is scored at its own size (docs/protocol.md); the upscale at the output size
     assert native["resize_kernel"] is None and bicubic["resize_kernel"] == "bicubic-antialias"
@@ -258,3 +267,49 @@ def test_every_requested_metric_is_shown_with_its_reasons(tmp_path, monkeypatch)
     assert all(r["value"] is None and r["reason"].startswith("weights missing: ") for r in sets)
     strict = runner.invoke(app, ["run", str(suite), "--output", str(out), "--strict-metrics"])
     assert strict.exit_code == 1 and "0 rows written" in strict.output
+
+
+def test_a_compiled_pid_records_compilation_apart_from_the_timed_repeats(tmp_path, tiny_models):
+    import dataclasses
+
+    from pid_models.decoder import PiDDecoder
+
+    pid = tiny_models.pid
+    compiled = PiDDecoder(pid.net, pid.caption_encoder, "cpu", compile=True, compile_backend="eager")
+    models = dataclasses.replace(tiny_models, pid=compiled)
+    suite = load_suite(write_suite(tmp_path, resolutions=[64], limit=1, sigmas=[0.0]))
+    cell = dataclasses.replace(suite.cells()[0], compile="default")
+    settings = CellSettings("r", "mini", ("pid",), (), TWICE, False, str(tmp_path))
+    (first,) = run_cell(cell, "c4", models, settings, "cpu")
+    assert first["status"] == "ok", first.get("error")
+    assert first["compile"] == "default" and first["compile_ms"] > 0
+    assert first["compile_graphs"] >= 1 and first["recompiles"] == 0
+    (again,) = run_cell(cell, "c4", models, settings, "cpu")  # same size: the graph is reused
+    assert again.get("compile_ms") is None and again["compile_graphs"] == 0
+
+
+def test_weights_are_counted_once_and_nothing_moves_on_cpu(tiny_models):
+    from pid_bench.memory import modules_of, place, weights_bytes
+
+    net = tiny_models.pid.net
+    expected = sum(p.numel() * p.element_size() for p in net.parameters())
+    assert weights_bytes([net, net]) == expected  # shared tensors once
+    gemma = modules_of(tiny_models.pid.caption_encoder)
+    assert len(gemma) == 1 and weights_bytes(gemma) > 0
+    place([], [net], torch.device("cpu"))  # no device memory to attribute: a no-op
+    assert next(net.parameters()).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_each_decoder_is_measured_with_only_its_own_weights(tmp_path):
+    models = load_models("tiny", "2k", "cuda")
+    suite = load_suite(write_suite(tmp_path, resolutions=[64], limit=1, sigmas=[0.0]))
+    settings = CellSettings("r", "mini", ("pid", "native"), (), ONCE, False, str(tmp_path))
+    pid, native = run_cell(suite.cells()[0], "c5", models, settings, "cuda")
+    assert pid["status"] == native["status"] == "ok"
+    assert pid["timer"] == "cuda_events" and pid["tf32"] is True
+    # resident before the native decode = peak - activation: the codec and inputs, not PiD too
+    resident = native["peak_mem_allocated_bytes"] - native["peak_activation_bytes"]
+    assert native["weights_bytes"] <= resident < native["weights_bytes"] + pid["weights_bytes"]
+    assert pid["peak_activation_bytes"] >= 0 and pid["peak_mem_allocated_bytes"] >= pid["weights_bytes"]
+    assert pid["mfu"] is None or 0 < pid["mfu"] < 1
