@@ -20,8 +20,8 @@ full-size diffusers config; `--tiny`: the tiny VAE) is timed at the same latents
 `--upstream PATH` compares against NVIDIA's own network from a checkout you have
 (github.com/nv-tlabs/PiD, exported outside this repository; nothing of it is part of it):
 PATH is put on sys.path and `--upstream-module` (default `pid._src.networks.pid_net:PidNet`,
-upstream's layout) is imported first, so a missing dependency of upstream's (loguru,
-nvidia-ml-py: `pip install -e '.[upstream]'`) is named before anything is built. Upstream's
+upstream's layout) is imported first, so a missing dependency of upstream's (loguru:
+`pip install -e '.[upstream]'`; nvidia-ml-py is a dependency of pid-bench) is named before anything is built. Upstream's
 network is built on the meta device from the same net_kwargs and given our random tensors
 (`assign=True`, key-exact: one copy of the weights for both), and run through the same sampler
 with the same noise. Timed repeats alternate (ours, upstream; upstream, ours; ...), and the

@@ -19,6 +19,7 @@ from typing import Any, get_args
 import numpy as np
 import torch
 
+from pid_bench.gpu import gpu_state, gpu_versions
 from pid_bench.manifests import is_upsampled, reference_crop
 from pid_bench.memory import CPU_REASON, modules_of, peak_fields, place, weights_bytes
 from pid_bench.metrics import (
@@ -300,6 +301,7 @@ def _base_row(cell, cell_id: str, models: ModelSet, settings: CellSettings, dev)
         "cell_id": cell_id,
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        **gpu_versions(dev),
         "dtype": _DTYPE_NAMES.get(models.pid.precision, models.pid.precision),
         "precision": models.pid.precision,
         "compile": cell.compile,
@@ -516,8 +518,10 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         torch.cuda.reset_peak_memory_stats(dev)
         resident = torch.cuda.memory_allocated(dev)
     graphs_before = _graph_count()
+    state_before, state_reason = gpu_state(dev)
     with torch.no_grad():
         image, times, timer = timed(fn, settings.timing, dev)
+    state_after, _ = gpu_state(dev)
     if compiled:
         compiled["recompiles"] = _graph_count() - graphs_before
     row = {
@@ -534,7 +538,8 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     if decoder == "pid":
         row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
     row |= peak_fields(dev, resident) | {"weights_bytes": weights_bytes(keep)}
-    row |= _compute_fields(decoder, cell, models, prepared, settings, row, dev)
+    row |= {"gpu_state_before": state_before, "gpu_state_after": state_after}
+    row |= _compute_fields(decoder, cell, models, prepared, settings, row, dev, state_reason)
     if dev.type == "cuda":
         row["tf32"] = models.pid.tf32 if decoder == "pid" else torch.backends.cuda.matmul.allow_tf32
     place(modules_of(models.codec), [], dev)  # the twin metrics decode natively
@@ -586,10 +591,14 @@ def _placement(decoder: str, models: ModelSet) -> tuple[list, list]:
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def _compute_fields(decoder, cell, models, prepared, settings, row: dict, dev) -> dict:
+def _compute_fields(
+    decoder, cell, models, prepared, settings, row: dict, dev, state_reason: str | None
+) -> dict:
     """FLOPs of the decode (PiD), achieved TFLOP/s and MFU (CUDA), and the reason for each
     measurement column left null (`measure_notes`)."""
     notes: dict[str, str] = {}
+    if state_reason:
+        notes.update(gpu_state_before=state_reason, gpu_state_after=state_reason)
     out: dict[str, Any] = {}
     if dev.type != "cuda":
         for column in ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_activation_bytes"):

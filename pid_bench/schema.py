@@ -36,6 +36,8 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_ids", pa.string(), "Ray GPU ids assigned to that actor (empty: none)"),
     ("started_at", pa.timestamp("us", tz="UTC"), "when the worker started the cell"),
     ("device_name", pa.string(), "GPU name or CPU model"),
+    ("gpu_driver", pa.string(), "NVIDIA driver version (CUDA rows; NVML)"),
+    ("cuda_version", pa.string(), "CUDA version torch was built with (CUDA rows)"),
     ("dtype", pa.string(), "compute dtype of PiD (float32, bfloat16, bfloat16-autocast)"),
     (
         "precision",
@@ -172,6 +174,13 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "peak allocated minus what was allocated before the first call (activations, workspace, "
         "autocast's bf16 weight copies); null on CPU",
     ),
+    (
+        "gpu_state_before",
+        pa.string(),
+        "CUDA: JSON of SM / memory clocks (MHz), temperature (C), power (W) and throttle "
+        "reasons just before the timed repeats (NVML)",
+    ),
+    ("gpu_state_after", pa.string(), "the same just after the timed repeats"),
     # compute
     ("flops", pa.int64(), "pid: FLOPs of one decode (pid_models.flops, all steps and tiles)"),
     ("achieved_tflops", pa.float64(), "flops / latency_ms_p50 (CUDA only)"),

@@ -313,3 +313,28 @@ def test_on_cuda_each_decoder_is_measured_with_only_its_own_weights(tmp_path):
     assert native["weights_bytes"] <= resident < native["weights_bytes"] + pid["weights_bytes"]
     assert pid["peak_activation_bytes"] >= 0 and pid["peak_mem_allocated_bytes"] >= pid["weights_bytes"]
     assert pid["mfu"] is None or 0 < pid["mfu"] < 1
+
+
+def test_gpu_state_is_null_with_its_reason_on_cpu_and_named_when_nvml_fails(monkeypatch):
+    from pid_bench import gpu
+
+    assert gpu.gpu_state(torch.device("cpu")) == (None, "CPU: no GPU state")
+    assert gpu.gpu_versions(torch.device("cpu")) == {}
+
+    def broken(device):
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(gpu, "_handle", broken)
+    state, reason = gpu.gpu_state(torch.device("cuda"))
+    assert state is None and reason == "NVML: RuntimeError: NVML Shared Library Not Found"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_state_reads_clocks_power_and_throttle_reasons():
+    from pid_bench import gpu
+
+    state, reason = gpu.gpu_state(torch.device("cuda"))
+    assert reason is None
+    fields = json.loads(state)
+    assert fields["sm_clock_mhz"] > 0 and fields["power_w"] > 0
+    assert isinstance(fields["throttle_reasons"], list)
