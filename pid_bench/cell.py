@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from pid_bench.metrics import (
     bicubic_resize as resize,
 )
 from pid_bench.schema import COLUMNS
-from pid_bench.suite import Decoder, LdmOptions
+from pid_bench.suite import BUILTIN_DECODERS, LdmOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.flops import decode_flops, peak_tflops
@@ -52,6 +52,7 @@ class ModelSet:
     random_weights: bool
     pipeline: Any = None  # from_ldm: the backbone's diffusers LDM pipeline
     captures: dict = field(default_factory=dict)  # capture key -> (Capture, origin): a memo
+    baselines: dict = field(default_factory=dict)  # baseline name -> loaded SR upscaler
     pipeline_warm: bool = False
 
 
@@ -135,6 +136,7 @@ class CellSettings:
     generator_device: str = "decode"  # suite.pid.generator_device
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
+    baselines: dict = field(default_factory=dict)  # suite.baselines as plain data
 
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's
@@ -484,7 +486,23 @@ RESIZE_KERNELS = {
 }
 
 
-assert set(RESIZE_KERNELS) == set(get_args(Decoder)), "pid_bench.suite.Decoder and cell disagree"
+assert set(RESIZE_KERNELS) == set(BUILTIN_DECODERS), "pid_bench.suite and cell disagree"
+
+
+def baseline_for(decoder: str, models: ModelSet, settings: CellSettings, dev):
+    """The learned SR baseline of a `native+<name>` decoder, loaded once per worker."""
+    from pid_models.baselines import load_spandrel
+
+    name = decoder.removeprefix("native+")
+    if name not in models.baselines:
+        options = settings.baselines.get(name)
+        if options is None:
+            raise ValueError(f"decoder {decoder}: no baselines.{name} entry in the suite")
+        models.baselines[name] = load_spandrel(
+            name, options["path"], models.pid.scale, dev, options.get("tile"),
+            options.get("tile_overlap", 32),
+        )  # fmt: skip
+    return models.baselines[name]
 
 
 def _decoder_fn(
@@ -505,6 +523,9 @@ def _decoder_fn(
         return lambda: resize(models.codec.decode(latent), size)
     if decoder == "native+lanczos":
         return lambda: lanczos(models.codec.decode(latent), size)
+    if decoder.startswith("native+"):
+        upscaler = baseline_for(decoder, models, settings, latent.device)
+        return lambda: upscaler(models.codec.decode(latent))
     raise ValueError(f"unknown decoder {decoder!r}; known: {', '.join(RESIZE_KERNELS)}")
 
 
@@ -531,7 +552,9 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         "timer": timer,
         "decoded_height": image.shape[-2],
         "decoded_width": image.shape[-1],
-        "resize_kernel": RESIZE_KERNELS[decoder],
+        "resize_kernel": RESIZE_KERNELS[decoder]
+        if decoder in RESIZE_KERNELS
+        else models.baselines[decoder.removeprefix("native+")].describe(),
     }
     if decoder == "pid" and settings.tile_size:
         row |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
@@ -582,6 +605,9 @@ def _placement(decoder: str, models: ModelSet) -> tuple[list, list]:
     codec = modules_of(models.codec)
     if decoder == "pid":
         return modules_of(models.pid.net), codec + modules_of(models.pid.caption_encoder)
+    upscaler = models.baselines.get(decoder.removeprefix("native+"))
+    if upscaler is not None:
+        codec = codec + [upscaler.module]
     if models.pid.compile_mode in CUDA_GRAPH_MODES:
         return codec, modules_of(models.pid.caption_encoder)
     return codec, pid_modules

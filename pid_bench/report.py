@@ -372,7 +372,7 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         sections=[
             s
             for s in [
-                _paired(con), _flags(con), _not_measured(con), _end_to_end(con),
+                *_paired(con), _flags(con), _not_measured(con), _end_to_end(con),
                 _time_budget(con, run_dir),
             ]  # fmt: skip
             if s is not None
@@ -415,22 +415,35 @@ def _ci(mean: float, low: float, high: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
-    """Per setting and metric: PiD and native+bicubic means with 95 % bootstrap CIs over images,
-    the paired difference PiD − native+bicubic with its CI, and PiD's win rate."""
+def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
+    """One section per baseline at the output size (native+bicubic, native+lanczos, each
+    learned SR baseline): per setting and metric, PiD's and the baseline's means with 95 %
+    bootstrap CIs over images, the paired difference PiD − baseline with its CI, and PiD's
+    win rate. The native decode itself is scored at its own size and is not a baseline here."""
     from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
 
     frame, metric_columns = _ok_rows(con)
     metrics = [
         c for c in _measured(frame, metric_columns) if direction(c) is not None
     ]
-    if frame.empty or not metrics or not {"pid", "native+bicubic"} <= set(frame.decoder):
-        return None
+    if frame.empty or not metrics or "pid" not in set(frame.decoder):
+        return []
+    baselines = sorted(d for d in set(frame.decoder) if d.startswith("native+"))
+    baselines.sort(key=lambda d: d != "native+bicubic")  # the common baseline first
     directions = {m: direction(m) for m in metrics}
-    table = comparison_table(
-        frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
-        seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
-    )  # fmt: skip
+    sections = []
+    for baseline in baselines:
+        table = comparison_table(
+            frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
+            baseline=baseline, seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
+        )  # fmt: skip
+        section = _paired_section(table, baseline)
+        if section is not None:
+            sections.append(section)
+    return sections
+
+
+def _paired_section(table, baseline: str) -> Section | None:
     rows = []
     for r in table.itertuples():
         if not r.n_pairs:
@@ -451,15 +464,15 @@ def _paired(con: duckdb.DuckDBPyConnection) -> Section | None:
         )
     if not rows:
         return None
-    headers = ["setting", "metric", "pid [95 % CI]", "native+bicubic [95 % CI]"]
-    headers += ["pid − native+bicubic [95 % CI]", "pid wins", "pairs"]
+    headers = ["setting", "metric", "pid [95 % CI]", f"{baseline} [95 % CI]"]
+    headers += [f"pid − {baseline} [95 % CI]", "pid wins", "pairs"]
     note = (
         f"Means over images with percentile-bootstrap 95 % intervals ({BOOTSTRAP_RESAMPLES} "
         f"resamples, seed {BOOTSTRAP_SEED}); the difference is paired by (image, seed); a win "
         "follows the metric's direction (↑ higher is better, ↓ lower), ties count half. One "
         "image gives no interval."
     )
-    return Section("PiD vs native+bicubic, paired", headers, rows, note)
+    return Section(f"PiD vs {baseline}, paired", headers, rows, note)
 
 
 def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,24 @@ SIDE_MULTIPLE = 16
 
 Mode = Literal["from_clean", "from_ldm"]
 CkptType = Literal["2k", "2kto4k", "2kto4k_v1pt5"]
-Decoder = Literal["pid", "native", "native+bicubic", "native+lanczos"]
+#: Decoders every suite has; `native+<name>` adds a learned SR baseline declared under
+#: `baselines:` (pid_models.baselines).
+BUILTIN_DECODERS = ("pid", "native", "native+bicubic", "native+lanczos")
+BASELINE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+def _decoder_name(name: str) -> str:
+    if name in BUILTIN_DECODERS:
+        return name
+    if name.startswith("native+") and re.match(BASELINE_NAME, name.removeprefix("native+")):
+        return name  # the suite checks that the baseline is declared
+    raise ValueError(
+        f"unknown decoder {name!r}: one of {', '.join(BUILTIN_DECODERS)}, or native+<name> for "
+        "a learned SR baseline declared under baselines:"
+    )
+
+
+Decoder = Annotated[str, AfterValidator(_decoder_name)]
 #: Source file suffix each mode reads: an image manifest or a prompt list.
 SOURCE_SUFFIX = {"from_clean": ".jsonl", "from_ldm": ".txt"}
 
@@ -222,6 +240,28 @@ class PidOptions(BaseModel):
     generator_device: Literal["decode", "cpu", "cuda"] = "decode"
 
 
+class BaselineOptions(BaseModel):
+    """A learned SR baseline run after the native decode (decoder ``native+<name>``).
+
+    ``path``: its weights (.safetensors preferred, or .pth read weights-only), relative to the
+    suite file; spandrel detects the architecture. Its scale must reach PiD's (equal, or a power
+    of it, chained). ``tile``: upscale in tiles of this many input pixels with ``tile_overlap``
+    cropped away (None: the whole image at once).
+    """
+
+    model_config = _FROZEN
+    kind: Literal["spandrel"] = "spandrel"
+    path: Annotated[str, Field(min_length=1)]
+    tile: PositiveInt | None = None
+    tile_overlap: NonNegativeInt = 32
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_suite(cls, path: str, info: ValidationInfo) -> str:
+        base = Path((info.context or {}).get("base_dir", "."))
+        return str((base / path).expanduser().resolve())
+
+
 class SetMetricOptions(BaseModel):
     """How set-level metrics (fid, kid) are computed at the end of a run.
 
@@ -343,6 +383,10 @@ class Suite(BaseModel):
     save_images: bool = True
     tiling: Tiling = Tiling()
     pid: PidOptions = PidOptions()
+    baselines: Annotated[
+        dict[Annotated[str, Field(pattern=BASELINE_NAME)], BaselineOptions],
+        Field(validate_default=True),
+    ] = {}
     set_metrics: SetMetricOptions = SetMetricOptions()
     ldm: LdmOptions = LdmOptions()
     exclude: list[ExcludeEntry] = []
@@ -375,6 +419,23 @@ class Suite(BaseModel):
         if late:
             raise ValueError(f"save_xt_steps {late} exceed ldm.steps {ldm.steps}")
         return ldm
+
+    @field_validator("baselines")
+    @classmethod
+    def _every_baseline_decoder_is_declared(
+        cls, baselines: dict[str, BaselineOptions], info: ValidationInfo
+    ) -> dict[str, BaselineOptions]:
+        missing = [
+            d
+            for d in info.data.get("decoders", [])
+            if d not in BUILTIN_DECODERS and d.removeprefix("native+") not in baselines
+        ]
+        if missing:
+            raise ValueError(
+                f"decoder(s) {', '.join(missing)} need an entry each under baselines: (e.g. "
+                f"baselines: {{{missing[0].removeprefix('native+')}: {{path: weights/model.pth}}}})"
+            )
+        return baselines
 
     @field_validator("metrics")
     @classmethod
