@@ -353,6 +353,7 @@ class DoctorReport:
     total_cells: int = 0
     runnable: list = field(default_factory=list)
     blocked: list[tuple[Any, list[str]]] = field(default_factory=list)  # (cell, missing)
+    baselines: list[tuple[str, str, bool]] = field(default_factory=list)  # (decoder, path, found)
 
     @property
     def has_suite(self) -> bool:
@@ -378,6 +379,10 @@ def build_report(
             report.components = components
         report.runnable, report.blocked = _classify(suite, components)
         report.total_cells = len(report.runnable) + len(report.blocked)
+        report.baselines = [
+            (f"native+{name}", options.path, Path(options.path).is_file())
+            for name, options in suite.baselines.items()
+        ]
     return report
 
 
@@ -410,8 +415,9 @@ def _with_suite_pipelines(suite, statuses: list[ComponentStatus]) -> list[Compon
 
 
 def doctor_exit_code(report: DoctorReport) -> int:
-    """0 without a suite; with one, 0 only if every cell can run, else 1."""
-    return 1 if report.has_suite and report.blocked else 0
+    """0 without a suite; with one, 0 only if every cell and every baseline can run, else 1."""
+    missing_baseline = any(not found for _, _, found in report.baselines)
+    return 1 if report.has_suite and (report.blocked or missing_baseline) else 0
 
 
 _MARK = {
@@ -507,7 +513,23 @@ def render(report: DoctorReport) -> list:
         )
         if report.blocked:
             out.append(_blocked_table(report))
+        if report.baselines:
+            out.append(_baselines_table(report))
     return out
+
+
+def _baselines_table(report: DoctorReport):
+    from rich.table import Table
+
+    table = Table(title="baselines (learned SR after the native decode)", title_justify="left")
+    for column in ("decoder", "weights", "status"):
+        table.add_column(column, overflow="fold")
+    for decoder, path, found in report.baselines:
+        status = _STATUS_TEXT["present"] if found else (
+            f"{_STATUS_TEXT['missing']}: put the file there or fix baselines.<name>.path"
+        )
+        table.add_row(decoder, path, status)
+    return table
 
 
 def _blocked_table(report: DoctorReport):

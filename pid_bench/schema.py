@@ -24,7 +24,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("run_id", pa.string(), "run directory name"),
     ("suite", pa.string(), "suite name"),
     ("cell_id", pa.string(), "hash of the cell's canonical configuration and model identity"),
-    ("decoder", pa.string(), "pid | native | native+bicubic | native+lanczos"),
+    ("decoder", pa.string(), "pid | native | native+bicubic | native+lanczos | native+<baseline>"),
     ("status", pa.string(), "ok | error | oom | worker_lost"),
     ("error", pa.string(), "message and traceback summary when status != ok"),
     ("git_sha", pa.string(), "pid-bench commit that produced the row"),

@@ -270,3 +270,20 @@ def test_a_suite_named_pipeline_folder_counts_for_from_ldm_cells(tmp_path, root,
     report = build_report(path, root)
     assert report.runnable and not report.blocked
     assert status(report.components, "tiny", "2k", "ldm_pipeline").path == str(pipe)
+
+
+def test_each_baseline_file_is_listed_and_a_missing_one_fails_the_suite(tmp_path, root):
+    (tmp_path / "sr_x4.pth").write_bytes(b"weights")
+    baselines = {"esrgan": {"path": "sr_x4.pth"}, "swinir": {"path": "gone.safetensors"}}
+    path = write_suite(
+        tmp_path, name="b", decoders=["pid", "native+esrgan", "native+swinir"], baselines=baselines
+    )
+    report = build_report(path, root)
+    assert report.baselines == [
+        ("native+esrgan", str(tmp_path / "sr_x4.pth"), True),
+        ("native+swinir", str(tmp_path / "gone.safetensors"), False),
+    ]
+    console = Console(record=True, width=1000)
+    assert print_doctor(path, root, console) == 1
+    text = console.export_text()
+    assert "baselines (learned SR" in text and "fix baselines.<name>.path" in text
