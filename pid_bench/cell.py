@@ -40,6 +40,7 @@ from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.flops import decode_flops, peak_tflops
 from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE, resolve
+from pid_models.teacher import NEGATIVE_PROMPT, dynamic_shift
 from pid_models.tiling import plan_tiles
 
 
@@ -53,6 +54,7 @@ class ModelSet:
     pipeline: Any = None  # from_ldm: the backbone's diffusers LDM pipeline
     captures: dict = field(default_factory=dict)  # capture key -> (Capture, origin): a memo
     baselines: dict = field(default_factory=dict)  # baseline name -> loaded SR upscaler
+    teacher: Any = None  # pid-teacher: the undistilled network, loaded on first use
     pipeline_warm: bool = False
 
 
@@ -137,6 +139,7 @@ class CellSettings:
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
     baselines: dict = field(default_factory=dict)  # suite.baselines as plain data
+    teacher: dict = field(default_factory=dict)  # suite.teacher as plain data
 
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's
@@ -480,6 +483,7 @@ def default_latent_cache() -> Path:
 #: decoder -> the resize kernel it uses to reach the output size (None: PiD decodes there itself).
 RESIZE_KERNELS = {
     "pid": None,
+    "pid-teacher": None,
     "native": None,  # the native decode at its own size, scored there
     "native+bicubic": RESIZE_KERNEL,
     "native+lanczos": "lanczos",
@@ -487,6 +491,25 @@ RESIZE_KERNELS = {
 
 
 assert set(RESIZE_KERNELS) == set(BUILTIN_DECODERS), "pid_bench.suite and cell disagree"
+
+
+TEACHER_DEFAULTS = {"steps": 25, "cfg_scale": 5.0, "shift": None, "negative_prompt": None}
+
+
+def teacher_net(cell, models: ModelSet, settings: CellSettings):
+    """The undistilled teacher of the cell's backbone, loaded once per worker; the embedded
+    tiny backbone's teacher is its own random PiD network (it exercises the sampler only)."""
+    if models.teacher is None:
+        if (cell.backbone, cell.ckpt_type) in EMBEDDED_PAIRS:
+            models.teacher = models.pid.net
+        else:
+            from pid_models.checkpoints import load_experiment_net
+            from pid_models.registry import teacher
+
+            experiment = teacher(cell.backbone, cell.ckpt_type)
+            device = models.pid.device
+            models.teacher = load_experiment_net(experiment, settings.checkpoints, device)
+    return models.teacher
 
 
 def baseline_for(decoder: str, models: ModelSet, settings: CellSettings, dev):
@@ -517,6 +540,15 @@ def _decoder_fn(
         return lambda: models.pid.decode(
             latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps, **tiles
         )
+    if decoder == "pid-teacher":
+        options = {**TEACHER_DEFAULTS, **settings.teacher}
+        net = teacher_net(cell, models, settings)
+        negative = options["negative_prompt"] or NEGATIVE_PROMPT
+        y_null = None if options["cfg_scale"] == 1 else models.pid.encode_captions(negative, 1)
+        return lambda: models.pid.decode_teacher(
+            net, latent, prepared["sigma"], prepared["y"], y_null, seed=cell.seed,
+            steps=options["steps"], cfg_scale=options["cfg_scale"], shift=options["shift"],
+        )  # fmt: skip
     if decoder == "native":
         return lambda: models.codec.decode(latent)
     if decoder == "native+bicubic":
@@ -560,6 +592,14 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         row |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
     if decoder == "pid":
         row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
+        row["sampler"] = f"distilled SDE, {cell.pid_steps} steps"
+    if decoder == "pid-teacher":
+        options = {**TEACHER_DEFAULTS, **settings.teacher}
+        shift = options["shift"] or dynamic_shift(*cell.resolution)
+        row["sampler"] = (
+            f"DPM-Solver++(2M), {options['steps']} steps, CFG {options['cfg_scale']:g}, "
+            f"shift {shift:.3f}"
+        )
     row |= peak_fields(dev, resident) | {"weights_bytes": weights_bytes(keep)}
     row |= {"gpu_state_before": state_before, "gpu_state_after": state_after}
     row |= _compute_fields(decoder, cell, models, prepared, settings, row, dev, state_reason)
@@ -605,6 +645,11 @@ def _placement(decoder: str, models: ModelSet) -> tuple[list, list]:
     codec = modules_of(models.codec)
     if decoder == "pid":
         return modules_of(models.pid.net), codec + modules_of(models.pid.caption_encoder)
+    if decoder == "pid-teacher":
+        others = codec + modules_of(models.pid.caption_encoder)
+        if models.teacher is not models.pid.net:
+            others += modules_of(models.pid.net)
+        return modules_of(models.teacher), others
     upscaler = models.baselines.get(decoder.removeprefix("native+"))
     if upscaler is not None:
         codec = codec + [upscaler.module]
@@ -633,8 +678,14 @@ def _compute_fields(
         notes["peak_mem_allocated_bytes"] = "includes PiD's weights: compiled with CUDA graphs, not moved"
     if decoder == "pid":
         out["flops"] = _pid_flops(cell, models, prepared, settings)
+    elif decoder == "pid-teacher":
+        options = {**TEACHER_DEFAULTS, **settings.teacher}
+        calls = options["steps"] * (1 if options["cfg_scale"] == 1 else 2)
+        out["flops"] = decode_flops(
+            models.teacher.config, tuple(cell.resolution), calls, text_len=prepared["y"].shape[1]
+        )
     else:
-        notes["flops"] = "not modelled: pid_models.flops counts PiD only"
+        notes["flops"] = "not modelled: pid_models.flops counts PiD and its teacher only"
     if out.get("flops") is None:
         notes.update(achieved_tflops="no FLOP count", mfu="no FLOP count")
     elif dev.type != "cuda":

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from pid_models.checkpoints import build_net, load_weights
 from pid_models.pid_net import PidNet
-from pid_models.registry import experiment_by_name, registry_keys
+from pid_models.registry import TEACHERS, experiment_by_name, registry_keys
 from pid_models.sampler import sample
 
 
@@ -227,6 +227,13 @@ def run_parity(root: Path) -> Iterator[CaseResult]:
             yield run_manifest(path)
         except Exception as err:
             yield CaseResult(f"keys/{path.stem}", "manifest", False, detail=f"error: {err}")
+    for experiment in TEACHERS.values():
+        if not (root / "keys" / f"{experiment.name}.json").is_file():
+            yield CaseResult(
+                f"keys/{experiment.name}", "skipped", True,
+                detail="no manifest in the oracle for this undistilled teacher; its network is "
+                "the distilled v1.5 one's (checked above)",
+            )  # fmt: skip
     codec_dir = root / "backbones" / "golden"
     for path in sorted(codec_dir.glob("*.json")) if codec_dir.is_dir() else []:
         sidecar = json.loads(path.read_text())

@@ -417,7 +417,7 @@ def _ci(mean: float, low: float, high: float, digits: int = 4) -> str:
 
 def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     """One section per baseline at the output size (native+bicubic, native+lanczos, each
-    learned SR baseline): per setting and metric, PiD's and the baseline's means with 95 %
+    learned SR baseline, the undistilled teacher): per setting and metric, PiD's and the baseline's means with 95 %
     bootstrap CIs over images, the paired difference PiD − baseline with its CI, and PiD's
     win rate. The native decode itself is scored at its own size and is not a baseline here."""
     from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
@@ -428,7 +428,10 @@ def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     ]
     if frame.empty or not metrics or "pid" not in set(frame.decoder):
         return []
-    baselines = sorted(d for d in set(frame.decoder) if d.startswith("native+"))
+    # pid-teacher too: what the 4-step distillation costs against the undistilled teacher
+    baselines = sorted(
+        d for d in set(frame.decoder) if d.startswith("native+") or d == "pid-teacher"
+    )
     baselines.sort(key=lambda d: d != "native+bicubic")  # the common baseline first
     directions = {m: direction(m) for m in metrics}
     sections = []

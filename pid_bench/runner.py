@@ -266,6 +266,7 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         reference=suite.reference,
         metric_paths=custom_metric_paths(suite.path),
         baselines={name: b.model_dump() for name, b in suite.baselines.items()},
+        teacher=suite.teacher.model_dump(),
     )
 
 

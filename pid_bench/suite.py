@@ -68,7 +68,7 @@ Mode = Literal["from_clean", "from_ldm"]
 CkptType = Literal["2k", "2kto4k", "2kto4k_v1pt5"]
 #: Decoders every suite has; `native+<name>` adds a learned SR baseline declared under
 #: `baselines:` (pid_models.baselines).
-BUILTIN_DECODERS = ("pid", "native", "native+bicubic", "native+lanczos")
+BUILTIN_DECODERS = ("pid", "pid-teacher", "native", "native+bicubic", "native+lanczos")
 BASELINE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
@@ -262,6 +262,18 @@ class BaselineOptions(BaseModel):
         return str((base / path).expanduser().resolve())
 
 
+class TeacherOptions(BaseModel):
+    """Decoder ``pid-teacher``: PiD's undistilled v1.5 teacher with upstream's documented
+    sampler (pid_models.teacher): ``steps`` of DPM-Solver++(2M), text-only CFG at
+    ``cfg_scale`` against ``negative_prompt``, ``shift`` (None: 6 * sqrt(sqrt(H*W) / 2048))."""
+
+    model_config = _FROZEN
+    steps: PositiveInt = 25
+    cfg_scale: Annotated[float, Field(ge=1.0)] = 5.0
+    shift: Annotated[float, Field(gt=0)] | None = None
+    negative_prompt: str | None = None  # None: upstream's default negative prompt
+
+
 class SetMetricOptions(BaseModel):
     """How set-level metrics (fid, kid) are computed at the end of a run.
 
@@ -383,6 +395,7 @@ class Suite(BaseModel):
     save_images: bool = True
     tiling: Tiling = Tiling()
     pid: PidOptions = PidOptions()
+    teacher: TeacherOptions = TeacherOptions()
     baselines: Annotated[
         dict[Annotated[str, Field(pattern=BASELINE_NAME)], BaselineOptions],
         Field(validate_default=True),

@@ -156,7 +156,13 @@ def load_pid_net(
     device: str | torch.device = "cpu",
 ) -> PidNet:
     """The released PiD network for (backbone, ckpt_type), float32, eval mode."""
-    experiment = resolve(backbone, ckpt_type)
+    return load_experiment_net(resolve(backbone, ckpt_type), root, device)
+
+
+def load_experiment_net(
+    experiment, root: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> PidNet:
+    """The network of one registry experiment (a distilled checkpoint or a teacher)."""
     path = checkpoint_path(experiment, root)
     net = build_net(experiment.net_kwargs, device)
     load_weights(net, read_state_dict(path), str(path))

@@ -261,6 +261,38 @@ class PiDDecoder:
                 t_list=self.t_list,
             )
 
+    @torch.no_grad()
+    def decode_teacher(
+        self,
+        teacher: PidNet,
+        latent: torch.Tensor,
+        sigma: float | torch.Tensor,
+        y: torch.Tensor,
+        y_null: torch.Tensor | None,
+        seed: int = 0,
+        steps: int = 25,
+        cfg_scale: float = 5.0,
+        shift: float | None = None,
+    ) -> torch.Tensor:
+        """PiD's undistilled teacher (`pid_models.teacher`): the same latent rounding, device,
+        precision, TF32 and noise generator as `decode`, the teacher's own sampler and CFG."""
+        from pid_models.teacher import sample_teacher
+
+        if latent.dim() == 3:
+            latent = latent[None]
+        batch = latent.shape[0]
+        height, width = self._check_size(latent, None)
+        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
+        sigma_t = sigma_t.expand(batch) if sigma_t.numel() == 1 else sigma_t
+        latent = latent.to(self.device, torch.bfloat16).float()
+        generator = torch.Generator(self.generator_device).manual_seed(seed)
+        y_null = None if y_null is None else y_null.to(self.device).expand(batch, -1, -1)
+        with self._autocast(), tf32_allowed(self.tf32):
+            return sample_teacher(
+                teacher, y.to(self.device), y_null, latent, sigma_t, (batch, 3, height, width),
+                steps=steps, cfg_scale=cfg_scale, shift=shift, generator=generator,
+            )  # fmt: skip
+
     def _velocity(
         self,
         out_hw: tuple[int, int],

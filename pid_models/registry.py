@@ -188,6 +188,34 @@ def released_pairs() -> list[tuple[str, str]]:
     )
 
 
+#: The released undistilled v1.5 teachers (upstream docs/checkpoints.md, "Undistilled
+#: Checkpoints"): the distilled v1.5 network of the same backbone, trained without distillation;
+#: the same file layout, checkpoints/<name>/model_ema_bf16.pth. Decoder `pid-teacher`.
+TEACHERS: Mapping[str, Experiment] = MappingProxyType(
+    {
+        backbone: Experiment(
+            f"PiD_v1pt5_res2kto4k_sr4x_official_{backbone}_undistilled",
+            backbone,
+            "2kto4k_v1pt5",
+            EXPERIMENTS[(backbone, "2kto4k_v1pt5")].net_kwargs,
+        )
+        for backbone in ("flux", "flux2", "qwenimage")
+    }
+)
+
+
+def teacher(backbone: str, ckpt_type: str) -> Experiment:
+    """The undistilled teacher for the latents of (backbone, ckpt_type), or an error naming the
+    released ones."""
+    found = TEACHERS.get(canonical_backbone(backbone)) if ckpt_type == "2kto4k_v1pt5" else None
+    if found is None:
+        released = ", ".join(f"{b}/2kto4k_v1pt5" for b in TEACHERS)
+        raise ValueError(
+            f"no undistilled PiD teacher for {backbone}/{ckpt_type}: released for {released}"
+        )
+    return found
+
+
 def resolve(backbone: str, ckpt_type: str) -> Experiment:
     """The experiment that decodes `backbone` latents at `ckpt_type`, or a listing error."""
     experiment = EXPERIMENTS.get((canonical_backbone(backbone), ckpt_type))
@@ -204,7 +232,9 @@ def resolve(backbone: str, ckpt_type: str) -> Experiment:
 
 
 def experiment_by_name(name: str) -> Experiment | None:
-    return next((e for e in EXPERIMENTS.values() if e.name == name), None)
+    """A distilled experiment or an undistilled teacher by its checkpoint name."""
+    every = [*EXPERIMENTS.values(), *TEACHERS.values()]
+    return next((e for e in every if e.name == name), None)
 
 
 def registry_keys(experiment: Experiment) -> list[tuple[str, str]]:

@@ -80,7 +80,7 @@ def test_a_cell_gives_one_ok_row_per_decoder_with_metrics_and_images(tmp_path, t
     assert native.get("flops") is None and pid.get("mfu") is None and pid["weights_bytes"] > 0
     notes = json.loads(pid["measure_notes"])
     assert notes["mfu"] == "CPU: a GPU figure" and notes["peak_activation_bytes"].startswith("CPU")
-    assert "counts PiD only" in json.loads(native["measure_notes"])["flops"]
+    assert "counts PiD and its teacher only" in json.loads(native["measure_notes"])["flops"]
     assert (pid["precision"], pid["compile"], pid["dtype"]) == ("fp32", "eager", "float32")
     assert pid.get("compile_ms") is None and pid["timing_noisy"] in (True, False)
     assert (native["decoded_height"], native["decoded_width"]) == (16, 16)
