@@ -513,18 +513,24 @@ def teacher_net(cell, models: ModelSet, settings: CellSettings):
 
 
 def baseline_for(decoder: str, models: ModelSet, settings: CellSettings, dev):
-    """The learned SR baseline of a `native+<name>` decoder, loaded once per worker."""
-    from pid_models.baselines import load_spandrel
+    """The SR baseline of a `native+<name>` decoder, loaded once per worker."""
+    from pid_models.baselines import load_diffusion_upscaler, load_spandrel
 
     name = decoder.removeprefix("native+")
     if name not in models.baselines:
         options = settings.baselines.get(name)
         if options is None:
             raise ValueError(f"decoder {decoder}: no baselines.{name} entry in the suite")
-        models.baselines[name] = load_spandrel(
-            name, options["path"], models.pid.scale, dev, options.get("tile"),
-            options.get("tile_overlap", 32),
-        )  # fmt: skip
+        if options.get("kind") == "sd_x4_upscaler":
+            models.baselines[name] = load_diffusion_upscaler(
+                name, options.get("source"), models.pid.scale, dev, options["steps"],
+                options["guidance_scale"], options["noise_level"],
+            )  # fmt: skip
+        else:
+            models.baselines[name] = load_spandrel(
+                name, options["path"], models.pid.scale, dev, options.get("tile"),
+                options.get("tile_overlap", 32),
+            )  # fmt: skip
     return models.baselines[name]
 
 
@@ -556,7 +562,12 @@ def _decoder_fn(
     if decoder == "native+lanczos":
         return lambda: lanczos(models.codec.decode(latent), size)
     if decoder.startswith("native+"):
+        from pid_models.baselines import DiffusionUpscaler
+
         upscaler = baseline_for(decoder, models, settings, latent.device)
+        if isinstance(upscaler, DiffusionUpscaler):  # the caption is its prompt
+            caption, seed = cell.item.caption, cell.seed
+            return lambda: upscaler(models.codec.decode(latent), caption, seed)
         return lambda: upscaler(models.codec.decode(latent))
     raise ValueError(f"unknown decoder {decoder!r}; known: {', '.join(RESIZE_KERNELS)}")
 
@@ -652,7 +663,7 @@ def _placement(decoder: str, models: ModelSet) -> tuple[list, list]:
         return modules_of(models.teacher), others
     upscaler = models.baselines.get(decoder.removeprefix("native+"))
     if upscaler is not None:
-        codec = codec + [upscaler.module]
+        codec = codec + upscaler.modules
     if models.pid.compile_mode in CUDA_GRAPH_MODES:
         return codec, modules_of(models.pid.caption_encoder)
     return codec, pid_modules

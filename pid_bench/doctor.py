@@ -379,11 +379,24 @@ def build_report(
             report.components = components
         report.runnable, report.blocked = _classify(suite, components)
         report.total_cells = len(report.runnable) + len(report.blocked)
-        report.baselines = [
-            (f"native+{name}", options.path, Path(options.path).is_file())
-            for name, options in suite.baselines.items()
-        ]
+        report.baselines = [_baseline_status(name, options) for name, options in suite.baselines.items()]
     return report
+
+
+def _baseline_status(name: str, options) -> tuple[str, str, bool]:
+    """(decoder, what it reads, whether that is here): a weights file, or a pipeline folder /
+    cached repo with model_index.json."""
+    if options.kind == "spandrel":
+        return f"native+{name}", options.path, Path(options.path).is_file()
+    from pid_models.baselines import SD_X4_UPSCALER
+
+    source = options.source or SD_X4_UPSCALER
+    folder = Path(source)
+    if folder.is_dir():
+        return f"native+{name}", source, (folder / "model_index.json").is_file()
+    snapshot, _ = _cached_snapshot(source, hf_cache_dir())
+    found = snapshot is not None and (snapshot / "model_index.json").is_file()
+    return f"native+{name}", f"{source} (HF cache)", found
 
 
 def _with_suite_pipelines(suite, statuses: list[ComponentStatus]) -> list[ComponentStatus]:

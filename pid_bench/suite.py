@@ -241,25 +241,51 @@ class PidOptions(BaseModel):
 
 
 class BaselineOptions(BaseModel):
-    """A learned SR baseline run after the native decode (decoder ``native+<name>``).
+    """An SR baseline run after the native decode (decoder ``native+<name>``).
 
-    ``path``: its weights (.safetensors preferred, or .pth read weights-only), relative to the
-    suite file; spandrel detects the architecture. Its scale must reach PiD's (equal, or a power
-    of it, chained). ``tile``: upscale in tiles of this many input pixels with ``tile_overlap``
-    cropped away (None: the whole image at once).
+    ``kind: spandrel`` (the default): a learned SR network; ``path`` its weights (.safetensors
+    preferred, or .pth read weights-only), relative to the suite file; spandrel detects the
+    architecture. Its scale must reach PiD's (equal, or a power of it, chained). ``tile``:
+    upscale in tiles of this many input pixels with ``tile_overlap`` cropped away.
+
+    ``kind: sd_x4_upscaler``: diffusers' StableDiffusionUpscalePipeline from ``source`` (a
+    folder next to the suite or a repo id in the HF cache; default
+    stabilityai/stable-diffusion-x4-upscaler), the caption as its prompt, with ``steps``,
+    ``guidance_scale`` and ``noise_level``.
     """
 
     model_config = _FROZEN
-    kind: Literal["spandrel"] = "spandrel"
-    path: Annotated[str, Field(min_length=1)]
+    kind: Literal["spandrel", "sd_x4_upscaler"] = "spandrel"
+    path: Annotated[str, Field(min_length=1)] | None = None
     tile: PositiveInt | None = None
     tile_overlap: NonNegativeInt = 32
+    source: Annotated[str, Field(min_length=1)] | None = None
+    steps: PositiveInt = 20
+    guidance_scale: Annotated[float, Field(ge=0)] = 9.0
+    noise_level: NonNegativeInt = 20
 
     @field_validator("path")
     @classmethod
-    def _relative_to_suite(cls, path: str, info: ValidationInfo) -> str:
+    def _relative_to_suite(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None:
+            return None
         base = Path((info.context or {}).get("base_dir", "."))
         return str((base / path).expanduser().resolve())
+
+    @field_validator("source")
+    @classmethod
+    def _local_folder(cls, source: str | None, info: ValidationInfo) -> str | None:
+        """A folder next to the suite becomes its absolute path; otherwise a repo id."""
+        if source is None:
+            return None
+        local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
+        return str(local.resolve()) if local.is_dir() else source
+
+    @model_validator(mode="after")
+    def _kind_has_its_fields(self) -> BaselineOptions:
+        if self.kind == "spandrel" and self.path is None:
+            raise ValueError("a spandrel baseline needs path: (its weights file)")
+        return self
 
 
 class TeacherOptions(BaseModel):

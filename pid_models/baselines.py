@@ -1,4 +1,7 @@
-"""Learned super-resolution after the native decode: the baselines PiD is compared with.
+"""Super-resolution after the native decode: the baselines PiD is compared with.
+
+Two kinds: learned SR networks through spandrel (`SpandrelUpscaler`) and cascaded diffusion SR
+through diffusers' Stable Diffusion x4 upscaler (`DiffusionUpscaler`).
 
 `native+<name>` decoders run the backbone's native decoder, then an SR network that spandrel
 recognises from its state dict (Real-ESRGAN / RRDBNet, SwinIR, HAT, DAT, OmniSR, ...). Weights
@@ -81,6 +84,10 @@ class SpandrelUpscaler:
     def module(self) -> torch.nn.Module:
         return self.descriptor.model
 
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.descriptor.model]
+
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, h, w] in [-1, 1] -> [B, 3, h * scale, w * scale] in [-1, 1]."""
@@ -159,3 +166,81 @@ def tiled(
             core = up[..., (y - y0) * scale : (ye - y0) * scale, (x - x0) * scale : (xe - x0) * scale]
             out[..., y * scale : ye * scale, x * scale : xe * scale] = core
     return out
+
+
+# ---- cascaded diffusion SR: Stable Diffusion x4 upscaler -------------------------------------
+
+SD_X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
+
+
+@dataclass
+class DiffusionUpscaler:
+    """diffusers' `StableDiffusionUpscalePipeline` after the native decode: the caption is the
+    prompt; `steps`, `guidance_scale` and `noise_level` are the pipeline's own arguments."""
+
+    name: str
+    pipeline: object
+    steps: int = 20
+    guidance_scale: float = 9.0
+    noise_level: int = 20
+    source: str = SD_X4_UPSCALER
+
+    @property
+    def scale(self) -> int:
+        return int(self.pipeline.vae_scale_factor)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.pipeline.unet, self.pipeline.vae, self.pipeline.text_encoder]
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} (StableDiffusionUpscalePipeline x{self.scale}, {self.steps} steps, "
+            f"guidance {self.guidance_scale:g}, noise level {self.noise_level})"
+        )
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, caption: str = "", seed: int = 0) -> torch.Tensor:
+        """[B, 3, h, w] in [-1, 1] -> [B, 3, 4h, 4w] in [-1, 1]."""
+        device = self.pipeline.unet.device
+        generator = torch.Generator(device).manual_seed(seed)
+        out = self.pipeline(
+            prompt=[caption] * image.shape[0], image=((image.float() + 1) / 2).clamp(0, 1),
+            num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+            noise_level=self.noise_level, generator=generator, output_type="pt",
+        ).images  # fmt: skip
+        return out.to(image.device, torch.float32).clamp(0, 1) * 2 - 1
+
+
+def load_diffusion_upscaler(
+    name: str,
+    source: str | None,
+    target_scale: int,
+    device: torch.device | str = "cpu",
+    steps: int = 20,
+    guidance_scale: float = 9.0,
+    noise_level: int = 20,
+) -> DiffusionUpscaler:
+    """The upscale pipeline from a local folder or the HF cache (never the network)."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    source = source or SD_X4_UPSCALER
+    dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    try:
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(
+            source, torch_dtype=dtype, local_files_only=True
+        )
+    except Exception as err:
+        raise BaselineError(
+            f"{source}: no StableDiffusionUpscalePipeline there or in the HF cache "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); where you have a "
+            f"network: hf download {SD_X4_UPSCALER}, or point baselines.{name}.source at a folder"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    upscaler = DiffusionUpscaler(name, pipe.to(device), steps, guidance_scale, noise_level, source)
+    if upscaler.scale != target_scale:
+        raise BaselineError(
+            f"{source}: the pipeline upscales x{upscaler.scale}, PiD x{target_scale}; use it with "
+            "a x4 PiD checkpoint"
+        )
+    return upscaler

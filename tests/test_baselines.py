@@ -116,3 +116,70 @@ def test_a_suite_with_two_learned_baselines_runs_end_to_end_into_the_report(tmp_
     assert any(p.name.startswith("pareto_tiny") for p in (run_dir / "plots").iterdir())
     resolved = json.loads((run_dir / "run.json").read_text())["suite"]["baselines"]
     assert resolved["realesrgan"]["tile"] == 8
+
+
+def _tiny_upscale_pipeline(folder):
+    """A seeded random StableDiffusionUpscalePipeline: x4 VAE, 7-channel UNet, tiny CLIP."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=7,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, num_class_embeds=100, norm_num_groups=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        norm_num_groups=8, layers_per_block=1,
+    )  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=600, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1,
+    ))  # fmt: skip
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in map(chr, range(33, 127)):
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(), max_noise_level=350,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_prompt(tmp_path):
+    folder = _tiny_upscale_pipeline(tmp_path / "sd-x4")
+    path = write_suite(
+        tmp_path, decoders=["pid", "native+bicubic", "native+sd-x4-upscaler"], sigmas=[0.0],
+        resolutions=[64], limit=1, metrics=["psnr", "twin"],
+        baselines={"sd-x4-upscaler": {"kind": "sd_x4_upscaler", "source": str(folder),
+                                      "steps": 2, "noise_level": 20}},
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(path), "--output", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = {r["decoder"]: r for r in pq.read_table(run_dir / "parts").to_pylist()}
+    sd = rows["native+sd-x4-upscaler"]
+    assert sd["status"] == "ok", sd["error"]
+    assert sd["resize_kernel"].startswith("sd-x4-upscaler (StableDiffusionUpscalePipeline x4, 2 steps")
+    assert (sd["decoded_height"], sd["decoded_width"]) == (64, 64) and sd["latency_ms_p50"] > 0
+    assert "PiD vs native+sd-x4-upscaler, paired" in (run_dir / "report.html").read_text()
+
+
+def test_a_missing_upscaler_pipeline_names_the_download(tmp_path):
+    from pid_models.baselines import load_diffusion_upscaler
+
+    with pytest.raises(BaselineError, match=r"hf download stabilityai/stable-diffusion-x4-upscaler"):
+        load_diffusion_upscaler("sd", str(tmp_path / "none"), 4)
