@@ -159,14 +159,28 @@ def _tiny_upscale_pipeline(folder):
     return folder
 
 
-def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_prompt(tmp_path):
+def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_prompt(
+    tmp_path, weights, monkeypatch
+):
+    from pid_bench import report
+
     folder = _tiny_upscale_pipeline(tmp_path / "sd-x4")
     path = write_suite(
-        tmp_path, decoders=["pid", "native+bicubic", "native+sd-x4-upscaler"], sigmas=[0.0],
-        resolutions=[64], limit=1, metrics=["psnr", "twin"],
+        tmp_path, decoders=["pid", "native+bicubic", "native+realesrgan", "native+sd-x4-upscaler"],
+        sigmas=[0.0], resolutions=[64], limit=1, metrics=["psnr", "twin"],
         baselines={"sd-x4-upscaler": {"kind": "sd_x4_upscaler", "source": str(folder),
-                                      "steps": 2, "noise_level": 20}},
+                                      "steps": 2, "noise_level": 20},
+                   "realesrgan": {"path": str(weights / "rrdb_x4.pth")}},
     )  # fmt: skip
+    plotted: list[str] = []  # the decoders the Pareto plot is drawn from
+    original = report._plot_pareto
+
+    def spy(con, folder):
+        frame, _ = report._ok_rows(con)
+        plotted.extend(sorted(set(frame.decoder)))
+        return original(con, folder)
+
+    monkeypatch.setattr(report, "_plot_pareto", spy)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(path), "--output", str(run_dir)])
     assert result.exit_code == 0, result.output
@@ -175,7 +189,11 @@ def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_pr
     assert sd["status"] == "ok", sd["error"]
     assert sd["resize_kernel"].startswith("sd-x4-upscaler (StableDiffusionUpscalePipeline x4, 2 steps")
     assert (sd["decoded_height"], sd["decoded_width"]) == (64, 64) and sd["latency_ms_p50"] > 0
-    assert "PiD vs native+sd-x4-upscaler, paired" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    for baseline in ("native+sd-x4-upscaler", "native+realesrgan"):
+        assert f"PiD vs {baseline}, paired" in html and baseline in plotted
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert (run_dir / "plots" / "pareto_tiny_psnr.png").is_file()
 
 
 def test_a_missing_upscaler_pipeline_names_the_download(tmp_path):
