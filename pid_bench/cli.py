@@ -319,6 +319,73 @@ def _report(run_dir: Path, print_leaderboard: bool) -> None:
     typer.echo(f"report: {paths.html}")
 
 
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories; each after the first is compared with the first."),
+    ],
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Regression gate, e.g. latency=+5%,psnr=-0.1: exit 1 when a change passes its "
+            "threshold with its 95 % interval clear of no change.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where compare.md and compare.html go (default: the last run's folder)."),
+    ] = None,
+) -> None:
+    """Compare runs of the same cells: latency and memory ratios, paired metric differences.
+
+    Rows match by (cell, decoder), never by code version or machine. Exit code: 0 no regression
+    past the gate; 1 a regression; 2 bad input.
+    """
+    from rich.table import Table
+
+    from pid_bench.compare import (
+        CompareError,
+        compare,
+        html_page,
+        markdown,
+        parse_rules,
+        table_rows,
+    )  # fmt: skip
+
+    if len(runs) < 2:
+        err.print("[red]error:[/red] compare needs at least two run directories (RUN_A RUN_B)")
+        raise typer.Exit(2)
+    try:
+        rules = parse_rules(fail_on)
+        results = [compare(runs[0], other, rules) for other in runs[1:]]
+    except CompareError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    console = Console()
+    for result in results:
+        table = Table(title=f"{result.run_b} vs {result.run_a}")
+        for column in ("setting", "measure", "B vs A [95 % CI]", "B better", "n"):
+            table.add_column(column)
+        for row in table_rows(result):
+            table.add_row(*map(escape, row))
+        console.print(table)
+        typer.echo(
+            f"{result.matched} rows matched; {result.only_a} only in {result.run_a}, "
+            f"{result.only_b} only in {result.run_b}"
+        )
+        for line in result.regressions:
+            err.print(f"[red]REGRESSION[/red] {escape(line)}")
+    folder = output or runs[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.md").write_text(markdown(results, rules), encoding="utf-8")
+    (folder / "compare.html").write_text(html_page(results, rules), encoding="utf-8")
+    typer.echo(f"wrote {folder / 'compare.md'} and compare.html")
+    if any(r.regressions for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 def doctor(
     suite_path: Annotated[
