@@ -22,7 +22,14 @@ from pathlib import Path
 
 from pid_bench import __version__
 from pid_bench.cell import CellSettings, TimingPolicy, model_identity, utc_now
-from pid_bench.store import claim_run_dir, finished_rows, write_json, write_part, write_plan
+from pid_bench.store import (
+    claim_run_dir,
+    finished_rows,
+    run_lock,
+    write_json,
+    write_part,
+    write_plan,
+)  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
@@ -116,6 +123,22 @@ def run_suite(
     one record per invocation (start, end, cells computed, rows written, interruption, argv).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(
+            suite, run_dir, ray_address, cpu_workers, force, progress, checkpoints, max_retries
+        )
+
+
+def _run_locked(
+    suite: Suite,
+    run_dir: Path,
+    ray_address: str | None,
+    cpu_workers: int,
+    force: bool,
+    progress: bool,
+    checkpoints: str | None,
+    max_retries: int,
+) -> RunSummary:
     previous = claim_run_dir(run_dir, suite.name, force) or {}
     planned = plan(suite)
     done = finished_rows(run_dir)

@@ -5,6 +5,7 @@ RUN_DIR/
   cells.parquet         cell ids of the suite as last run: what the report covers
   parts/part-*.parquet  rows (pid_bench.schema.ROW_SCHEMA); a part is complete or absent
   images/<cell_id>/     PNGs written by the workers
+  run.lock              flock-held by the one driver writing the directory (host, pid)
 
 Cells are content-addressed, so a suite may grow or shrink between runs into one directory:
 the run computes the cells it lacks and keeps every row; rows of cells the suite no longer has
@@ -13,9 +14,13 @@ stay on disk and outside the report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -101,3 +106,42 @@ def claim_run_dir(run_dir: Path, suite_name: str, force: bool) -> dict | None:
             "back, or pass --force to mix them"
         )
     return previous
+
+
+LOCK_NAME = "run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One driver per run directory: an exclusive `flock` on RUN_DIR/run.lock for the run.
+
+    The kernel drops the lock when its holder dies (a crash or SIGKILL included), so a dead
+    driver never leaves the directory stuck; the file keeps the holder's host and pid for the
+    refusal message. The lock is advisory and local: on a network filesystem without flock
+    support two machines are not kept apart.
+    """
+    import fcntl
+
+    path = Path(run_dir) / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown holder"
+        handle.close()
+        raise RunDirError(
+            f"{run_dir} is being written by another pid-bench run ({holder}); wait for it to "
+            "finish or stop it, or use another --output"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"host {socket.gethostname()}, pid {os.getpid()}, "
+            f"since {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+        )
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock

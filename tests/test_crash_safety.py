@@ -121,3 +121,32 @@ def test_sigint_and_sigterm_finish_the_part_and_say_what_remains(suite, tmp_path
         rerun = subprocess.run(_command(suite, out), capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         assert len(_written(out)) == total
+
+
+def test_a_second_driver_is_refused_naming_the_first_and_a_dead_one_leaves_no_lock(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pid_bench.store import RunDirError, run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(RunDirError, match=rf"host {socket.gethostname()}, pid {os.getpid()}"):
+            with run_lock(tmp_path):
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pid_bench.store import run_lock\n"
+        f"with run_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunDirError, match=rf"pid {holder.pid}"):
+        with run_lock(tmp_path):
+            pass
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    time.sleep(0.1)
+    with run_lock(tmp_path):  # the kernel released the dead holder's lock
+        pass
