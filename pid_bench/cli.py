@@ -387,6 +387,30 @@ def compare_cmd(
 
 
 @app.command()
+def compact(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", metavar="RUN_DIR")],
+) -> None:
+    """Merge a run's Parquet parts into one (atomically: a kill at any moment loses no row).
+
+    A run compacts its own parts as it goes and at its end; this is for directories written
+    otherwise. Exit code: 0 done; 2 not a run directory or another driver is writing it.
+    """
+    from pid_bench.store import RunDirError, compact, part_files, run_lock
+
+    if not (run_dir / "parts").is_dir():
+        err.print(f"[red]error:[/red] {escape(str(run_dir))}: no parts/ folder; pass a RUN_DIR")
+        raise typer.Exit(2)
+    try:
+        with run_lock(run_dir):
+            before = len(part_files(run_dir))
+            compact(run_dir)
+            typer.echo(f"{before} parts -> {len(part_files(run_dir))}")
+    except RunDirError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
 def doctor(
     suite_path: Annotated[
         Path | None,

@@ -22,6 +22,7 @@ import pytest
 
 from pid_bench.runner import plan
 from pid_bench.schema import ROW_SCHEMA
+from pid_bench.store import part_files
 from pid_bench.suite import load_suite
 from tests.test_run import write_suite
 
@@ -40,7 +41,7 @@ def _command(suite: Path, out: Path, report: bool = False) -> list[str]:
 def _written(out: Path) -> list[tuple[str, str]]:
     """(cell_id, decoder) of every row in every part; a truncated part fails to read here."""
     keys = []
-    for part in sorted((out / "parts").glob("part-*.parquet")):
+    for part in part_files(out):  # as every reader sees them: an interrupted compaction settled
         table = pq.read_table(part, schema=ROW_SCHEMA)
         keys += zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True)
     return keys
@@ -55,7 +56,10 @@ def suite(tmp_path) -> Path:
 
 
 def _parts(out: Path) -> int:
-    return len(list((out / "parts").glob("part-*.parquet")))
+    """Cells persisted so far (parts are merged as a run goes, so count cells, not files)."""
+    if not (out / "parts").is_dir():
+        return 0
+    return len({cell for cell, _ in _written(out)})
 
 
 def test_sigkill_at_random_moments_never_loses_or_duplicates_a_cell(suite, tmp_path):
@@ -150,3 +154,65 @@ def test_a_second_driver_is_refused_naming_the_first_and_a_dead_one_leaves_no_lo
     time.sleep(0.1)
     with run_lock(tmp_path):  # the kernel released the dead holder's lock
         pass
+
+
+def _three_parts(run_dir: Path) -> list:
+    from pid_bench.store import write_part
+
+    rows = [{"cell_id": f"c{i}", "decoder": "pid", "status": "ok"} for i in range(6)]
+    return [write_part(run_dir, rows[i : i + 2]) for i in range(0, 6, 2)]
+
+
+def test_compaction_merges_parts_and_a_kill_at_any_step_loses_no_row(tmp_path, monkeypatch):
+    from pid_bench import store
+
+    expected = {(f"c{i}", "pid") for i in range(6)}
+    run = tmp_path / "whole"
+    _three_parts(run)
+    store.compact(run)
+    assert len(store.part_files(run)) == 1 and store.finished_rows(run) == expected
+
+    for fail_at in ("journal", "rename", "delete"):  # kill before each step of compaction
+        run = tmp_path / fail_at
+        _three_parts(run)
+        with monkeypatch.context() as patch:
+            if fail_at == "journal":
+                patch.setattr(store, "write_json", _boom)
+            elif fail_at == "rename":
+                patch.setattr(store.os, "replace", _boom_after_journal(store.os.replace))
+            else:
+                patch.setattr(store, "_finish_compaction", _boom)
+            with pytest.raises(KeyboardInterrupt):
+                store.compact(run)
+        assert store.finished_rows(run) == expected, fail_at  # recovered on the next read
+        keys = [k for p in store.part_files(run) for k in _keys(p)]
+        assert len(keys) == len(set(keys)) == 6, fail_at  # and no row twice
+        assert not list((run / "parts").glob(".*")) and not (run / "parts" / "compact.json").exists()
+
+
+def _boom(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _boom_after_journal(replace):
+    def patched(src, dst):
+        if str(dst).endswith(".parquet"):
+            raise KeyboardInterrupt
+        return replace(src, dst)
+
+    return patched
+
+
+def _keys(part):
+    table = pq.read_table(part, columns=["cell_id", "decoder"])
+    return list(zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True))
+
+
+def test_pid_bench_compact_merges_a_run_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from pid_bench.cli import app
+
+    _three_parts(tmp_path)
+    result = CliRunner().invoke(app, ["compact", str(tmp_path)])
+    assert result.exit_code == 0 and "3 parts -> 1" in result.output
