@@ -378,6 +378,8 @@ def _execute(
     finally:
         if started_here:
             ray.shutdown()
+        elif "pool" in locals():  # a Ray we did not start (a notebook's, a test's) outlives us
+            pool.close()
 
 
 class _ActorPool:
@@ -406,6 +408,13 @@ class _ActorPool:
     @property
     def busy(self) -> bool:
         return bool(self.inflight)
+
+    def close(self) -> None:
+        """Stop this run's actors (their CPUs and models go back to a Ray that stays up)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
 
     def _new_actor(self):
         return self.worker_cls.remote(self.device, self.settings)

@@ -47,3 +47,22 @@ def _threads():
     """Two threads (the CI machine's cores), unless OMP_NUM_THREADS says otherwise: the fidelity
     tests are run single-threaded too, and must pass at the oracle's standard either way."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
+
+
+@pytest.fixture(scope="module")
+def shared_local_ray():
+    """One local Ray (loopback, as `pid-bench run` starts it) for a module's in-process runs:
+    each run then brings up only its actors, not a Ray of its own (seconds per run). Modules
+    opt in with `pytestmark = pytest.mark.usefixtures("shared_local_ray")`."""
+    import ray
+
+    from pid_bench.runner import _init_ray
+
+    if ray.is_initialized():
+        yield
+        return
+    _init_ray(None, cpu_workers=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()

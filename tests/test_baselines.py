@@ -17,6 +17,8 @@ from pid_bench.suite import SuiteError, load_suite
 from pid_models.baselines import BaselineError, chain_length, load_spandrel, tiled
 from tests.test_run import write_suite
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 
 class Payload:
     """An arbitrary pickled object: what weights_only loading must refuse."""
@@ -88,36 +90,6 @@ def test_an_undeclared_baseline_decoder_names_the_missing_entry(tmp_path):
         load_suite(path)
 
 
-def test_a_suite_with_two_learned_baselines_runs_end_to_end_into_the_report(tmp_path, weights):
-    path = write_suite(
-        tmp_path, decoders=["pid", "native", "native+bicubic", "native+realesrgan",
-                            "native+swinir"], sigmas=[0.0], resolutions=[64], limit=2,
-        baselines={"realesrgan": {"path": str(weights / "rrdb_x4.pth"), "tile": 8,
-                                  "tile_overlap": 2},
-                   "swinir": {"path": str(weights / "swinir_x4.safetensors")}},
-        metrics=["psnr", "twin"],
-    )  # fmt: skip
-    run_dir = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", str(path), "--output", str(run_dir)])
-    assert result.exit_code == 0, result.output
-    rows = pq.read_table(run_dir / "parts").to_pylist()
-    by_decoder = {r["decoder"]: r for r in rows}
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["error"]]
-    sr = by_decoder["native+realesrgan"]
-    assert sr["resize_kernel"] == "realesrgan (ESRGAN x4)"
-    assert (sr["decoded_height"], sr["decoded_width"]) == (64, 64)
-    assert sr["metric_twin_psnr"] is not None and sr["weights_bytes"] > 0
-    assert by_decoder["native+swinir"]["resize_kernel"] == "swinir (SwinIR x4)"
-    text = (run_dir / "leaderboard.md").read_text()
-    html = (run_dir / "report.html").read_text()
-    for baseline in ("native+bicubic", "native+realesrgan", "native+swinir"):
-        assert f"PiD vs {baseline}, paired" in html, baseline
-    assert "native+swinir" in text
-    assert any(p.name.startswith("pareto_tiny") for p in (run_dir / "plots").iterdir())
-    resolved = json.loads((run_dir / "run.json").read_text())["suite"]["baselines"]
-    assert resolved["realesrgan"]["tile"] == 8
-
-
 def _tiny_upscale_pipeline(folder):
     """A seeded random StableDiffusionUpscalePipeline: x4 VAE, 7-channel UNet, tiny CLIP."""
     from diffusers import (
@@ -159,18 +131,21 @@ def _tiny_upscale_pipeline(folder):
     return folder
 
 
-def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_prompt(
+def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
     tmp_path, weights, monkeypatch
 ):
     from pid_bench import report
 
     folder = _tiny_upscale_pipeline(tmp_path / "sd-x4")
     path = write_suite(
-        tmp_path, decoders=["pid", "native+bicubic", "native+realesrgan", "native+sd-x4-upscaler"],
+        tmp_path, decoders=["pid", "native", "native+bicubic", "native+realesrgan",
+                            "native+swinir", "native+sd-x4-upscaler"],
         sigmas=[0.0], resolutions=[64], limit=1, metrics=["psnr", "twin"],
         baselines={"sd-x4-upscaler": {"kind": "sd_x4_upscaler", "source": str(folder),
                                       "steps": 2, "noise_level": 20},
-                   "realesrgan": {"path": str(weights / "rrdb_x4.pth")}},
+                   "realesrgan": {"path": str(weights / "rrdb_x4.pth"), "tile": 8,
+                                  "tile_overlap": 2},
+                   "swinir": {"path": str(weights / "swinir_x4.safetensors")}},
     )  # fmt: skip
     plotted: list[str] = []  # the decoders the Pareto plot is drawn from
     original = report._plot_pareto
@@ -190,10 +165,19 @@ def test_a_cascaded_diffusion_upscaler_runs_as_a_baseline_with_the_caption_as_pr
     assert sd["resize_kernel"].startswith("sd-x4-upscaler (StableDiffusionUpscalePipeline x4, 2 steps")
     assert (sd["decoded_height"], sd["decoded_width"]) == (64, 64) and sd["latency_ms_p50"] > 0
     html = (run_dir / "report.html").read_text()
-    for baseline in ("native+sd-x4-upscaler", "native+realesrgan"):
+    for baseline in ("native+bicubic", "native+realesrgan", "native+swinir",
+                     "native+sd-x4-upscaler"):  # fmt: skip
         assert f"PiD vs {baseline}, paired" in html and baseline in plotted
-    assert all(r["status"] == "ok" for r in rows.values())
+    assert all(r["status"] == "ok" for r in rows.values()), [r["error"] for r in rows.values()]
     assert (run_dir / "plots" / "pareto_tiny_psnr.png").is_file()
+    sr = rows["native+realesrgan"]
+    assert sr["resize_kernel"] == "realesrgan (ESRGAN x4)" and sr["weights_bytes"] > 0
+    assert (sr["decoded_height"], sr["decoded_width"]) == (64, 64)
+    assert sr["metric_twin_psnr"] is not None
+    assert rows["native+swinir"]["resize_kernel"] == "swinir (SwinIR x4)"
+    assert "native+swinir" in (run_dir / "leaderboard.md").read_text()
+    resolved = json.loads((run_dir / "run.json").read_text())["suite"]["baselines"]
+    assert resolved["realesrgan"]["tile"] == 8
 
 
 def test_a_missing_upscaler_pipeline_names_the_download(tmp_path):

@@ -13,14 +13,19 @@ from pid_bench.cli import app
 from pid_bench.compare import CompareError, compare, parse_rules
 from tests.test_run import write_suite
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
-    suite = write_suite(folder, limit=2, metrics=["psnr", "ssim"])
+    # two images of one setting: a paired interval needs at least two cells per setting
+    suite = write_suite(folder, limit=2, sigmas=[0.0], resolutions=[64], metrics=["psnr"],
+                        decoders=["pid", "native"])  # fmt: skip
     runner = CliRunner()
     for name in ("a", "b"):
-        result = runner.invoke(app, ["run", str(suite), "--output", str(folder / name)])
+        args = ["run", str(suite), "--output", str(folder / name), "--no-report"]
+        result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     return folder
 

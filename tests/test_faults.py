@@ -15,6 +15,8 @@ from pid_bench.schema import ROW_SCHEMA
 from pid_bench.suite import load_suite
 from tests.test_run import write_suite
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 runner = CliRunner()
 
 

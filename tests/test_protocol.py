@@ -176,6 +176,8 @@ def test_a_folder_is_a_source_and_plan_names_upsampled_references(tmp_path):
 CUSTOM = '''
 import torch
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 
 def mean_red(image, context):
     """Mean of the red channel."""

@@ -25,6 +25,8 @@ from pid_bench.store import RunDirError, claim_run_dir, finished_rows, part_file
 from pid_bench.suite import load_suite
 from pid_models.flops import decode_flops
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 

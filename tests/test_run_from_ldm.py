@@ -17,6 +17,8 @@ from pid_models import ldm
 from pid_models.tiny import build_tiny_codec
 from tests.test_ldm import build_flux
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 runner = CliRunner()
 
 
