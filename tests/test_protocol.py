@@ -18,6 +18,8 @@ from pid_bench.manifests import load_folder, scan_folder
 from pid_bench.suite import load_suite
 from tests.test_run import write_suite
 
+pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
+
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
@@ -175,8 +177,6 @@ def test_a_folder_is_a_source_and_plan_names_upsampled_references(tmp_path):
 
 CUSTOM = '''
 import torch
-
-pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs
 
 
 def mean_red(image, context):
