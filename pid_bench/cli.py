@@ -377,6 +377,11 @@ def compare_cmd(
         )
         for line in result.regressions:
             err.print(f"[red]REGRESSION[/red] {escape(line)}")
+        if result.ungated:
+            err.print(
+                f"[yellow]not gated[/yellow] (fewer than 3 matched cells): "
+                f"{len(result.ungated)} setting(s)"
+            )
     folder = output or runs[-1]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare.md").write_text(markdown(results, rules), encoding="utf-8")

@@ -13,6 +13,8 @@ counted, never hidden.
 `--fail-on` (`name=+N%` or `name=-N`, comma-separated) turns a regression into exit code 1 when
 the change passes its threshold *and* its interval is clear of no change:
 
+A setting with fewer than `MIN_PAIRS` (3) matched cells is reported "not gated".
+
 * `latency=+5%`: B is more than 5 % slower (ratio mean > 1.05 and interval low > 1);
 * `memory=+10%`: the peak allocated memory grew by more than 10 % (CUDA runs);
 * `psnr=-0.1`: PSNR fell by more than 0.1 (mean difference < -0.1 and interval high < 0);
@@ -35,6 +37,9 @@ from pid_bench.sets import GROUP_KEYS
 from pid_bench.stats import bootstrap_mean_ci
 
 MATCH_KEYS = ("cell_id", "decoder")
+#: A gate judges a setting only with at least this many matched cells: the bootstrap interval
+#: of two values says little, and CPU timing noise alone moves a tiny decode by 5-15 %.
+MIN_PAIRS = 3
 SETTING_KEYS = (*GROUP_KEYS, "decoder")
 _RULE = re.compile(r"^\s*([A-Za-z0-9_:.\-]+)\s*=\s*([+-])\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
@@ -87,6 +92,7 @@ class Comparison:
     only_b: int = 0
     matched: int = 0
     regressions: list[str] = field(default_factory=list)
+    ungated: list[str] = field(default_factory=list)  # settings with fewer than MIN_PAIRS cells
 
 
 def ok_rows(run_dir: Path) -> pd.DataFrame:
@@ -114,12 +120,13 @@ def compare(
         label = _setting_label(dict(zip(SETTING_KEYS, setting, strict=True)))
         for record in _measures(group, metrics, direction, seed, n_resamples):
             result.records.append({"setting": label, **record})
+    gated = [(r, rule) for r in result.records for rule in rules if r["measure"] == rule.name]
     result.regressions = [
         f"{r['setting']}: {r['measure']} {r['change']} passes {rule.text()}"
-        for r in result.records
-        for rule in rules
-        if _is_regression(r, rule)
+        for r, rule in gated
+        if r["n"] >= MIN_PAIRS and _is_regression(r, rule)
     ]
+    result.ungated = sorted({r["setting"] for r, _ in gated if r["n"] < MIN_PAIRS})
     return result
 
 
@@ -226,7 +233,8 @@ def markdown(results: Sequence[Comparison], rules: Sequence[Rule]) -> str:
         lines += ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
                   for row in table_rows(result)]  # fmt: skip
-        lines += [""] + [f"- REGRESSION {r}" for r in result.regressions] + [""]
+        lines += [""] + [f"- REGRESSION {r}" for r in result.regressions]
+        lines += [f"- not gated ({MIN_PAIRS}+ cells needed): {u}" for u in result.ungated] + [""]
     lines.append(
         "Latency and memory: mean of per-cell ratios B / A (< 1: B faster or smaller). Metrics: "
         "mean paired difference B − A. Intervals: percentile bootstrap over cells."

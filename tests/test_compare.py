@@ -19,9 +19,9 @@ pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the modu
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
-    # two images of one setting: a paired interval needs at least two cells per setting
-    suite = write_suite(folder, limit=2, sigmas=[0.0], resolutions=[64], metrics=["psnr"],
-                        decoders=["pid", "native"])  # fmt: skip
+    # 2 images x 2 seeds of one setting: the gate judges settings of 3 or more cells
+    suite = write_suite(folder, limit=2, seeds=[0, 1], sigmas=[0.0], resolutions=[64],
+                        metrics=["psnr"], decoders=["pid", "native"])  # fmt: skip
     result = CliRunner().invoke(app, ["run", str(suite), "--output", str(folder / "a"), "--no-report"])
     assert result.exit_code == 0, result.output
     # B: the same rows measured again, 10 % slower (a second real run costs a Ray start-up here;
@@ -86,3 +86,18 @@ def test_bad_rules_and_bad_runs_are_refused_with_the_fix(tmp_path):
     assert [r.text() for r in parse_rules("latency=+5%, psnr=-0.1")] == ["latency=+5%", "psnr=-0.1"]
     result = CliRunner().invoke(app, ["compare", str(tmp_path), str(tmp_path)])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_a_setting_with_too_few_cells_is_reported_not_gated(two_runs, tmp_path):
+    from pid_bench import compare as module
+
+    regressed = tmp_path / "few"
+    shutil.copytree(two_runs / "b", regressed)
+    _slowed_and_blurred(regressed, factor=3.0, psnr_drop=0.0)
+    original = module.MIN_PAIRS
+    module.MIN_PAIRS = 5  # more than the 4 cells each setting has
+    try:
+        result = compare(two_runs / "a", regressed, parse_rules("latency=+5%"))
+    finally:
+        module.MIN_PAIRS = original
+    assert result.regressions == [] and len(result.ungated) == 2  # pid and native
