@@ -4,8 +4,8 @@
 
 Measures, on this machine, with the tiny backbone and synthetic rows (no decoding):
   plan     expand and hash a suite of --cells cells (`pid_bench.runner.plan`);
-  resume   scan a run directory of --parts parts for finished cells (`store.finished_rows`),
-           before and after `pid-bench compact` merges them;
+  resume   scan a run directory of --parts one-cell parts for finished cells
+           (`store.finished_rows`), before and after `pid-bench compact` merges them;
   report   build the report (leaderboard, sections, plots) over --rows rows;
   overhead the driver's own work per cell: persisting its rows as a part (write_part).
 Targets (issue "Compare, scale"): plan 100k cells < 10 s, resume 10k parts < 5 s, report 100k
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         run_dir = folder / "run"
         run_dir.mkdir()
-        rows = _rows(planned, suite.decoders, max(args.rows, args.parts * 3))
-        per_part = max(1, len(rows) // args.parts)
+        rows = _rows(planned, suite.decoders, max(args.rows, args.parts * len(suite.decoders)))
+        per_cell = len(suite.decoders)
         started = time.perf_counter()
-        for i in range(0, per_part * args.parts, per_part):
-            write_part(run_dir, rows[i : i + per_part])
+        for i in range(0, per_cell * args.parts, per_cell):  # one part per cell, as a run writes
+            write_part(run_dir, rows[i : i + per_cell])
         results["overhead_ms"] = (time.perf_counter() - started) * 1000 / args.parts
         results["parts"] = args.parts
         started = time.perf_counter()
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         finished_rows(run_dir)
         results["resume_compacted"] = time.perf_counter() - started
 
+        if len(rows) > per_cell * args.parts:  # the rest of the report's rows in one part
+            write_part(run_dir, rows[per_cell * args.parts :])
         cells = sorted({r["cell_id"] for r in rows})
         write_plan(run_dir, cells)
         write_json(run_dir / "run.json", {"run_id": "run", "suite": suite.resolved(),
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         write_report(run_dir)
         results["report"] = time.perf_counter() - started
-        results["report_rows"] = len(done)
+        results["report_rows"] = len(rows)
     _print(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

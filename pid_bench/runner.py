@@ -23,7 +23,6 @@ from pathlib import Path
 from pid_bench import __version__
 from pid_bench.cell import CellSettings, TimingPolicy, model_identity, utc_now
 from pid_bench.store import (
-    COMPACT_EVERY,
     claim_run_dir,
     compact,
     finished_rows,
@@ -190,8 +189,6 @@ def _run_locked(
                         write_part(run_dir, rows)
                         invocation["rows_written"] += len(rows)
                         finished.add(rows[0]["cell_id"])
-                        if len(finished) % COMPACT_EVERY == 0:
-                            compact(run_dir, small_only=True)
                         for row in rows:
                             counts[row["status"]] += 1
         if not stop.signal:
