@@ -53,15 +53,15 @@ _NAMED = re.compile(r"^part-([0-9a-f]{16})((?:~[a-z0-9+._-]+)+)~([0-9a-f]{8})\.p
 
 def write_part(run_dir: Path, rows: list[dict]) -> Path:
     """Write rows as one new part (atomically); one cell's rows get a name that lists them."""
-    cells = {row["cell_id"] for row in rows}
-    decoders = [row["decoder"] for row in rows]
+    table = to_table(rows)  # refuses a row with a column the schema lacks, before naming
+    cells = {row.get("cell_id") for row in rows}
+    decoders = [str(row.get("decoder")) for row in rows]
     suffix = uuid.uuid4().hex
     name = f"part-{suffix[:16]}.parquet"
     if len(cells) == 1 and len(set(decoders)) == len(decoders):
         candidate = f"part-{cells.pop()}~{'~'.join(decoders)}~{suffix[:8]}.parquet"
         if _NAMED.match(candidate) and len(candidate) < 240:
             name = candidate
-    table = to_table(rows)
     table = pa.Table.from_arrays(table.columns, schema=STORAGE_SCHEMA)
     # A small part: no dictionaries or statistics (they cost more than they save at 3 rows).
     return write_table_atomic(

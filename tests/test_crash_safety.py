@@ -50,7 +50,7 @@ def _written(out: Path) -> list[tuple[str, str]]:
 @pytest.fixture
 def suite(tmp_path) -> Path:
     return write_suite(
-        tmp_path, sigmas=[0.0, 0.4], resolutions=[64, [64, 96]], decoders=DECODERS,
+        tmp_path, sigmas=[0.0, 0.2, 0.4, 0.6], resolutions=[64, [64, 96]], decoders=DECODERS,
         limit=2, timing={"warmup": 0, "repeats": 1, "min_time_s": 0},  # cells are under test
     )  # fmt: skip
 
