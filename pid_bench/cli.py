@@ -76,33 +76,33 @@ def plan(
 
     suite = _load_suite_or_exit(suite_path)
     planned = plan_cells(suite)
+    columns = ("backbone", "ckpt_type", "precision", "compile", "resolution", "sigma", "x_t",
+               "seed", "steps", "image")  # fmt: skip
+    rows = [(cid, dict(zip(columns, _plan_values(cell), strict=True))) for cid, cell in planned]
+    # Axes with one value go above the table, so the table fits 80 columns.
+    varying = [c for c in columns if len({values[c] for _, values in rows}) > 1]
+    fixed = [f"{c} {rows[0][1][c]}" for c in columns if c not in varying and rows and rows[0][1][c]]
     table = Table(title=f"{suite.name}: {len(planned)} cells x {len(suite.decoders)} decoders")
-    for column in (
-        "cell_id",
-        "backbone",
-        "ckpt_type",
-        "precision",
-        "compile",
-        "resolution",
-        "sigma",
-        "x_t",
-        "seed",
-        "steps",
-        "image",
-    ):
+    for column in ("cell_id", *varying):
         table.add_column(column)
-    for cid, cell in planned:
-        sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
-        xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
-        table.add_row(
-            cid, cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
-            f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
-            str(cell.pid_steps), cell.item.id,
-        )  # fmt: skip
+    for cid, values in rows:
+        table.add_row(cid, *(values[c] for c in varying))
+    if fixed:
+        typer.echo("every cell: " + " · ".join(fixed))
     Console().print(table)
     typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
     for note in suite.reference_notes():
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+def _plan_values(cell) -> tuple[str, ...]:
+    sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
+    xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
+    return (
+        cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
+        f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
+        str(cell.pid_steps), cell.item.id,
+    )  # fmt: skip
 
 
 @app.command()
@@ -425,7 +425,13 @@ def doctor(
         Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
     ] = None,
 ) -> None:
-    """Show which weights are present (PiD, codecs, caption encoder, LDM pipelines) and the device."""
+    """Show which weights are present (PiD, codecs, caption encoder, LDM pipelines, baselines)
+    and the device.
+
+    Exit code: 0 without a suite, or when every cell and baseline of the suite can run; 1 when
+    some cannot (the tables say what is missing and the command that fetches it); 2 a suite
+    that does not load.
+    """
     from pid_bench.doctor import print_doctor
 
     if suite_path is not None:

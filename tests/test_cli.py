@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from pid_bench.cli import app
+from tests.test_run import REPO
 
 runner = CliRunner()
 
@@ -82,3 +83,18 @@ def test_decode_of_an_unreleased_pair_is_bad_input_listing_valid_pairs(tmp_path)
     )
     assert result.exit_code == 2
     assert "sdxl/2kto4k" in result.output
+
+
+def test_plan_fits_80_columns_with_fixed_axes_above_the_table(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(app, ["plan", str(REPO / "suites" / "smoke.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "every cell: backbone tiny · ckpt_type 2k · precision auto" in result.output
+    table = [line for line in result.output.splitlines() if line.startswith(("┃", "│"))]
+    assert table and max(len(line) for line in table) <= 80
+    assert "resolution" in result.output and "sigma" in result.output  # the axes that vary
+
+
+def test_doctor_help_states_its_exit_codes():
+    result = CliRunner().invoke(app, ["doctor", "--help"], env={"COLUMNS": "100"})
+    assert "Exit code: 0" in result.output and "1 when" in result.output
