@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pid_bench.parity import NET_STANDARD, Standard, load_case  # noqa: E402
+from pid_models.decoder import tf32_allowed  # noqa: E402
 
 SCHEMA = "pid-bench/device-check/v1"
 FLUX_2K = "PiD_res2k_sr4x_official_flux_distill_4step"
@@ -77,16 +78,6 @@ def _timed(step: Step, body: Callable[[Step], None]) -> Step:
 # ---- 1. golden vectors -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _no_tf32() -> Any:
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-
-
 @torch.no_grad()
 def golden_forward(reference: Path, device: torch.device, precision: str) -> list[dict]:
     """Every forward case of the oracle on `device` in `precision`, against its golden output."""
@@ -104,7 +95,7 @@ def golden_forward(reference: Path, device: torch.device, precision: str) -> lis
             if precision == "bf16-autocast"
             else contextlib.nullcontext()
         )
-        with autocast, _no_tf32():
+        with autocast, tf32_allowed(False):
             out = net(inputs["input.x"], inputs["input.t"], inputs["input.y"],
                       lq_latent=inputs["input.lq_latent"].to(torch.bfloat16).float()
                       if precision != "fp32" else inputs["input.lq_latent"],
@@ -143,26 +134,11 @@ def golden_step(reference: Path | None, device: torch.device, precision: str) ->
 
 def flop_step() -> Step:
     def body(s: Step) -> None:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        import pid_models.pid_net as pid_net
-        from pid_models.flops import forward_flops
+        from pid_models.flops import counted_forward_flops, forward_flops
         from pid_models.tiny import TINY_NET_KWARGS
 
-        def matmul_attention(q, k, v):  # counted: the CPU SDPA kernel is not
-            weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
-            return (weights @ v).transpose(1, 2).flatten(2)
-
-        net = pid_net.PidNet(**TINY_NET_KWARGS).eval()
-        original, pid_net.attention = pid_net.attention, matmul_attention
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                net(torch.randn(1, 3, 64, 96), torch.full((1,), 500.0),
-                    torch.randn(1, 7, TINY_NET_KWARGS["txt_embed_dim"]),
-                    torch.randn(1, 16, 2, 3), torch.zeros(1))  # fmt: skip
-        finally:
-            pid_net.attention = original
-        counted, estimate = counter.get_total_flops(), forward_flops(TINY_NET_KWARGS, (64, 96), 7)
+        counted = counted_forward_flops(TINY_NET_KWARGS, (64, 96), 7)
+        estimate = forward_flops(TINY_NET_KWARGS, (64, 96), 7)
         error = abs(estimate - counted) / counted
         s.figures = {"counted": counted, "analytic": estimate, "relative_error": error}
         s.status = "ok" if error < 0.05 else "FAIL"

@@ -35,7 +35,7 @@ from pid_bench.metrics import (
     bicubic_resize as resize,
 )
 from pid_bench.schema import COLUMNS
-from pid_bench.suite import BUILTIN_DECODERS, LdmOptions
+from pid_bench.suite import BUILTIN_DECODERS, LdmOptions, TeacherOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.flops import decode_flops, peak_tflops
@@ -493,9 +493,6 @@ RESIZE_KERNELS = {
 assert set(RESIZE_KERNELS) == set(BUILTIN_DECODERS), "pid_bench.suite and cell disagree"
 
 
-TEACHER_DEFAULTS = {"steps": 25, "cfg_scale": 5.0, "shift": None, "negative_prompt": None}
-
-
 def teacher_net(cell, models: ModelSet, settings: CellSettings):
     """The undistilled teacher of the cell's backbone, loaded once per worker; the embedded
     tiny backbone's teacher is its own random PiD network (it exercises the sampler only)."""
@@ -547,13 +544,13 @@ def _decoder_fn(
             latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps, **tiles
         )
     if decoder == "pid-teacher":
-        options = {**TEACHER_DEFAULTS, **settings.teacher}
+        options = TeacherOptions(**settings.teacher)
         net = teacher_net(cell, models, settings)
-        negative = options["negative_prompt"] or NEGATIVE_PROMPT
-        y_null = None if options["cfg_scale"] == 1 else models.pid.encode_captions(negative, 1)
+        negative = options.negative_prompt or NEGATIVE_PROMPT
+        y_null = None if options.cfg_scale == 1 else models.pid.encode_captions(negative, 1)
         return lambda: models.pid.decode_teacher(
             net, latent, prepared["sigma"], prepared["y"], y_null, seed=cell.seed,
-            steps=options["steps"], cfg_scale=options["cfg_scale"], shift=options["shift"],
+            steps=options.steps, cfg_scale=options.cfg_scale, shift=options.shift,
         )  # fmt: skip
     if decoder == "native":
         return lambda: models.codec.decode(latent)
@@ -581,7 +578,7 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         resident = torch.cuda.memory_allocated(dev)
-    graphs_before = _graph_count()
+    graphs_before = _graph_count() if compiled else None  # dynamo's counters: compiled runs only
     state_before, state_reason = gpu_state(dev)
     with torch.no_grad():
         image, times, timer = timed(fn, settings.timing, dev)
@@ -605,10 +602,10 @@ def _run_decoder(decoder: str, cell, models: ModelSet, prepared: dict, settings:
         row["outside_envelope"] = max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type]
         row["sampler"] = f"distilled SDE, {cell.pid_steps} steps"
     if decoder == "pid-teacher":
-        options = {**TEACHER_DEFAULTS, **settings.teacher}
-        shift = options["shift"] or dynamic_shift(*cell.resolution)
+        options = TeacherOptions(**settings.teacher)
+        shift = options.shift or dynamic_shift(*cell.resolution)
         row["sampler"] = (
-            f"DPM-Solver++(2M), {options['steps']} steps, CFG {options['cfg_scale']:g}, "
+            f"DPM-Solver++(2M), {options.steps} steps, CFG {options.cfg_scale:g}, "
             f"shift {shift:.3f}"
         )
     row |= peak_fields(dev, resident) | {"weights_bytes": weights_bytes(keep)}
@@ -690,8 +687,8 @@ def _compute_fields(
     if decoder == "pid":
         out["flops"] = _pid_flops(cell, models, prepared, settings)
     elif decoder == "pid-teacher":
-        options = {**TEACHER_DEFAULTS, **settings.teacher}
-        calls = options["steps"] * (1 if options["cfg_scale"] == 1 else 2)
+        options = TeacherOptions(**settings.teacher)
+        calls = options.steps * (1 if options.cfg_scale == 1 else 2)
         out["flops"] = decode_flops(
             models.teacher.config, tuple(cell.resolution), calls, text_len=prepared["y"].shape[1]
         )

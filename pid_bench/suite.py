@@ -44,6 +44,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, is_known_metric
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
+from pid_models.teacher import TEACHER_CFG, TEACHER_STEPS
 
 __all__ = [
     "Cell",
@@ -240,6 +241,23 @@ class PidOptions(BaseModel):
     generator_device: Literal["decode", "cpu", "cuda"] = "decode"
 
 
+def _under_suite(path: str | None, info: ValidationInfo) -> str | None:
+    """A path relative to the suite file (context ``base_dir``), made absolute."""
+    if path is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    return str((base / path).expanduser().resolve())
+
+
+def _folder_or_repo_id(source: str | None, info: ValidationInfo) -> str | None:
+    """A source naming an existing folder next to the suite becomes its absolute path; any other
+    value is kept as it is (a repo id read from the HF cache)."""
+    if source is None:
+        return None
+    local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
+    return str(local.resolve()) if local.is_dir() else source
+
+
 class BaselineOptions(BaseModel):
     """An SR baseline run after the native decode (decoder ``native+<name>``).
 
@@ -264,22 +282,8 @@ class BaselineOptions(BaseModel):
     guidance_scale: Annotated[float, Field(ge=0)] = 9.0
     noise_level: NonNegativeInt = 20
 
-    @field_validator("path")
-    @classmethod
-    def _relative_to_suite(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path is None:
-            return None
-        base = Path((info.context or {}).get("base_dir", "."))
-        return str((base / path).expanduser().resolve())
-
-    @field_validator("source")
-    @classmethod
-    def _local_folder(cls, source: str | None, info: ValidationInfo) -> str | None:
-        """A folder next to the suite becomes its absolute path; otherwise a repo id."""
-        if source is None:
-            return None
-        local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
-        return str(local.resolve()) if local.is_dir() else source
+    _path = field_validator("path")(_under_suite)
+    _source = field_validator("source")(_folder_or_repo_id)
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> BaselineOptions:
@@ -294,8 +298,8 @@ class TeacherOptions(BaseModel):
     ``cfg_scale`` against ``negative_prompt``, ``shift`` (None: 6 * sqrt(sqrt(H*W) / 2048))."""
 
     model_config = _FROZEN
-    steps: PositiveInt = 25
-    cfg_scale: Annotated[float, Field(ge=1.0)] = 5.0
+    steps: PositiveInt = TEACHER_STEPS
+    cfg_scale: Annotated[float, Field(ge=1.0)] = TEACHER_CFG
     shift: Annotated[float, Field(gt=0)] | None = None
     negative_prompt: str | None = None  # None: upstream's default negative prompt
 
@@ -330,21 +334,9 @@ class LdmOptions(BaseModel):
     @field_validator("pipelines")
     @classmethod
     def _local_paths(cls, pipelines: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        """A value naming an existing folder next to the suite becomes its absolute path."""
-        base = Path((info.context or {}).get("base_dir", "."))
-        out = {}
-        for backbone, source in pipelines.items():
-            local = (base / source).expanduser()
-            out[backbone] = str(local.resolve()) if local.is_dir() else source
-        return out
+        return {backbone: _folder_or_repo_id(src, info) for backbone, src in pipelines.items()}
 
-    @field_validator("cache_dir")
-    @classmethod
-    def _relative_to_suite(cls, cache_dir: str | None, info: ValidationInfo) -> str | None:
-        if cache_dir is None:
-            return None
-        base = Path((info.context or {}).get("base_dir", "."))
-        return str((base / cache_dir).expanduser().resolve())
+    _cache_dir = field_validator("cache_dir")(_under_suite)
 
     def source(self, backbone: str) -> str | None:
         """The pipeline folder or repo id of ``backbone`` (None: the registry's default)."""

@@ -226,28 +226,16 @@ class PiDDecoder:
         memory_budget: int | None = None,
     ) -> SampleOutput:
         """Like `decode`, returning the unclamped result too."""
-        if latent.dim() == 3:
-            latent = latent[None]
-        if latent.dim() != 4:
-            raise ValueError(f"latent must be [B, C, h, w], got shape {tuple(latent.shape)}")
+        latent, sigma_t, (height, width) = self._inputs(latent, sigma, out_size)
         batch = latent.shape[0]
-        height, width = self._check_size(latent, out_size)
         velocity = self._velocity((height, width), tile_size, tile_overlap, tile_positions)
         if memory_budget is not None:
             check_memory_budget(
                 self.net.config, (height, width), memory_budget, tile_size, tile_overlap,
                 self.autocast_dtype or torch.float32, batch,
             )  # fmt: skip
-        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
-        if sigma_t.numel() == 1:
-            sigma_t = sigma_t.expand(batch)
-        if sigma_t.numel() != batch:
-            raise ValueError(f"{sigma_t.numel()} sigmas for a batch of {batch} latents")
         if y is None:
             y = self.encode_captions(caption, batch)
-        # Upstream hands the LQ latent over in bfloat16 whatever the run's precision (its VAE
-        # runs in bf16): the latent is rounded to bf16 and back, always.
-        latent = latent.to(self.device, torch.bfloat16).float()
         generator = torch.Generator(self.generator_device).manual_seed(seed)
         with self._autocast(), tf32_allowed(self.tf32):
             return sample(
@@ -278,13 +266,8 @@ class PiDDecoder:
         precision, TF32 and noise generator as `decode`, the teacher's own sampler and CFG."""
         from pid_models.teacher import sample_teacher
 
-        if latent.dim() == 3:
-            latent = latent[None]
+        latent, sigma_t, (height, width) = self._inputs(latent, sigma, None)
         batch = latent.shape[0]
-        height, width = self._check_size(latent, None)
-        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
-        sigma_t = sigma_t.expand(batch) if sigma_t.numel() == 1 else sigma_t
-        latent = latent.to(self.device, torch.bfloat16).float()
         generator = torch.Generator(self.generator_device).manual_seed(seed)
         y_null = None if y_null is None else y_null.to(self.device).expand(batch, -1, -1)
         with self._autocast(), tf32_allowed(self.tf32):
@@ -292,6 +275,28 @@ class PiDDecoder:
                 teacher, y.to(self.device), y_null, latent, sigma_t, (batch, 3, height, width),
                 steps=steps, cfg_scale=cfg_scale, shift=shift, generator=generator,
             )  # fmt: skip
+
+    def _inputs(
+        self,
+        latent: torch.Tensor,
+        sigma: float | Sequence[float] | torch.Tensor,
+        out_size: int | tuple[int, int] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """(latent [B, C, h, w] on the device, sigma [B], output (H, W)), checked. Upstream hands
+        the LQ latent over in bfloat16 whatever the run's precision (its VAE runs in bf16): the
+        latent is rounded to bf16 and back, always."""
+        if latent.dim() == 3:
+            latent = latent[None]
+        if latent.dim() != 4:
+            raise ValueError(f"latent must be [B, C, h, w], got shape {tuple(latent.shape)}")
+        batch = latent.shape[0]
+        out_hw = self._check_size(latent, out_size)
+        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).flatten().to(self.device)
+        if sigma_t.numel() == 1:
+            sigma_t = sigma_t.expand(batch)
+        if sigma_t.numel() != batch:
+            raise ValueError(f"{sigma_t.numel()} sigmas for a batch of {batch} latents")
+        return latent.to(self.device, torch.bfloat16).float(), sigma_t, out_hw
 
     def _velocity(
         self,

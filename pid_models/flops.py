@@ -87,6 +87,42 @@ def decode_flops(
     return steps * sum(forward_flops(config, hw, text_len, batch) for hw in shapes)
 
 
+def counted_forward_flops(
+    config: Mapping[str, Any], out_hw: tuple[int, int], text_len: int, seed: int = 0
+) -> int:
+    """FLOPs of one forward of a randomly initialised PidNet as torch's `FlopCounterMode`
+    counts them: the cross-check of `forward_flops`. Attention runs as explicit matmuls for the
+    count, because FlopCounterMode does not count the CPU scaled_dot_product_attention kernel
+    (half the FLOPs at full size)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pid_models import pid_net
+
+    def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return (weights @ v).transpose(1, 2).flatten(2)
+
+    generator = torch.Generator().manual_seed(seed)
+    net = pid_net.PidNet(**config).eval()
+    per_latent = net.pixels_per_latent
+    latent_hw = (out_hw[0] // per_latent, out_hw[1] // per_latent)
+    inputs = (
+        torch.randn(1, 3, *out_hw, generator=generator),
+        torch.full((1,), 500.0),
+        torch.randn(1, text_len, net.config["txt_embed_dim"], generator=generator),
+        torch.randn(1, net.config["lq_latent_channels"], *latent_hw, generator=generator),
+        torch.zeros(1),
+    )
+    original, pid_net.attention = pid_net.attention, matmul_attention
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(*inputs)
+    finally:
+        pid_net.attention = original
+    return counter.get_total_flops()
+
+
 #: PidNet's constructor defaults for the keys counted here (a manifest may omit them).
 _DEFAULTS = {
     "patch_size": 16,

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from pid_models.flops import decode_flops, forward_flops, peak_tflops
-from pid_models.pid_net import PidNet
+from pid_models.flops import counted_forward_flops, decode_flops, forward_flops, peak_tflops
 from pid_models.registry import EXPERIMENTS
 from pid_models.tiny import TINY_NET_KWARGS
 
@@ -22,36 +19,13 @@ V1PT5_SMALL = {
 }  # fmt: skip
 
 
-def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """`pid_net.attention` as explicit matmuls: FlopCounterMode does not count the CPU
-    scaled_dot_product_attention kernel, and attention is half the FLOPs at full size."""
-    weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
-    return (weights @ v).transpose(1, 2).flatten(2)
-
-
-def _counted(config: dict, out_hw: tuple[int, int], text_len: int, monkeypatch) -> int:
-    import pid_models.pid_net as pid_net
-
-    monkeypatch.setattr(pid_net, "attention", _matmul_attention)
-    net = PidNet(**config).eval()
-    per_latent = net.pixels_per_latent
-    x = torch.randn(1, 3, *out_hw)
-    y = torch.randn(1, text_len, config["txt_embed_dim"])
-    z = torch.randn(1, config["lq_latent_channels"], out_hw[0] // per_latent, out_hw[1] // per_latent)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, torch.full((1,), 500.0), y, z, torch.zeros(1))
-    return counter.get_total_flops()
-
-
 @pytest.mark.parametrize(
     "config, out_hw, text_len",
     [(TINY_NET_KWARGS, (64, 96), 7), (V1PT5_SMALL, (64, 128), 3)],
     ids=["tiny-2k", "small-v1pt5"],
 )
-def test_analytic_count_is_within_5_percent_of_flop_counter_mode(
-    config, out_hw, text_len, monkeypatch
-):
-    counted = _counted(dict(config), out_hw, text_len, monkeypatch)
+def test_analytic_count_is_within_5_percent_of_flop_counter_mode(config, out_hw, text_len):
+    counted = counted_forward_flops(config, out_hw, text_len)
     estimate = forward_flops(config, out_hw, text_len)
     assert counted > 0 and abs(estimate - counted) / counted < 0.05, (estimate, counted)
 
