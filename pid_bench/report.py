@@ -12,11 +12,10 @@ and draws:
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_set_l
 from pid_bench.schema import ROW_SCHEMA
 from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
 from pid_bench.store import read_plan, read_run_json
+from pid_bench.viewer import data_uri
 
 #: Direction of each measure the reports rank; a metric missing here is shown unmarked.
 #: Which way is better, per measure: the metric registry's declarations plus timing and memory.
@@ -58,8 +58,6 @@ UPSAMPLED_WARNING = (
     "reference upsampled from a smaller source, which rewards blur (rows with "
     "reference_upsampled = true)."
 )
-GRID_GROUPS = 6  # image groups shown in the HTML comparison grid
-THUMB_WIDTH = 256  # px; grid thumbnails are at most this wide
 MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
 _KEYS = ("mode", "backbone", "ckpt_type", "precision", "compile", "out", "sigma", "save_xt_step")
 _MiB = 2**20
@@ -95,16 +93,22 @@ def sql_names() -> list[str]:
     return sorted(p.stem for p in reports_dir().glob("*.sql"))
 
 
-#: Parameters each query binds (the others take none).
-QUERY_PARAMS: dict[str, dict[str, Any]] = {"grid": {"groups": GRID_GROUPS}}
+#: Parameters each query binds (none binds any today; Python only binds, never builds, SQL).
+QUERY_PARAMS: dict[str, dict[str, Any]] = {}
 
 
-def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
+def run_label(run_dir: Path, meta: dict[str, Any]) -> str:
+    """The report's name of a run: run.json's run_id, else the folder's name."""
+    return str(meta.get("run_id") or Path(run_dir).name)
+
+
+def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB over the run's parts.
 
     Tables: `all_rows` (every row on disk), `rows` (the report's scope: the latest row per
     (cell, decoder) among the cells and decoders of the suite as last run, with a
-    `metric_<name>` column for every metric the suite asked for, null where no row has one),
+    `metric_<name>` column for every metric the suite asked for, null where no row has one,
+    and `run_id` = `label`, default `run_label`: one name per run, whatever its rows say),
     the view `scoped_rows` (every row of those cells and decoders, superseded ones included),
     and the view `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one
     row per requested metric and row, `note` being the row's reason for a null.
@@ -125,7 +129,9 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     requested = requested_metrics(meta)
     columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
     added = [_metric_column(name, columns) for name in requested]
-    select = ", ".join(["*", *(expr for expr in added if expr)])
+    label = label or run_label(run_dir, meta)
+    star = f"* REPLACE ({_literal(label)} AS run_id)"
+    select = ", ".join([star, *(expr for expr in added if expr)])
     latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC NULLS LAST) = 1"
     con.execute(
         f"CREATE TEMP VIEW scoped_rows AS SELECT * FROM all_rows WHERE {_scope(con, run_dir, meta)}"
@@ -133,17 +139,18 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE TEMP TABLE rows AS SELECT {select} FROM scoped_rows QUALIFY {latest}")
     set_level = [n for n in requested if is_set_level(n)]
     con.execute(_metric_values_view([n for n in requested if n not in set_level]))
-    _load_sets(con, run_dir)
+    _load_sets(con, run_dir, label)
     return con
 
 
-def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path) -> None:
+def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path, label: str) -> None:
     """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
-    report's groups (pid_bench.sets)."""
+    report's groups (pid_bench.sets), run_id = the run's label as in `rows`."""
     con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
     keys = ", ".join((*GROUP_KEYS, "decoder"))
     con.execute(
-        f"CREATE TEMP TABLE set_values AS SELECT * FROM set_rows_in "
+        f"CREATE TEMP TABLE set_values AS SELECT * REPLACE ({_literal(label)} AS run_id) "
+        f"FROM set_rows_in "
         f"WHERE ({keys}) IN (SELECT ({keys}) FROM rows WHERE status = 'ok') "
         f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1"
     )
@@ -316,7 +323,7 @@ class _RunData:
 
     @property
     def run_id(self) -> str:
-        return str(self.meta.get("run_id") or self.run_dir.name)
+        return run_label(self.run_dir, self.meta)
 
     @property
     def git_sha(self) -> str:
@@ -552,8 +559,8 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
 
 
 def _fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
-    """Put each group's set-level value (fid, kid) into its leaderboard row."""
-    keys = (*GROUP_KEYS, "decoder")
+    """Put each group's set-level value (fid, kid) into its leaderboard row (of its run)."""
+    keys = (*GROUP_KEYS, "decoder", "run_id")
     cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
     values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}
     for row in leaderboard:
@@ -640,22 +647,97 @@ def _mib(value: int | None) -> str:
     return _fmt(None if value is None else value / _MiB, 1)
 
 
-def _measures(data: _RunData) -> list[tuple[str, str, Any]]:
-    """(column, header, formatter) of each measured column of the leaderboard."""
+#: The leaderboard's header groups, in their order on the page.
+GROUPS = ("setting", "latency", "memory", "quality")
+#: After a latency whose setting has rows with noisy repeats (timing_noisy).
+NOISY_MARK = " †"
+LATENCY_DEFINITION = (
+    "Median over the setting's ok rows of each row's latency_ms_p50: the median of the "
+    "timed repeats of one decode after warm-up (CUDA events on CUDA, perf_counter on CPU; "
+    "docs/protocol.md, Time). † marks a setting with rows whose repeats spread by more "
+    "than 10 % (listed under Flags)."
+)
+MEMORY_DEFINITION = (
+    "Max over the setting's ok rows of peak_mem_allocated_bytes: the CUDA allocator's peak "
+    "over the decoder's calls with only its own modules on the device (docs/protocol.md, "
+    "Memory); null on CPU."
+)
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """A measured column of the leaderboard: where it comes from and how it is shown."""
+
+    column: str  # the leaderboard query's column
+    title: str
+    group: str  # one of GROUPS
+    fmt: Callable[[Any], str]
+    noisy_if: str | None = None  # a count column: when > 0, NOISY_MARK follows the value
+
+    @property
+    def name(self) -> str:
+        return self.column.removeprefix("metric_")
+
+    def text(self, row: dict[str, Any]) -> str:
+        text = self.fmt(row[self.column])
+        return text + NOISY_MARK if self.noisy_if and row.get(self.noisy_if) else text
+
+
+@dataclass(frozen=True)
+class _Column:
+    title: str
+    group: str  # one of GROUPS
+    measure: str | None = None  # a measure's name (latency_ms_p50, psnr, ...): it has a definition
+
+    @property
+    def anchor(self) -> str | None:
+        """The id of its definition on the HTML page."""
+        return None if self.measure is None else "def-" + _safe(self.measure)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The leaderboard as both renderers see it: columns in header groups, rows of cells."""
+
+    columns: list[_Column]
+    rows: list[list[_Cell]]
+
+    @property
+    def headers(self) -> list[str]:
+        return [c.title for c in self.columns]
+
+    def groups(self) -> list[tuple[str, int]]:
+        """(group, span) of each run of consecutive columns: the first header row."""
+        spans: list[tuple[str, int]] = []
+        for column in self.columns:
+            if spans and spans[-1][0] == column.group:
+                spans[-1] = (column.group, spans[-1][1] + 1)
+            else:
+                spans.append((column.group, 1))
+        return spans
+
+
+def _measures(board: list[dict[str, Any]], requested: list[str]) -> list[_Measure]:
+    """Each measured column of the leaderboard: latency, memory, then every requested metric
+    and every other metric column with a value."""
     measures = [
-        ("latency_ms_p50", "latency p50 ms", lambda v: _fmt(v, 2)),
-        ("peak_mem_allocated_bytes", "peak mem MiB", _mib),
+        _Measure("latency_ms_p50", "latency p50 ms", "latency", lambda v: _fmt(v, 2), "n_noisy"),
+        _Measure("peak_mem_allocated_bytes", "peak mem MiB", "memory", _mib),
     ]
-    requested = [f"metric_{m}" for m in data.requested]
-    for metric in requested + [m for m in data.metrics if m not in requested]:
-        if metric in requested or any(r[metric] is not None for r in data.leaderboard):
-            measures.append((metric, metric.removeprefix("metric_"), _fmt))
+    wanted = [f"metric_{m}" for m in requested]
+    found = [c for c in (board[0] if board else {}) if c.startswith("metric_")]
+    for column in wanted + [c for c in found if c not in wanted]:
+        if column in wanted or any(r.get(column) is not None for r in board):
+            measures.append(_Measure(column, column.removeprefix("metric_"), "quality", _fmt))
     return measures
 
 
-def _footnote_numbers(data: _RunData) -> dict[str, int]:
+def _footnote_numbers(nulls: list[NullMetric]) -> dict[str, int]:
     """metric name -> its footnote number, for metrics null anywhere in the report."""
-    return {entry.metric: i for i, entry in enumerate(data.nulls, start=1)}
+    numbers: dict[str, int] = {}
+    for entry in nulls:
+        numbers.setdefault(entry.metric, len(numbers) + 1)
+    return numbers
 
 
 def footnotes(data: _RunData) -> list[str]:
@@ -671,7 +753,8 @@ def footnotes(data: _RunData) -> list[str]:
 
 
 def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
-    """Indexes of the rows holding the best value of `column` within their setting."""
+    """Indexes of the rows holding the best value of `column` within their setting (across
+    decoders, and across runs in a cross-run leaderboard)."""
     higher = direction(column)
     if higher is None:
         return set()
@@ -688,24 +771,58 @@ def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
     return best
 
 
-def _leaderboard_table(data: _RunData) -> tuple[list[str], list[list[_Cell]]]:
-    rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in data.leaderboard]
+def _leaderboard_table(
+    board: list[dict[str, Any]],
+    requested: list[str],
+    numbers: dict[str, int],
+    show_run: bool = False,
+) -> _Table:
+    """The leaderboard's columns and cells; `numbers` gives each null metric's footnote, and
+    `show_run` adds the run each row came from (cross-run leaderboards)."""
+    rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in board]
     keys = [k for k in _KEYS if any(r[k] is not None for r in rows)] + ["decoder"]
-    measures = _measures(data)
-    numbers = _footnote_numbers(data)
+    keys += ["run_id"] if show_run else []
+    measures = _measures(board, requested)
 
-    def header(column: str, title: str) -> str:
-        number = numbers.get(column.removeprefix("metric_"))
-        return title + marker(column) + (f" [{number}]" if number else "")
+    def title(m: _Measure) -> str:
+        number = numbers.get(m.name)
+        return m.title + marker(m.column) + (f" [{number}]" if number else "")
 
-    headers = keys + ["ok / rows"] + [header(c, h) for c, h, _ in measures]
-    best = {c: _best(rows, c) for c, _, _ in measures}
+    columns = [_Column("run" if k == "run_id" else k, "setting") for k in keys]
+    columns.append(_Column("ok / rows", "setting"))
+    columns += [_Column(title(m), m.group, m.name) for m in measures]
+    best = {m.column: _best(rows, m.column) for m in measures}
     table = []
     for i, row in enumerate(rows):
         cells = [_Cell(_key(row[k])) for k in keys] + [_Cell(f"{row['n_ok']} / {row['n_rows']}")]
-        cells += [_Cell(fmt(row[c]), i in best[c]) for c, _, fmt in measures]
+        cells += [_Cell(m.text(row), i in best[m.column]) for m in measures]
         table.append(cells)
-    return headers, table
+    return _Table(columns, table)
+
+
+def _definitions(table: _Table) -> list[dict[str, str]]:
+    """What each measured column of the table means (the registry's docs for metrics), for the
+    page's Definitions section that the headers link to."""
+    return [
+        {"anchor": c.anchor, "title": c.title, "text": _definition(c.measure)}
+        for c in table.columns
+        if c.measure is not None
+    ]
+
+
+def _definition(name: str) -> str:
+    if name == "latency_ms_p50":
+        return LATENCY_DEFINITION
+    if name == "peak_mem_allocated_bytes":
+        return MEMORY_DEFINITION
+    if name in METRICS:
+        return f"{METRICS[name].doc} Mean over the setting's ok rows. ({METRICS[name].kind})"
+    if name.startswith("pyiqa:"):
+        return f"pyiqa's {name.removeprefix('pyiqa:')!r} metric, as pyiqa defines it; mean over ok rows."
+    return (
+        "Not in this pid-bench's metric registry (a custom metric, or a column written by "
+        "another version); mean over the setting's ok rows."
+    )
 
 
 def _md_cell(text: str) -> str:
@@ -719,6 +836,28 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+LEADERBOARD_NOTE = (
+    "↑ higher is better, ↓ lower is better; bold: best of its setting. Metrics are means "
+    "over ok rows; latency is the median of the rows' p50 († some rows' repeats are noisy: "
+    "see Flags); memory the max; – no value. `native` is scored at its own size (the codec's "
+    "reconstruction, against the source at that size); the other decoders at the output size; "
+    "twin_* compare a decode, downsampled to the native size, with the native decode."
+)
+DEFINITIONS_MD = (
+    "Metric definitions: docs/metrics.md (\"Definitions\") in the pid-bench checkout, and the "
+    "Definitions section of the HTML page."
+)
+
+
+def _run_table(data: _RunData) -> _Table:
+    return _leaderboard_table(data.leaderboard, data.requested, _footnote_numbers(data.nulls))
+
+
+def _md_leaderboard(table: _Table) -> list[str]:
+    cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table.rows]
+    return _md_table(table.headers, cells) + [""]
+
+
 def _markdown(data: _RunData) -> str:
     lines = [f"# pid-bench leaderboard: {data.suite}", ""]
     lines += [f"run `{data.run_id}` · git `{data.git_sha}` · device {data.device}", ""]
@@ -727,18 +866,9 @@ def _markdown(data: _RunData) -> str:
     if data.upsampled_references:
         lines += [f"**{UPSAMPLED_WARNING}**", ""]
     lines += [f"Status: {data.status_line()}", ""]
-    headers, table = _leaderboard_table(data)
-    if table:
-        cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table]
-        lines += _md_table(headers, cells) + [""]
-        lines += [
-            "↑ higher is better, ↓ lower is better; bold: best decoder of its setting. Metrics are "
-            "means over ok rows; latency is the median of the rows' p50; memory the max; "
-            "– no value. `native` is scored at its own size (the codec's reconstruction, "
-            "against the source at that size); the other decoders at the output size; twin_* "
-            "compare a decode, downsampled to the native size, with the native decode.",
-            "",
-        ]
+    table = _run_table(data)
+    if table.rows:
+        lines += _md_leaderboard(table) + [f"{LEADERBOARD_NOTE} {DEFINITIONS_MD}", ""]
     else:
         lines += ["No rows in this run yet.", ""]
     notes = footnotes(data)
@@ -800,21 +930,61 @@ def _series(records: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[li
     return out
 
 
-#: One colour per decoder in every plot; another decoder gets a colour from its name's hash.
+#: One colour and one marker per decoder in every plot; another decoder gets them from its
+#: name's hash, so two decoders on one line still differ by shape.
 _COLORS = {"pid": "C2", "native": "C0", "native+bicubic": "C1", "native+lanczos": "C3"}
+_MARKERS = {"pid": "o", "native": "s", "native+bicubic": "^", "native+lanczos": "v",
+            "pid-teacher": "D"}  # fmt: skip
+_OTHER_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")
+#: Horizontal offset between neighbouring decoders, as a fraction of the x range: lines that
+#: coincide (twin metrics of native+bicubic and native+lanczos, say) stay apart.
+DODGE = 0.015
+DODGE_CAPTION = (
+    f"Each decoder has its own marker and colour. In the line plots its points are dodged "
+    f"horizontally by {100 * DODGE:g} % of the x range per decoder, so coinciding lines stay "
+    "visible: the true x of a point is the centre of its group."
+)
+PARETO_CAPTION = (
+    "Each decoder has its own marker and colour; points are semi-transparent and not dodged "
+    "(latencies are exact); the dashed line joins the Pareto front."
+)
 
 
 def _color(decoder: str) -> str:
     return _COLORS.get(decoder) or f"C{4 + zlib.crc32(decoder.encode()) % 6}"
 
 
+def _marker(decoder: str) -> str:
+    found = _MARKERS.get(decoder)
+    return found or _OTHER_MARKERS[zlib.crc32(decoder.encode()) % len(_OTHER_MARKERS)]
+
+
+def _dodge(series: dict[str, tuple[list, list]]) -> dict[str, float]:
+    """decoder -> its horizontal offset: DODGE of the x range per decoder, centred on 0."""
+    xs = [x for values, _ in series.values() for x in values]
+    span = (max(xs) - min(xs)) or abs(xs[0]) or 1.0
+    names = sorted(series)
+    middle = (len(names) - 1) / 2
+    return {name: (i - middle) * DODGE * span for i, name in enumerate(names)}
+
+
 def _draw(ax: Any, series: dict[str, tuple[list, list]], empty: str) -> None:
     if not series:
         _no_data(ax, empty)
         return
+    offsets = _dodge(series)
     for decoder, (xs, ys) in sorted(series.items()):
-        ax.plot(xs, ys, marker="o", label=decoder, color=_color(decoder))
+        shifted = [x + offsets[decoder] for x in xs]
+        ax.plot(shifted, ys, marker=_marker(decoder), label=decoder, color=_color(decoder),
+                alpha=0.85, markersize=6)  # fmt: skip
+    if len(series) > 1:
+        ax.set_xlabel(f"{ax.get_xlabel()} (decoders dodged, {100 * DODGE:g} % of range each)")
     ax.legend()
+
+
+def plot_caption(path: Path) -> str:
+    """What the page says under a plot beyond DODGE_CAPTION, which it states once for all."""
+    return PARETO_CAPTION if path.stem.startswith("pareto_") else ""
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -913,7 +1083,8 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
             f"mean {name}{marker(name)}",
         )
         for decoder, sub in group.groupby("decoder"):
-            ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder))
+            ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder),
+                       marker=_marker(decoder), alpha=0.75)  # fmt: skip
         front = pareto_front(group, y="quality", higher_is_better=higher)
         ax.plot(
             front.latency_ms_p50, front.quality, color="0.3", linestyle="--", label="Pareto front"
@@ -933,66 +1104,6 @@ def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
         *_plot_quality(con, folder),
         *_plot_pareto(con, folder),
     ]
-
-
-# ---- images for the grid -----------------------------------------------------------------------
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _inside(run_dir: Path, relative: str | None) -> Path | None:
-    """The file a row's relative path names, if it exists inside the run directory."""
-    if not relative:
-        return None
-    root = run_dir.resolve()
-    path = (root / relative).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
-
-
-def _thumbs(run_dir: Path, relative: str | None) -> dict[str, str] | None:
-    """{'full': uri, 'crop': uri}: a thumbnail and the centre crop (half of each side) enlarged
-    with nearest-neighbour to the thumbnail's size, so per-pixel detail shows."""
-    from PIL import Image
-
-    path = _inside(run_dir, relative)
-    if path is None:
-        return None
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
-    w, h = image.size
-    size = (min(THUMB_WIDTH, w), max(1, round(h * min(THUMB_WIDTH, w) / w)))
-    crop = image.crop((w // 4, h // 4, w // 4 + max(1, w // 2), h // 4 + max(1, h // 2)))
-    full = image.resize(size, Image.Resampling.LANCZOS)
-    zoom = crop.resize(size, Image.Resampling.NEAREST)
-    return {"full": _data_uri(_png(full)), "crop": _data_uri(_png(zoom))}
-
-
-def _grid(run_dir: Path, con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    groups = []
-    for g in query(con, "grid"):
-        native = "native+bicubic" if g["bicubic_path"] else "native"
-        columns = [
-            ("reference", g["reference_path"]),
-            (native, g["bicubic_path"] or g["native_path"]),
-            ("pid", g["pid_path"]),
-        ]
-        label = f"{g['image_id']} · σ={_key(g['sigma'])} · {g['out_height']}x{g['out_width']}"
-        groups.append(
-            {
-                "label": f"{g['backbone']} / {g['ckpt_type']} · {label}",
-                "caption": g["caption"] or "",
-                "columns": [(name, _thumbs(run_dir, path)) for name, path in columns],
-            }
-        )
-    return groups
 
 
 # ---- the HTML page -----------------------------------------------------------------------------
@@ -1016,25 +1127,34 @@ def _environment(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
-def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> str:
+def _jinja() -> Any:
     import jinja2
 
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(reports_dir()),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    headers, table = _leaderboard_table(data)
-    return env.get_template("report.html.j2").render(
+
+
+def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> str:
+    from pid_bench.viewer import json_for_html, viewer_data
+
+    table = _run_table(data)
+    viewer = viewer_data(data.run_dir, query(con, "grid"))
+    return _jinja().get_template("report.html.j2").render(
         data=data,
         footnotes=footnotes(data),
         warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
         upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
         environment=_environment(data.meta),
-        headers=headers,
         table=table,
-        plots=[(p.stem, _data_uri(p.read_bytes())) for p in plots],
-        grid=_grid(data.run_dir, con),
+        leaderboard_note=LEADERBOARD_NOTE,
+        dodge_caption=DODGE_CAPTION,
+        definitions=_definitions(table),
+        plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
+        viewer=viewer,
+        viewer_json=json_for_html(viewer),
     )
 
 

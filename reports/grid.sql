@@ -1,35 +1,52 @@
--- grain:   one row per (backbone, ckpt_type, image_id, sigma, out_height, out_width) whose PiD
---          image was saved; at most $groups rows, spread over images first (each image's first
---          group, then each image's second, ...)
--- inputs:  table `rows`, ok rows; parameter $groups (how many groups to return)
--- returns: caption, reference_path, and the image_path of the native+bicubic, native and pid rows
---          (paths relative to the run directory; null where that decoder saved no image)
-WITH groups AS (
+-- grain:   one row per cell of the report with at least one saved image: every setting of the
+--          image viewer, in the leaderboard's order of settings, then image and seed
+-- inputs:  table `rows`, ok rows; no parameters
+-- returns: cell_id, the cell's axes, image_id, seed, caption, reference_path, images (a list of
+--          {decoder, path}: each ok decoder row's image_path, by decoder; paths relative to the
+--          run directory), and embed_rank: the order in which the viewer embeds previews up to
+--          its cap (each setting's first image and seed first, then each one's second, ...), so
+--          a capped page still previews every backbone, size and noise level
+WITH cells AS (
     SELECT
+        cell_id,
+        mode,
         backbone,
         ckpt_type,
-        image_id,
-        sigma,
+        precision,
+        compile,
         out_height,
         out_width,
+        sigma,
+        save_xt_step,
+        pid_steps,
+        image_id,
+        seed,
         any_value(caption) AS caption,
         max(reference_path) AS reference_path,
-        max(image_path) FILTER (WHERE decoder = 'native+bicubic') AS bicubic_path,
-        max(image_path) FILTER (WHERE decoder = 'native') AS native_path,
-        max(image_path) FILTER (WHERE decoder = 'pid') AS pid_path
+        list({'decoder': decoder, 'path': image_path} ORDER BY decoder)
+            FILTER (WHERE image_path IS NOT NULL) AS images
     FROM rows
     WHERE status = 'ok'
-    GROUP BY backbone, ckpt_type, image_id, sigma, out_height, out_width
-), ranked AS (
+    GROUP BY ALL
+    HAVING count(image_path) > 0
+), ordered AS (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY image_id ORDER BY backbone, ckpt_type, sigma, out_height * out_width
-        ) AS nth_of_image
-    FROM groups
-    WHERE pid_path IS NOT NULL
+            PARTITION BY mode, backbone, ckpt_type, precision, compile, out_height, out_width,
+                sigma, save_xt_step, pid_steps
+            ORDER BY image_id, seed, cell_id
+        ) AS nth_of_setting
+    FROM cells
 )
-SELECT * EXCLUDE (nth_of_image)
-FROM ranked
-ORDER BY nth_of_image, image_id, backbone, ckpt_type, sigma, out_height * out_width
-LIMIT $groups
+SELECT
+    * EXCLUDE (nth_of_setting),
+    row_number() OVER (
+        ORDER BY nth_of_setting, mode, backbone, ckpt_type, precision, compile,
+            out_height * out_width, out_height, sigma, save_xt_step NULLS FIRST, pid_steps,
+            image_id, seed, cell_id
+    ) - 1 AS embed_rank
+FROM ordered
+ORDER BY
+    mode, backbone, ckpt_type, precision, compile, out_height * out_width, out_height, sigma,
+    save_xt_step NULLS FIRST, pid_steps, image_id, seed, cell_id

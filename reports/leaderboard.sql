@@ -1,9 +1,12 @@
 -- grain:   one row per (mode, backbone, ckpt_type, precision, compile, out_height, out_width, sigma,
---          save_xt_step, decoder)
--- inputs:  table `rows` (every part of the run, read with union_by_name); no parameters
--- returns: n_rows, n_ok, latency_ms_p50 (median over ok rows of each row's p50),
---          peak_mem_allocated_bytes (max over ok rows; null on CPU), then the mean over ok rows of
---          every metric_* column present in the parts (metric_notes is text and left out)
+--          save_xt_step, decoder, run_id); run_id is the report's name of the run (one value in
+--          a run's own report; a cross-run leaderboard reads several runs into `rows`), so rows
+--          of one setting and decoder from several runs sit next to each other
+-- inputs:  table `rows` (every part of the run(s), read with union_by_name); no parameters
+-- returns: n_rows, n_ok, latency_ms_p50 (median over ok rows of each row's p50), n_noisy (ok
+--          rows whose repeats are noisy: timing_noisy), peak_mem_allocated_bytes (max over ok
+--          rows; null on CPU), then the mean over ok rows of every metric_* column present in the
+--          parts (metric_notes is text and left out)
 SELECT
     mode,
     backbone,
@@ -15,15 +18,17 @@ SELECT
     sigma,
     save_xt_step,
     decoder,
+    run_id,
     count(*) AS n_rows,
     count(*) FILTER (WHERE status = 'ok') AS n_ok,
     median(latency_ms_p50) FILTER (WHERE status = 'ok') AS latency_ms_p50,
+    count(*) FILTER (WHERE status = 'ok' AND coalesce(timing_noisy, false)) AS n_noisy,
     max(peak_mem_allocated_bytes) FILTER (WHERE status = 'ok') AS peak_mem_allocated_bytes,
     avg(COLUMNS(lambda c: c LIKE 'metric\_%' ESCAPE '\' AND c <> 'metric_notes'))
         FILTER (WHERE status = 'ok')
 FROM rows
 GROUP BY mode, backbone, ckpt_type, precision, compile, out_height, out_width, sigma, save_xt_step,
-    decoder
+    decoder, run_id
 ORDER BY
-    mode, backbone, ckpt_type, precision, compile, out_height * out_width, out_height, sigma, save_xt_step NULLS FIRST,
-    decoder
+    mode, backbone, ckpt_type, precision, compile, out_height * out_width, out_height, sigma,
+    save_xt_step NULLS FIRST, decoder, run_id

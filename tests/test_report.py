@@ -143,9 +143,15 @@ def test_rollups_aggregate_as_expected(run):
     assert cell["metric_psnr"] == pytest.approx(
         (_psnr(0, 0.0, (32, 32), 0) + _psnr(1, 0.0, (32, 32), 0)) / 2
     )
-    assert len(grid) == report.GRID_GROUPS
+    # the viewer's settings: every cell with saved images, each decoder's image listed
+    assert len(grid) == len(IMAGES) * len(SIGMAS) * len(SIZES)
     assert {g["image_id"] for g in grid} == set(IMAGES)
-    assert all(g["pid_path"] and g["bicubic_path"] and g["reference_path"] for g in grid)
+    assert all(g["reference_path"] for g in grid)
+    assert all([i["decoder"] for i in g["images"]] == sorted(DECODERS) for g in grid)
+    # previews go first to each setting's first image: both images only after every setting
+    ranks = {(g["image_id"], g["sigma"], g["out_height"]): g["embed_rank"] for g in grid}
+    assert sorted(ranks.values()) == list(range(len(grid)))
+    assert max(r for (image, _, _), r in ranks.items() if image == "cat") < len(grid) // 2
     assert all(m["peak_mem_allocated_bytes"] is None for m in memory)
 
 
@@ -189,29 +195,98 @@ def test_html_is_self_contained_and_escaped(run):
     html = paths.html.read_text()
     assert HOSTILE_SUITE not in html and HOSTILE_CAPTION not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "&lt;img src=x onerror=" in html
-    assert "<script" not in html.lower()
-    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
-    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    # 6 plots (latency, memory, MFU, two quality, one Pareto) + 6 groups x 3 columns x 2
-    assert len(uris) == 6 + report.GRID_GROUPS * 3 * 2
-    assert "native+bicubic" in html and "centre crop" in html
+    # scripts: inline only; the viewer's data (captions included) is JSON with <, > and &
+    # escaped, which its script puts in the page as text (tests/test_report_browser.py)
+    assert not re.search(r"<script[^>]*\ssrc=", html, re.IGNORECASE)
+    data = _viewer_json(html)
+    assert "\\u003cimg src=x onerror=" in data and "<img" not in data
+    # nothing outside the page but the run's own PNGs, relative to the run directory
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)
+    hrefs = [i["href"] for s in json.loads(data)["settings"] for i in s["images"]]
+    assert hrefs and all(h.startswith("images/") and ".." not in h for h in hrefs)
+    pngs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(pngs) == 6  # latency, memory, MFU, two quality, one Pareto
+    # every setting's reference and three decoders, embedded as JPEG previews
+    assert data.count('"data:image/jpeg;base64,') == len(hrefs) == 8 * 4
     assert report.RANDOM_WEIGHTS_WARNING.replace("`", "") in html.replace("`", "")
     assert "broken-cell" in html and "RuntimeError: boom &lt;b&gt;" in html
+    assert "Every setting's previews are embedded." in html
 
 
-def test_grid_thumbnails_and_zoomed_crop(tmp_path):
-    _png(tmp_path / "big.png", (300, 600), 50)
-    thumbs = report._thumbs(tmp_path, "big.png")
+def _viewer_json(html: str) -> str:
+    block = r'<script type="application/json" id="viewer-data">(.*?)</script>'
+    return re.search(block, html, re.S).group(1)
+
+
+def test_leaderboard_header_groups_link_each_measure_to_its_definition(run):
+    _, _, paths = run
+    html = paths.html.read_text()
+    thead = html.split("<thead>")[1].split("</thead>")[0]
+    groups = re.findall(r'<th class="group" colspan="(\d+)">(\w+)</th>', thead)
+    assert [g for _, g in groups] == ["setting", "latency", "memory", "quality"]
+    assert [int(n) for n, _ in groups][1:] == [1, 1, 2]  # psnr and ssim
+    for name in ("latency_ms_p50", "peak_mem_allocated_bytes", "psnr", "ssim"):
+        assert f'href="#def-{name}"' in thead and f'<dt id="def-{name}">' in html
+    assert "PSNR in dB = 10 log10(1 / MSE)" in html  # the registry's definition
+    assert '<div class="scroll"><table>' in html  # wide tables scroll in their box
+
+
+def test_previews_are_bounded_jpegs_and_stay_inside_the_run(tmp_path):
     import base64
     import io
 
-    for key in ("full", "crop"):
-        png = base64.b64decode(thumbs[key].removeprefix("data:image/png;base64,"))
-        with Image.open(io.BytesIO(png)) as image:
-            assert image.size == (report.THUMB_WIDTH, 128)
-    assert report._thumbs(tmp_path, "missing.png") is None
-    assert report._thumbs(tmp_path, "../outside.png") is None
+    from pid_bench import viewer
+
+    _png(tmp_path / "big.png", (300, 600), 50)
+    uri, size = viewer.preview(tmp_path / "big.png")
+    assert size == (300, 600) and uri.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+        assert image.format == "JPEG" and image.size == (viewer.PREVIEW_WIDTH, 256)
+    assert viewer.inside(tmp_path, "big.png") == (tmp_path / "big.png").resolve()
+    assert viewer.inside(tmp_path, "missing.png") is None
+    assert viewer.inside(tmp_path, "../outside.png") is None
+    escaped = viewer.json_for_html({"a": "</script>&"})
+    assert escaped == '{"a": "\\u003c/script\\u003e\\u0026"}'
+    assert json.loads(escaped) == {"a": "</script>&"}
+
+
+def test_a_capped_viewer_says_how_many_settings_it_left_out(tmp_path, monkeypatch):
+    from pid_bench import viewer
+
+    _write_run(tmp_path)
+    monkeypatch.setattr(viewer, "MAX_EMBEDDED", 3)
+    html = report.write_report(tmp_path).html.read_text()
+    data = json.loads(_viewer_json(html))
+    assert (data["total"], data["listed"], data["embedded"]) == (8, 8, 3)
+    assert "Previews are embedded for 3 of them (at most 3" in html
+    assert "the other 5 are listed with links to their full-size PNGs" in html
+    left_out = [s for s in data["settings"] if not s["embedded"]]
+    assert len(left_out) == 5
+    assert all(i["href"] and not i["preview"] for s in left_out for i in s["images"])
+    embedded = [s for s in data["settings"] if s["embedded"]]
+    assert {s["size"] for s in embedded} == {"32x32", "64x48"}  # spread over the settings
+    assert all((s["left"], s["right"]) == ("native+bicubic", "pid") for s in embedded)
+
+
+def test_noisy_timing_is_marked_and_flagged(tmp_path):
+    rows = _write_run(tmp_path)
+    noisy = [{**rows[0], "cell_id": "noisy", "image_id": "noisy", "timing_noisy": True}]
+    pq.write_table(to_table(noisy), tmp_path / "parts" / "part-noisy.parquet")
+    paths = report.write_report(tmp_path)
+    text = paths.leaderboard.read_text()
+    line = next(ln for ln in text.splitlines() if "| 32x32 | 0 | pid |" in ln)
+    assert report.NOISY_MARK.strip() in line
+    assert "| noisy | pid | timing noisy (spread > 0.1) |" in text
+    html = paths.html.read_text()
+    assert "Flags (1 rows)" in html and "timing noisy (spread &gt; 0.1)" in html
+
+
+def test_plots_tell_decoders_apart():
+    names = ["pid", "native", "native+bicubic", "native+lanczos", "pid-teacher", "native+esrgan"]
+    assert len({report._marker(n) for n in names}) == len(names)
+    offsets = report._dodge({n: ([0.0, 1.0], [1.0, 1.0]) for n in names[:3]})
+    assert sorted(offsets.values()) == pytest.approx([-report.DODGE, 0.0, report.DODGE])
+    assert "dodged" in report.DODGE_CAPTION
 
 
 def test_extra_metric_column_in_one_part(tmp_path):
