@@ -299,15 +299,45 @@ def score(
 
 @app.command("report")
 def report_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pid-bench run`.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories written by `pid-bench run`.", metavar="RUN..."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the cross-run leaderboard.md and leaderboard.html (default with "
+            "several runs: runs/leaderboard in the current directory); never a run directory.",
+        ),
+    ] = None,
 ) -> None:
-    """Write leaderboard.md, report.html and plots/ for a run directory."""
-    if not (run_dir / "run.json").is_file():
-        err.print(
-            f"[red]error:[/red] {escape(str(run_dir))}: no run.json (not a pid-bench run directory)"
-        )
-        raise typer.Exit(2)
-    _report(run_dir, print_leaderboard=True)
+    """Write the report of a run, or one leaderboard across runs.
+
+    One RUN: leaderboard.md, report.html and plots/ in that run directory. Several runs (or
+    --out): leaderboard.md and leaderboard.html in --out, one row per setting, decoder and run
+    (rows of one setting from several runs side by side) and each run's provenance (device,
+    versions, git sha, date). Exit code: 0 written; 2 bad input.
+    """
+    from pid_bench.multirun import MultiRunError, write
+
+    for run_dir in run_dirs:
+        if not (run_dir / "run.json").is_file():
+            err.print(
+                f"[red]error:[/red] {escape(str(run_dir))}: no run.json (not a pid-bench run "
+                "directory)"
+            )
+            raise typer.Exit(2)
+    if len(run_dirs) == 1 and out is None:
+        _report(run_dirs[0], print_leaderboard=True)
+        return
+    try:
+        md, html = write(run_dirs, out)
+    except MultiRunError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    typer.echo(md.read_text(encoding="utf-8"))
+    typer.echo(f"leaderboard: {md} and {html}")
 
 
 def _report(run_dir: Path, print_leaderboard: bool) -> None:

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from pid_bench import report
+from pid_bench.cli import app
 from pid_bench.schema import to_table
 
 HOSTILE_SUITE = "<script>alert(1)</script>"
@@ -349,3 +351,79 @@ def test_rows_outside_the_envelope_or_past_a_colour_threshold_are_flagged(tmp_pa
     section = text.split("## Flags (2 rows)")[1].split("##")[0]
     assert "| big | pid | outside the trained size |" in section
     assert "| tinted | native | midtone chroma shift > 6 |" in section
+
+
+def _second_run(run_dir: Path, run_id: str = "run-2") -> None:
+    """Another machine's run of the same cells: a GPU name, newer torch, half the latency."""
+    rows = _rows(run_dir)
+    for row in rows:
+        row |= {"run_id": run_id, "device": "cuda", "device_name": "NVIDIA H200",
+                "torch_version": "2.15.0", "git_sha": "def5678"}  # fmt: skip
+        row["latency_ms_p50"] /= 2
+    (run_dir / "parts").mkdir(parents=True)
+    pq.write_table(to_table(rows), run_dir / "parts" / "part-a.parquet")
+    meta = {"run_id": run_id, "suite": {"name": HOSTILE_SUITE, "metrics": ["psnr", "lpips"]},
+            "environment": {"git_sha": "def5678"}, "started_at": "2026-08-02T00:00:00Z"}  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    first, second = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("second")
+    _write_run(first)
+    _second_run(second)
+    out = tmp_path_factory.mktemp("board")
+    result = CliRunner().invoke(app, ["report", str(first), str(second), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return first, second, out
+
+
+def test_a_cross_run_leaderboard_lines_up_each_setting_of_every_run(two_runs):
+    first, second, out = two_runs
+    text = (out / "leaderboard.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| from_clean |")]
+    assert len(rows) == 2 * len(DECODERS) * len(SIGMAS) * len(SIZES)
+    # one setting and decoder: run-1 then run-2, side by side; run-2 is twice as fast
+    first_pid = next(i for i, ln in enumerate(rows) if "| 32x32 | 0 | pid | run-1 |" in ln)
+    assert "| 32x32 | 0 | pid | run-2 |" in rows[first_pid + 1]
+    latency = [float(rows[first_pid + k].split("|")[9].strip(" *†")) for k in (0, 1)]
+    assert latency[1] == pytest.approx(latency[0] / 2, abs=0.01)
+    assert "| run-1 | 2 / 3 |" in rows[first_pid]  # run-1's error row stays its own
+    # provenance: one line per run, device, versions, git sha and date
+    runs = text.split("## Runs")[1].split("## Leaderboard")[0]
+    assert "| run-1 |" in runs and "| Test CPU |" in runs and "2026-08-01T00:00:00Z" in runs
+    assert "| run-2 |" in runs and "| NVIDIA H200 | 2.15.0 |" in runs and "def5678" in runs
+    # run-2 asked for lpips and has none: its footnote, numbered in the header
+    assert "lpips ↓ [1]" in text and "- [1] run-2: lpips: null in 24/24 rows" in text
+    assert "docs/metrics.md" in text
+    assert not (first / "leaderboard.html").exists()  # the runs are only read
+
+
+def test_the_cross_run_page_is_escaped_and_self_contained(two_runs):
+    _, _, out = two_runs
+    html = (out / "leaderboard.html").read_text()
+    assert HOSTILE_SUITE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)=["'](?!#)""", html)
+    assert ">run</th>" in html and "NVIDIA H200" in html and 'id="def-psnr"' in html
+    groups = re.findall(r'<th class="group" colspan="\d+">(\w+)</th>', html)
+    assert groups == ["setting", "latency", "memory", "quality"]
+
+
+def test_report_of_one_run_stays_in_the_run_and_several_need_a_free_folder(two_runs, tmp_path):
+    first, second, _ = two_runs
+    single = CliRunner().invoke(app, ["report", str(second)])
+    assert single.exit_code == 0 and (second / "report.html").is_file()
+    assert not (second / "leaderboard.html").exists()
+    into_a_run = CliRunner().invoke(app, ["report", str(first), str(second), "--out", str(first)])
+    assert into_a_run.exit_code == 2 and "is a run directory" in into_a_run.output
+    missing = CliRunner().invoke(app, ["report", str(first), str(tmp_path)])
+    assert missing.exit_code == 2 and "no run.json" in missing.output
+    # two runs of one run_id are named by their folders
+    copy = tmp_path / "copy"
+    _second_run(copy, run_id="run-1")
+    out = tmp_path / "board"
+    both = CliRunner().invoke(app, ["report", str(first), str(copy), "--out", str(out)])
+    assert both.exit_code == 0, both.output
+    text = (out / "leaderboard.md").read_text()
+    assert f"| {first} |" in text and f"| {copy} |" in text
