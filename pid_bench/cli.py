@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -458,6 +457,10 @@ def doctor(
     """Show which weights are present (PiD, codecs, caption encoder, LDM pipelines, baselines)
     and the device.
 
+    The tables fit the terminal (80 columns when piped; COLUMNS=200 widens them), long paths
+    folded; each command that fetches something missing is cited as fix [n] and printed
+    whole on one line at the end, so it pastes whole.
+
     Exit code: 0 without a suite, or when every cell and baseline of the suite can run; 1 when
     some cannot (the tables say what is missing and the command that fetches it); 2 a suite
     that does not load.
@@ -466,8 +469,7 @@ def doctor(
 
     if suite_path is not None:
         _load_suite_or_exit(suite_path)
-    width = None if sys.stdout.isatty() else 200  # full paths when piped to a file
-    raise typer.Exit(print_doctor(suite_path, checkpoints, Console(soft_wrap=True, width=width)))
+    raise typer.Exit(print_doctor(suite_path, checkpoints, Console(soft_wrap=True)))
 
 
 @app.command()

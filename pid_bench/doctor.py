@@ -453,25 +453,55 @@ def _pairs_text(pairs: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{b}/{c}" for b, c in pairs)
 
 
-def render(report: DoctorReport) -> list:
-    """Rich renderables: environment, component matrix, locations/fixes, metrics, suite."""
-    from rich.table import Table
-    from rich.text import Text
+#: Short headers of the component matrix, so it fits 80 columns.
+_SHORT = {"pid_checkpoint": "PiD ckpt", "codec": "codec", "caption_encoder": "caption",
+          "ldm_pipeline": "LDM"}  # fmt: skip
 
-    out: list = []
+
+class _Fixes:
+    """The commands that fix what is missing, numbered: tables cite `[n]`, and the list after
+    them prints each command whole on one line, so it pastes whole however narrow the
+    terminal (a command folded inside a table cell would not)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def ref(self, hint: str | None) -> str:
+        if not hint:
+            return ""
+        if hint not in self.lines:
+            self.lines.append(hint)
+        return f"fix [{self.lines.index(hint) + 1}]"
+
+    def renderables(self) -> list:
+        from rich.text import Text
+
+        if not self.lines:
+            return []
+        head = Text("fixes (one a line, unwrapped: each pastes whole)", style="bold")
+        return [head, *(Text(f"[{i}] {line}") for i, line in enumerate(self.lines, start=1))]
+
+
+def _environment_table(report: DoctorReport):
+    from rich.table import Table
+
     env = Table(title="environment", show_header=False, title_justify="left")
     env.add_column("key", style="bold")
-    env.add_column("value")
+    env.add_column("value", overflow="fold")
     for key, value in report.environment.items():
         if isinstance(value, list):
             value = ", ".join(value) if value else "none"
         env.add_row(key, "[dim]not set / not found[/dim]" if value is None else str(value))
-    out.append(env)
+    return env
+
+
+def _matrix_table(report: DoctorReport):
+    from rich.table import Table
 
     matrix = Table(
         title="components (✓ present, ✗ missing, — not implemented)", title_justify="left"
     )
-    for column in ("backbone", "ckpt_type", *COMPONENTS):
+    for column in ("backbone", "ckpt_type", *(_SHORT[c] for c in COMPONENTS)):
         matrix.add_column(column)
     by_pair: dict[tuple[str, str], dict[str, ComponentStatus]] = defaultdict(dict)
     for s in report.components:
@@ -479,9 +509,13 @@ def render(report: DoctorReport) -> list:
     for (backbone, ckpt_type), row in by_pair.items():
         cells = [_MARK.get(row[c].status, row[c].status) if c in row else "" for c in COMPONENTS]
         matrix.add_row(backbone, ckpt_type, *cells)
-    out.append(matrix)
+    return matrix
 
-    # The same file or repo serves many pairs: one line per (component, status, path, fix).
+
+def _where_table(report: DoctorReport, fixes: _Fixes):
+    """One row per (component, status, path, fix): the same file or repo serves many pairs."""
+    from rich.table import Table
+
     groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     for s in report.components:
         if s.status != "embedded":
@@ -489,31 +523,43 @@ def render(report: DoctorReport) -> list:
     where = Table(
         title="where each component is, and how to fix a missing one", title_justify="left"
     )
-    for column in ("component", "status", "path", "fix", "pairs"):
-        where.add_column(column, overflow="fold")
+    where.add_column("component")
+    where.add_column("status")
+    where.add_column("pairs · path · fix", overflow="fold")
     order = {"missing": 0, "present": 1, "not implemented": 2}
     for (component, status, path, hint), pairs in sorted(
         groups.items(), key=lambda kv: (order.get(kv[0][1], 3), COMPONENTS.index(kv[0][0]))
     ):
-        where.add_row(
-            component,
-            _STATUS_TEXT.get(status, status),
-            path or "",
-            hint or "",
-            _pairs_text(pairs),
-        )
-    out.append(where)
+        # a reason that is not a command (not implemented) stays in the table
+        fix = fixes.ref(hint) if status == "missing" else (hint or "")
+        detail = [_pairs_text(pairs), path or "", fix]
+        where.add_row(component, _STATUS_TEXT.get(status, status), "\n".join(d for d in detail if d))
+    return where
+
+
+def _metrics_table(report: DoctorReport, fixes: _Fixes):
+    from rich.table import Table
 
     metrics = Table(title="metric weights", title_justify="left")
-    for column in ("metric", "status", "files / fix"):
-        metrics.add_column(column, overflow="fold")
+    metrics.add_column("metric")
+    metrics.add_column("status")
+    metrics.add_column("files · fix", overflow="fold")
     for m in report.metric_weights:
-        detail = "\n".join(m.files) if m.files else (m.hint or "")
+        detail = "\n".join(m.files) if m.files else fixes.ref(m.hint)
         metrics.add_row(m.metric, _MARK.get(m.status, m.status), detail)
-    out.append(metrics)
+    return metrics
+
+
+def render(report: DoctorReport) -> list:
+    """Rich renderables: environment, component matrix, locations, metrics, suite, then the
+    numbered fixes. Every table fits 80 columns (long paths fold)."""
+    from rich.text import Text
+
+    fixes = _Fixes()
+    out: list = [_environment_table(report), _matrix_table(report), _where_table(report, fixes)]
+    out.append(_metrics_table(report, fixes))
     hub = torch_hub_dir()
     out.append(Text(f"metric weights are looked for under {hub} and the HF cache", style="dim"))
-
     if report.has_suite:
         ok = not report.blocked
         style = "bold green" if ok else "bold red"
@@ -525,10 +571,10 @@ def render(report: DoctorReport) -> list:
             )
         )
         if report.blocked:
-            out.append(_blocked_table(report))
+            out.append(_blocked_table(report, fixes))
         if report.baselines:
             out.append(_baselines_table(report))
-    return out
+    return out + fixes.renderables()
 
 
 def _baselines_table(report: DoctorReport):
@@ -545,7 +591,7 @@ def _baselines_table(report: DoctorReport):
     return table
 
 
-def _blocked_table(report: DoctorReport):
+def _blocked_table(report: DoctorReport, fixes: _Fixes):
     from rich.table import Table
 
     status = {(s.backbone, s.ckpt_type, s.component): s for s in report.components}
@@ -553,7 +599,7 @@ def _blocked_table(report: DoctorReport):
     for cell, missing in report.blocked:
         groups[(cell.mode, cell.backbone, cell.ckpt_type)].append(missing)
     table = Table(title="blocked cells", title_justify="left")
-    for column in ("mode", "backbone", "ckpt_type", "cells", "missing", "fix"):
+    for column in ("mode", "pair", "cells", "missing", "fix"):
         table.add_column(column, overflow="fold")
     for (mode, backbone, ckpt_type), missing_lists in groups.items():
         names = list(dict.fromkeys(c for missing in missing_lists for c in missing))
@@ -562,10 +608,11 @@ def _blocked_table(report: DoctorReport):
             f"{c} ({r.status})" if r else f"{c} (unknown pair)"
             for c, r in zip(names, rows, strict=True)
         ]
-        fixes = [r.hint for r in rows if r and r.hint]
+        refs = [fixes.ref(r.hint) for r in rows if r and r.hint]
         table.add_row(
-            mode, backbone, ckpt_type, str(len(missing_lists)), "\n".join(missing), "\n".join(fixes)
-        )
+            mode, f"{backbone}/{ckpt_type}", str(len(missing_lists)), "\n".join(missing),
+            "\n".join(refs),
+        )  # fmt: skip
     return table
 
 

@@ -287,3 +287,32 @@ def test_each_baseline_file_is_listed_and_a_missing_one_fails_the_suite(tmp_path
     assert print_doctor(path, root, console) == 1
     text = console.export_text()
     assert "baselines (learned SR" in text and "fix baselines.<name>.path" in text
+
+
+def test_doctor_fits_80_columns_and_prints_each_fix_whole(tmp_path, root, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pid_bench.cli import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = write_suite(
+        tmp_path, name="wide", backbones=["tiny", "flux", "sd3"],
+        decoders=["pid", "native+esrgan"], baselines={"esrgan": {"path": "gone.safetensors"}},
+    )  # fmt: skip
+    result = CliRunner().invoke(app, ["doctor", str(path), "--checkpoints", str(root)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    tables = [line for line in lines if line[:1] in "┃│┏┡└┌┗╇┠┣━"]
+    for title in ("components", "where each component", "metric weights", "blocked cells",
+                  "baselines"):  # fmt: skip
+        assert any(line.startswith(title) for line in lines), title
+    assert tables and max(len(line) for line in tables) <= 80
+    # a fix is cited in the tables and printed once, whole, on its own line
+    rel = resolve("sd3", "2k").checkpoint_relpath
+    command = f'hf download nvidia/PiD --include "{rel}" --local-dir {root}'
+    (fix,) = [line for line in lines if line.endswith(command)]
+    number = fix.split("]")[0] + "]"
+    assert any(f"fix {number}" in line for line in tables)
+    # a long path folds inside its (last) column, all of it kept: the folded pieces join up
+    cells = "".join(line.strip("│ ") for line in tables)
+    assert str(root / resolve("flux", "2k").checkpoint_relpath) in cells
