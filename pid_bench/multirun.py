@@ -144,7 +144,7 @@ def _footnotes(runs: list[RunInfo], numbers: dict[str, int]) -> list[str]:
 @dataclass(frozen=True)
 class MultiReport:
     runs: list[RunInfo]
-    table: Any  # report._Table
+    table: report._Table
     footnotes: list[str]
 
     @property
