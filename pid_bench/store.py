@@ -334,16 +334,13 @@ def _latest(parts: list[Path]) -> dict[tuple[str, str], Written]:
     if not parts:
         return {}
     table, _ = _scan(parts, ["cell_id", "decoder", "status", "attempt", "finished_at"])
-    finished = pc.fill_null(table["finished_at"].cast(pa.int64()), -(2**62)).to_pylist()
-    latest: dict[tuple[str, str], tuple[tuple[int, int], Written]] = {}
-    for cid, decoder, status, attempt, at in zip(
-        table["cell_id"].to_pylist(), table["decoder"].to_pylist(), table["status"].to_pylist(),
-        table["attempt"].to_pylist(), finished, strict=True,
-    ):  # fmt: skip
-        rank = (attempt or 1, at)
-        if (cid, decoder) not in latest or rank > latest[(cid, decoder)][0]:
-            latest[(cid, decoder)] = (rank, Written(status, attempt or 1))
-    return {key: written for key, (_, written) in latest.items()}
+    table = table.set_column(3, "attempt", pc.fill_null(table["attempt"], 1))
+    # Oldest first, so the dict below keeps the latest of each (cell, decoder).
+    order = [(c, "ascending", "at_start") for c in ("cell_id", "decoder", "attempt", "finished_at")]
+    table = table.sort_by(order)
+    keys = zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True)
+    rows = zip(table["status"].to_pylist(), table["attempt"].to_pylist(), strict=True)
+    return {key: Written(status, attempt) for key, (status, attempt) in zip(keys, rows, strict=True)}
 
 
 def finished_rows(run_dir: Path) -> set[tuple[str, str]]:
