@@ -241,7 +241,7 @@ def _retry_statuses(text: str | None) -> frozenset[str]:
     ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json)",
     ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, no "
     "permission, I/O error): the run stopped, every cell written is safe, rerun once fixed",
-    ExitCode.SIGINT: "interrupted by SIGINT",
+    ExitCode.SIGINT: "interrupted by SIGINT (a rerun resumes)",
     ExitCode.SIGTERM: "interrupted by SIGTERM (a rerun resumes)",
 })  # fmt: skip
 def run(

@@ -1,6 +1,7 @@
 -- grain:   one row per (mode, backbone, ckpt_type, precision, compile, out_height, out_width, sigma,
 --          save_xt_step, decoder)
--- inputs:  table `rows` (every part of the run, read with union_by_name); no parameters
+-- inputs:  table `rows` (the latest attempt per (cell, decoder) of every part, read with
+--          union_by_name); no parameters
 -- returns: n_rows, n_ok, latency_ms_p50 (median over ok rows of each row's p50),
 --          peak_mem_allocated_bytes (max over ok rows; null on CPU), then the mean over ok rows of
 --          every metric_* column present in the parts (metric_notes is text and left out)
