@@ -9,12 +9,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    from pid_bench.store import StorageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, soft_wrap=True)
@@ -54,18 +57,18 @@ def _warnings_to_stderr() -> Iterator[None]:
         warnings.simplefilter("always", StorageWarning)
         others = warnings.showwarning
 
-        def show(message, category, filename, lineno, file=None, line=None) -> None:
+        def show(message: Warning | str, category: type[Warning], *where, **more) -> None:
             if not issubclass(category, StorageWarning):
-                return others(message, category, filename, lineno, file, line)
+                return others(message, category, *where, **more)
             err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
 
         warnings.showwarning = show
         yield
 
 
-def _storage_exit(exc, safe: str, again: str) -> typer.Exit:
-    """Print a refused write (a pid_bench.store.StorageError) as one error line: what could not
-    be written, what is safe, the fix and the command to rerun; the exit to raise."""
+def _storage_exit(exc: StorageError, safe: str, again: str) -> typer.Exit:
+    """Print a refused write as one error line: what could not be written, what is safe, the
+    fix and the command to rerun; the exit to raise."""
     err.print(f"[red]error:[/red] {escape(f'{exc.what()}. {safe}; {exc.fix} and rerun `{again}`')}")
     return typer.Exit(ExitCode.STORAGE)
 
@@ -196,7 +199,7 @@ class _RunCommand(TyperCommand):
     """`run`, whose --retry-failed may stand alone (every failed status) or name statuses; an
     option with an optional value is not something Click parses, so a bare one gets "all"."""
 
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _bare_retry(args))
 
 
@@ -225,10 +228,11 @@ def _retry_statuses(text: str | None) -> frozenset[str]:
         return frozenset(FAILED_STATUSES)
     unknown = [name for name in names if name not in FAILED_STATUSES]
     if unknown or not names:
+        what = f"{', '.join(unknown)} is not a failed status" if unknown else "names no status"
         err.print(
-            f"[red]error:[/red] --retry-failed {escape(text)!r}: {escape(', '.join(unknown))} "
-            f"is not a failed status; name some of {', '.join(FAILED_STATUSES)} (comma-separated),"
-            " or give --retry-failed alone for all of them"
+            f"[red]error:[/red] --retry-failed {escape(text)!r}: {escape(what)}; name some of "
+            f"{', '.join(FAILED_STATUSES)} (comma-separated), or give --retry-failed alone for "
+            "all of them"
         )
         raise typer.Exit(ExitCode.BAD_INPUT)
     return frozenset(names)
