@@ -6,8 +6,11 @@ files under the run directory, written after the timed span.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -35,6 +38,7 @@ from pid_bench.metrics import (
     bicubic_resize as resize,
 )
 from pid_bench.schema import COLUMNS
+from pid_bench.store import StorageError, writing
 from pid_bench.suite import BUILTIN_DECODERS, LdmOptions, TeacherOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
@@ -285,7 +289,10 @@ def run_cell(
                 torch.cuda.empty_cache()
         rows.append({**base, "decoder": decoder, **row})
     if settings.save_images:
-        _save_images(rows, images, prepared["reference"], cell_id, settings.run_dir)
+        try:
+            _save_images(rows, images, prepared["reference"], cell_id, settings)
+        except StorageError as exc:  # the decodes were fine: a storage failure, not the decoder's
+            rows = [_unsaved(row, exc, settings.run_dir) for row in rows]
     wall = (time.perf_counter() - started) * 1000
     return [{**row, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
@@ -815,10 +822,14 @@ def failure_fields(exc: BaseException) -> dict:
 
 
 def _save_images(
-    rows: list[dict], images: dict, reference: torch.Tensor | None, cell_id: str, run_dir: str
-) -> None:
-    folder = Path(run_dir) / "images" / cell_id
-    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict], images: dict, reference: torch.Tensor | None, cell_id: str,
+    settings: CellSettings,
+) -> None:  # fmt: skip
+    folder = Path(settings.run_dir) / "images" / cell_id
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if settings.faults and cell_id in settings.faults.get("storage", ()):  # tests only
+            raise OSError(errno.ENOSPC, "No space left (simulated by fault injection)")
     if reference is not None:
         write_png(reference[0], folder / "reference.png")
     for row in rows:
@@ -830,16 +841,34 @@ def _save_images(
             row["reference_path"] = f"images/{cell_id}/reference.png"
 
 
+def _unsaved(row: dict, exc: StorageError, run_dir: str) -> dict:
+    """An ok row whose images could not all be written becomes `storage_error` (the next run
+    recomputes it); a decoder's own failure keeps its status."""
+    if row["status"] != "ok":
+        return row
+    relative = os.path.relpath(exc.filename or run_dir, run_dir)
+    error = StorageError(exc.errno, exc.strerror, relative).what()
+    return {**row, "status": "storage_error", "error": f"StorageError: {error}",
+            "image_path": None, "reference_path": None}  # fmt: skip
+
+
 def write_png(image: torch.Tensor, path: Path) -> None:
-    """[3, H, W] in [-1, 1] -> 8-bit RGB PNG (atomic)."""
+    """[3, H, W] in [-1, 1] -> 8-bit RGB PNG (atomic; a refused write is a StorageError naming
+    `path`, and leaves no temp file)."""
     from PIL import Image
 
     pixels = (
         ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     )
     tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(pixels).save(tmp)
-    tmp.replace(path)
+    with writing(path):
+        try:
+            Image.fromarray(pixels).save(tmp)
+            tmp.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a read-only disk keeps it: the error matters
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def _cpu_name() -> str:

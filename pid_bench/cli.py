@@ -2,15 +2,74 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    from pid_bench.store import StorageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True, soft_wrap=True)
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command, defined once; each command's --help lists its own."""
+
+    OK = 0
+    FAILED = 1  # a row failed, a regression, a check that did not pass
+    BAD_INPUT = 2  # refused before anything ran or was written
+    STORAGE = 74  # sysexits.h EX_IOERR: the run directory's storage refused a write
+    SIGINT = 130  # 128 + the signal's number, as shells report a signalled process
+    SIGTERM = 143
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _exits(meanings: dict[ExitCode, str]) -> Callable[[_F], _F]:
+    """Append 'Exit code: 0 ...; 2 ...' to a command's docstring (its --help)."""
+
+    def add(command: _F) -> _F:
+        codes = "; ".join(f"{int(code)} {text}" for code, text in meanings.items())
+        command.__doc__ = f"{inspect.cleandoc(command.__doc__ or '')}\n\nExit code: {codes}."
+        return command
+
+    return add
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """StorageWarnings (a part set aside, a disk that may fill) as `warning:` lines on stderr."""
+    from pid_bench.store import StorageWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StorageWarning)
+        others = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *where, **more) -> None:
+            if not issubclass(category, StorageWarning):
+                return others(message, category, *where, **more)
+            err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+
+        warnings.showwarning = show
+        yield
+
+
+def _storage_exit(exc: StorageError, safe: str, again: str) -> typer.Exit:
+    """Print a refused write as one error line: what could not be written, what is safe, the
+    fix and the command to rerun; the exit to raise."""
+    err.print(f"[red]error:[/red] {escape(f'{exc.what()}. {safe}; {exc.fix} and rerun `{again}`')}")
+    return typer.Exit(ExitCode.STORAGE)
 
 
 @app.callback()
@@ -135,7 +194,59 @@ def manifest(
     typer.echo(f"{len(images)} images -> {target}")
 
 
-@app.command()
+class _RunCommand(TyperCommand):
+    """`run`, whose --retry-failed may stand alone (every failed status) or name statuses; an
+    option with an optional value is not something Click parses, so a bare one gets "all"."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _bare_retry(args))
+
+
+def _bare_retry(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg == "--retry-failed" and (following is None or _not_statuses(following)):
+            out.append("all")
+    return out
+
+
+def _not_statuses(text: str) -> bool:
+    """A token after --retry-failed that is an option or the suite, not its value."""
+    return text.startswith("-") or text.endswith((".yaml", ".yml")) or Path(text).is_file()
+
+
+def _retry_statuses(text: str | None) -> frozenset[str]:
+    from pid_bench.runner import FAILED_STATUSES
+
+    if text is None:
+        return frozenset()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return frozenset(FAILED_STATUSES)
+    unknown = [name for name in names if name not in FAILED_STATUSES]
+    if unknown or not names:
+        what = f"{', '.join(unknown)} is not a failed status" if unknown else "names no status"
+        err.print(
+            f"[red]error:[/red] --retry-failed {escape(text)!r}: {escape(what)}; name some of "
+            f"{', '.join(FAILED_STATUSES)} (comma-separated), or give --retry-failed alone for "
+            "all of them"
+        )
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    return frozenset(names)
+
+
+@app.command(cls=_RunCommand)
+@_exits({
+    ExitCode.OK: "all ok",
+    ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null)",
+    ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json)",
+    ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, no "
+    "permission, I/O error): the run stopped, every cell written is safe, rerun once fixed",
+    ExitCode.SIGINT: "interrupted by SIGINT (a rerun resumes)",
+    ExitCode.SIGTERM: "interrupted by SIGTERM (a rerun resumes)",
+})  # fmt: skip
 def run(
     suite_path: Annotated[Path, typer.Argument(help="Suite YAML.", metavar="SUITE")],
     output: Annotated[
@@ -160,6 +271,15 @@ def run(
         int,
         typer.Option(min=0, help="Retries of a cell whose worker died, before 'worker_lost'."),
     ] = 2,
+    retry_failed: Annotated[
+        str | None,
+        typer.Option(
+            metavar="[STATUSES]",
+            help="Recompute the cells whose latest row failed: alone, every failed status "
+            "(error, oom, worker_lost, storage_error); or those named, e.g. oom,worker_lost. "
+            "The new row is the next attempt; the report counts the latest, older ones stay.",
+        ),
+    ] = None,
     strict_metrics: Annotated[
         bool,
         typer.Option(help="Exit 1 when any metric the suite asks for is null in any row."),
@@ -169,40 +289,51 @@ def run(
 
     A rerun into the same directory computes only the cells it lacks, also after the suite
     grew or shrank; a directory of a suite with another name is refused (--force mixes).
-
-    Exit code: 0 all ok; 1 some row failed (or, with --strict-metrics, a metric is null);
-    2 bad input; 130/143 interrupted by SIGINT/SIGTERM (rerun resumes).
+    Cells whose images could not be written (storage_error) are recomputed by every rerun;
+    failed ones only with --retry-failed. A damaged or foreign part is moved to
+    parts/quarantine/ with a warning, and its cells are recomputed.
     """
-    from pid_bench.runner import PreflightError, RayAddressError, run_suite
-    from pid_bench.store import RunDirError
+    from pid_bench.runner import PreflightError, RayAddressError, RunStorageError, run_suite
+    from pid_bench.store import RunDirError, StorageError
 
     suite = _load_suite_or_exit(suite_path)
+    retry = _retry_statuses(retry_failed)
     run_dir = output or Path("runs") / suite.name
-    try:
-        summary = run_suite(
-            suite,
-            run_dir,
-            ray_address,
-            cpu_workers,
-            force,
-            checkpoints=str(checkpoints) if checkpoints else None,
-            max_retries=max_retries,
-        )
-    except (RunDirError, RayAddressError, PreflightError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    typer.echo(_summary_line(summary, run_dir))
-    if report:
-        _report(run_dir, print_leaderboard=not summary.interrupted_by)
-    nulls = _print_null_metrics(run_dir)
+    with _warnings_to_stderr():
+        try:
+            summary = run_suite(
+                suite,
+                run_dir,
+                ray_address,
+                cpu_workers,
+                force,
+                checkpoints=str(checkpoints) if checkpoints else None,
+                max_retries=max_retries,
+                retry_failed=retry,
+            )
+        except (RunDirError, RayAddressError, PreflightError) as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        except RunStorageError as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(ExitCode.STORAGE) from exc
+        typer.echo(_summary_line(summary, run_dir))
+        try:
+            if report:
+                _report(run_dir, print_leaderboard=not summary.interrupted_by)
+            nulls = _print_null_metrics(run_dir)
+        except StorageError as exc:
+            safe = f"Every cell is safe in {run_dir}; only the report is missing"
+            raise _storage_exit(exc, safe, f"pid-bench report {run_dir}") from exc
     if summary.interrupted_by:
         err.print(
             f"[yellow]interrupted by {summary.interrupted_by}:[/yellow] {summary.cells_remaining} "
             "cells remain; rerun the same command to finish them"
         )
-        raise typer.Exit(130 if summary.interrupted_by == "SIGINT" else 143)
+        code = ExitCode.SIGINT if summary.interrupted_by == "SIGINT" else ExitCode.SIGTERM
+        raise typer.Exit(code)
     if not summary.ok or (strict_metrics and nulls):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def _summary_line(summary, run_dir: Path) -> str:
@@ -297,6 +428,11 @@ def score(
 
 
 @app.command("report")
+@_exits({
+    ExitCode.OK: "written",
+    ExitCode.BAD_INPUT: "not a run directory, or a damaged run.json",
+    ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, ...)",
+})  # fmt: skip
 def report_cmd(
     run_dirs: Annotated[
         list[Path],
@@ -316,9 +452,11 @@ def report_cmd(
     One RUN: leaderboard.md, report.html and plots/ in that run directory. Several runs (or
     --out): leaderboard.md and leaderboard.html in --out, one row per setting, decoder and run
     (rows of one setting from several runs side by side) and each run's provenance (device,
-    versions, git sha, date). Exit code: 0 written; 2 bad input.
+    versions, git sha, date). A damaged or foreign part is moved to parts/quarantine/ with a
+    warning; the report counts it, and the files pid-bench did not write (left alone).
     """
     from pid_bench.multirun import MultiRunError, write
+    from pid_bench.store import RunDirError, StorageError
 
     for run_dir in run_dirs:
         if not (run_dir / "run.json").is_file():
@@ -326,15 +464,20 @@ def report_cmd(
                 f"[red]error:[/red] {escape(str(run_dir))}: no run.json (not a pid-bench run "
                 "directory)"
             )
-            raise typer.Exit(2)
-    if len(run_dirs) == 1 and out is None:
-        _report(run_dirs[0], print_leaderboard=True)
-        return
-    try:
-        md, html = write(run_dirs, out)
-    except MultiRunError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+            raise typer.Exit(ExitCode.BAD_INPUT)
+    with _warnings_to_stderr():
+        try:
+            if len(run_dirs) == 1 and out is None:
+                _report(run_dirs[0], print_leaderboard=True)
+                return
+            md, html = write(run_dirs, out)
+        except (RunDirError, MultiRunError) as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(ExitCode.BAD_INPUT) from exc
+        except StorageError as exc:
+            where = ", ".join(str(r) for r in run_dirs)
+            safe = f"The parts in {where} are untouched"
+            raise _storage_exit(exc, safe, "pid-bench report " + " ".join(map(str, run_dirs))) from exc
     typer.echo(md.read_text(encoding="utf-8"))
     typer.echo(f"leaderboard: {md} and {html}")
 
@@ -349,6 +492,12 @@ def _report(run_dir: Path, print_leaderboard: bool) -> None:
 
 
 @app.command("compare")
+@_exits({
+    ExitCode.OK: "no regression past the gate",
+    ExitCode.FAILED: "a regression",
+    ExitCode.BAD_INPUT: "bad input (a --fail-on rule, a run directory, a damaged run.json)",
+    ExitCode.STORAGE: "compare.md / compare.html could not be written (disk full, read-only, ...)",
+})  # fmt: skip
 def compare_cmd(
     runs: Annotated[
         list[Path],
@@ -369,8 +518,8 @@ def compare_cmd(
 ) -> None:
     """Compare runs of the same cells: latency and memory ratios, paired metric differences.
 
-    Rows match by (cell, decoder), never by code version or machine. Exit code: 0 no regression
-    past the gate; 1 a regression; 2 bad input.
+    Rows match by (cell, decoder), never by code version or machine; each cell's latest attempt
+    counts.
     """
     from rich.table import Table
 
@@ -382,16 +531,18 @@ def compare_cmd(
         parse_rules,
         table_rows,
     )  # fmt: skip
+    from pid_bench.store import RunDirError, StorageError, writing
 
     if len(runs) < 2:
         err.print("[red]error:[/red] compare needs at least two run directories (RUN_A RUN_B)")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     try:
-        rules = parse_rules(fail_on)
-        results = [compare(runs[0], other, rules) for other in runs[1:]]
-    except CompareError as exc:
+        with _warnings_to_stderr():
+            rules = parse_rules(fail_on)
+            results = [compare(runs[0], other, rules) for other in runs[1:]]
+    except (CompareError, RunDirError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
     console = Console()
     for result in results:
         table = Table(title=f"{result.run_b} vs {result.run_a}")
@@ -412,36 +563,49 @@ def compare_cmd(
                 f"{len(result.ungated)} setting(s)"
             )
     folder = output or runs[-1]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "compare.md").write_text(markdown(results, rules), encoding="utf-8")
-    (folder / "compare.html").write_text(html_page(results, rules), encoding="utf-8")
+    try:
+        for name, text in (("compare.md", markdown), ("compare.html", html_page)):
+            with writing(folder / name):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_text(text(results, rules), encoding="utf-8")
+    except StorageError as exc:
+        raise _storage_exit(exc, "The runs are untouched", "pid-bench compare ...") from exc
     typer.echo(f"wrote {folder / 'compare.md'} and compare.html")
     if any(r.regressions for r in results):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()
+@_exits({
+    ExitCode.OK: "done",
+    ExitCode.BAD_INPUT: "not a run directory, or another driver is writing it",
+    ExitCode.STORAGE: "the merged part could not be written (disk full, read-only, ...): the "
+    "parts stand as they were",
+})  # fmt: skip
 def compact(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", metavar="RUN_DIR")],
 ) -> None:
     """Merge a run's Parquet parts into one (atomically: a kill at any moment loses no row).
 
-    A run compacts its own parts as it goes and at its end; this is for directories written
-    otherwise. Exit code: 0 done; 2 not a run directory or another driver is writing it.
+    A run compacts its own parts at its end; this is for directories written otherwise. A part
+    that cannot be read is moved to parts/quarantine/ (with a warning), never merged or deleted.
     """
-    from pid_bench.store import RunDirError, compact, part_files, run_lock
+    from pid_bench.store import RunDirError, StorageError, compact, part_files, run_lock
 
     if not (run_dir / "parts").is_dir():
         err.print(f"[red]error:[/red] {escape(str(run_dir))}: no parts/ folder; pass a RUN_DIR")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     try:
-        with run_lock(run_dir):
+        with _warnings_to_stderr(), run_lock(run_dir):
             before = len(part_files(run_dir))
             compact(run_dir)
             typer.echo(f"{before} parts -> {len(part_files(run_dir))}")
     except RunDirError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    except StorageError as exc:
+        safe = "The parts stand as they were"
+        raise _storage_exit(exc, safe, f"pid-bench compact {run_dir}") from exc
 
 
 @app.command()

@@ -27,7 +27,15 @@ from matplotlib.figure import Figure
 from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_set_level
 from pid_bench.schema import ROW_SCHEMA
 from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
-from pid_bench.store import read_plan, read_run_json
+from pid_bench.store import (
+    foreign_files,
+    listed_parts,
+    quarantined,
+    read_plan,
+    read_run_json,
+    set_aside,
+    writing,
+)  # fmt: skip
 from pid_bench.viewer import data_uri
 
 #: Direction of each measure the reports rank; a metric missing here is shown unmarked.
@@ -105,26 +113,20 @@ def run_label(run_dir: Path, meta: dict[str, Any]) -> str:
 def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB over the run's parts.
 
-    Tables: `all_rows` (every row on disk), `rows` (the report's scope: the latest row per
-    (cell, decoder) among the cells and decoders of the suite as last run, with a
-    `metric_<name>` column for every metric the suite asked for, null where no row has one,
-    and `run_id` = `label`, default `run_label`: one name per run, whatever its rows say),
-    the view `scoped_rows` (every row of those cells and decoders, superseded ones included),
-    and the view `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one
-    row per requested metric and row, `note` being the row's reason for a null.
+    Tables: `all_rows` (every row on disk; `attempt` 1 where a part predates the column),
+    `rows` (the report's scope: the latest attempt per (cell, decoder) among the cells and
+    decoders of the suite as last run, with a `metric_<name>` column for every metric the suite
+    asked for, null where no row has one, and `run_id` = `label`, default `run_label`: one name
+    per run, whatever its rows say); the views `all_attempts` (every row of those cells and
+    decoders, older attempts included, `superseded` true for all but the latest: for audit) and
+    `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one row per
+    requested metric and row, `note` being the row's reason for a null. Every rollup in
+    reports/ reads `rows`, so each counts one row, the latest, per (cell, decoder).
     """
     con = duckdb.connect()
     run_dir = Path(run_dir)
-    parts = sorted(str(p) for p in (run_dir / "parts").glob("*.parquet"))
     con.register("empty_rows", ROW_SCHEMA.empty_table())
-    if parts:  # parts written before a column existed get it as null
-        con.execute(
-            "CREATE TEMP TABLE all_rows AS SELECT * FROM read_parquet(?, union_by_name = true) "
-            "UNION ALL BY NAME SELECT * FROM empty_rows",
-            [parts],
-        )
-    else:
-        con.execute("CREATE TEMP TABLE all_rows AS SELECT * FROM empty_rows")
+    _load_all_rows(con, run_dir)
     meta = read_run_json(run_dir)
     requested = requested_metrics(meta)
     columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
@@ -132,15 +134,56 @@ def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnectio
     label = label or run_label(run_dir, meta)
     star = f"* REPLACE ({_literal(label)} AS run_id)"
     select = ", ".join([star, *(expr for expr in added if expr)])
-    latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC NULLS LAST) = 1"
     con.execute(
-        f"CREATE TEMP VIEW scoped_rows AS SELECT * FROM all_rows WHERE {_scope(con, run_dir, meta)}"
+        "CREATE TEMP VIEW all_attempts AS SELECT *, row_number() OVER (PARTITION BY cell_id, "
+        f"decoder ORDER BY {LATEST_FIRST}) > 1 AS superseded FROM all_rows "
+        f"WHERE {_scope(con, run_dir, meta)}"
     )
-    con.execute(f"CREATE TEMP TABLE rows AS SELECT {select} FROM scoped_rows QUALIFY {latest}")
+    con.execute(
+        f"CREATE TEMP TABLE rows AS SELECT {select} FROM all_attempts WHERE NOT superseded"
+    )
+    con.execute("ALTER TABLE rows DROP COLUMN superseded")
     set_level = [n for n in requested if is_set_level(n)]
     con.execute(_metric_values_view([n for n in requested if n not in set_level]))
     _load_sets(con, run_dir, label)
     return con
+
+
+#: Which row of a (cell, decoder) counts: the highest attempt; among equal attempts (rows of
+#: versions before `attempt`, a suite rerun with --force) the newest.
+LATEST_FIRST = "attempt DESC, finished_at DESC NULLS LAST"
+
+
+def _load_all_rows(
+    con: duckdb.DuckDBPyConnection, run_dir: Path, skip: frozenset[Path] = frozenset()
+) -> None:
+    """Table `all_rows` from parts/part-*.parquet. A part that is damaged or another tool's
+    (it reads as rows without a cell or decoder) is quarantined (or, where it cannot be moved,
+    skipped) and the rest loaded."""
+    parts = [str(p) for p in listed_parts(run_dir) if p not in skip]
+    source = "SELECT * FROM empty_rows"
+    if parts:  # parts written before a column existed get it as null
+        source = (
+            "SELECT * FROM read_parquet(?, union_by_name = true, filename = true) "
+            "UNION ALL BY NAME SELECT * FROM empty_rows"
+        )
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE all_rows AS SELECT * REPLACE (coalesce(attempt, 1) AS "
+            f"attempt) FROM ({source})",
+            [parts] if parts else None,
+        )
+        keyless = con.execute(
+            "SELECT DISTINCT filename FROM all_rows WHERE cell_id IS NULL OR decoder IS NULL"
+        ).fetchall() if parts else []  # fmt: skip
+        bad = set_aside(Path(f) for (f,) in keyless if f is not None)
+    except duckdb.Error:
+        bad = set_aside(Path(p) for p in parts)
+        if not bad:
+            raise
+    if bad:
+        return _load_all_rows(con, run_dir, skip | bad)
+    con.execute("ALTER TABLE all_rows DROP COLUMN IF EXISTS filename")
 
 
 def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path, label: str) -> None:
@@ -308,6 +351,9 @@ class _RunData:
     requested: list[str] = field(default_factory=list)  # metrics the suite asked for
     nulls: list[NullMetric] = field(default_factory=list)
     outside_rows: int = 0  # rows on disk that the report leaves out (cells no longer planned)
+    superseded_rows: int = 0  # earlier attempts of (cell, decoder)s computed again
+    quarantined: list[str] = field(default_factory=list)  # parts/quarantine/ (unreadable parts)
+    foreign: list[str] = field(default_factory=list)  # files pid-bench did not write
 
     @property
     def metrics(self) -> list[str]:
@@ -363,7 +409,9 @@ def _distinct(records: list[dict[str, Any]], key: str) -> str:
 def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
     meta = read_run_json(run_dir)
     (total,) = con.execute("SELECT count(*) FROM all_rows").fetchone()
-    (kept,) = con.execute("SELECT count(*) FROM scoped_rows").fetchone()
+    (kept, superseded) = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE superseded) FROM all_attempts"
+    ).fetchone()
     leaderboard = query(con, "leaderboard")
     _fill_set_values(con, leaderboard)
     return _RunData(
@@ -372,6 +420,9 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         requested=requested_metrics(meta),
         nulls=null_metrics(con, requested_metrics(meta)),
         outside_rows=total - kept,
+        superseded_rows=superseded,
+        quarantined=quarantined(run_dir),
+        foreign=foreign_files(run_dir),
         status=query(con, "status"),
         leaderboard=leaderboard,
         failures=query(con, "failures"),
@@ -399,9 +450,8 @@ def _ok_rows(con: duckdb.DuckDBPyConnection):
     columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
     columns += ["latency_ms_p50"]
     select = ", ".join(_ident(c) for c in columns + metric_columns)
-    latest = "row_number() OVER (PARTITION BY cell_id, decoder ORDER BY finished_at DESC) = 1"
-    query_text = f"SELECT {select} FROM rows WHERE status = 'ok' QUALIFY {latest}"
-    return con.execute(query_text).df(), metric_columns  # a row written twice counts once
+    # `rows` holds one row per (cell, decoder), its latest attempt (connect)
+    return con.execute(f"SELECT {select} FROM rows WHERE status = 'ok'").df(), metric_columns
 
 
 def _measured(frame, columns: list[str]) -> list[str]:
@@ -749,7 +799,35 @@ def footnotes(data: _RunData) -> list[str]:
             f"{data.outside_rows} rows on disk belong to cells or decoders that the suite as "
             "last run no longer has; they stay in parts/ and are not counted here."
         )
+    if data.superseded_rows:
+        lines.append(
+            f"{data.superseded_rows} rows are earlier attempts of cells computed again "
+            "(--retry-failed, storage errors); they stay in parts/ (DuckDB view all_attempts) "
+            "and only each cell's latest attempt is counted here."
+        )
+    return lines + storage_notes(data.quarantined, data.foreign)
+
+
+def storage_notes(quarantine: list[str], foreign: list[str]) -> list[str]:
+    """What the run directory holds besides readable parts: quarantined parts, others' files."""
+    lines = []
+    if quarantine:
+        lines.append(
+            f"{len(quarantine)} part(s) could not be read (damaged, or another tool's) and were "
+            f"moved to parts/quarantine/, kept but not counted: {_listed(quarantine)}. A cell "
+            "they held that no other part has counts as missing; `pid-bench run` recomputes it."
+        )
+    if foreign:
+        lines.append(
+            f"{len(foreign)} file(s) in the run directory were not written by pid-bench; left "
+            f"alone: {_listed(foreign)}."
+        )
     return lines
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
@@ -988,7 +1066,8 @@ def plot_caption(path: Path) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png")
+    with writing(path):
+        fig.savefig(path, format="png")
     return path
 
 
@@ -1096,7 +1175,8 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
 
 
 def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     return [
         _plot_latency(con, folder),
         _plot_memory(con, folder),
@@ -1159,13 +1239,16 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
 
 
 def write_report(run_dir: Path) -> ReportPaths:
-    """Write leaderboard.md, report.html and plots/*.png into the run directory."""
+    """Write leaderboard.md, report.html and plots/*.png into the run directory (a refused write
+    is a pid_bench.store.StorageError naming the file)."""
     run_dir = Path(run_dir)
     with connect(run_dir) as con:
         data = _load(run_dir, con)
         plots = _plots(con, run_dir / "plots")
         leaderboard = run_dir / "leaderboard.md"
-        leaderboard.write_text(_markdown(data), encoding="utf-8")
+        with writing(leaderboard):
+            leaderboard.write_text(_markdown(data), encoding="utf-8")
         html = run_dir / "report.html"
-        html.write_text(_html(data, con, plots), encoding="utf-8")
+        with writing(html):
+            html.write_text(_html(data, con, plots), encoding="utf-8")
     return ReportPaths(leaderboard=leaderboard, html=html, plots=plots)

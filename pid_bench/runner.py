@@ -7,39 +7,55 @@ grouped by the models they need so an actor loads each model once.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pid_bench import __version__
 from pid_bench.cell import CellSettings, TimingPolicy, model_identity, utc_now
 from pid_bench.store import (
+    StorageError,
+    StorageWarning,
     claim_run_dir,
     compact,
-    finished_rows,
     run_lock,
     write_json,
     write_part,
     write_plan,
+    writing,
+    written_rows,
 )  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
 DEFAULT_MAX_RETRIES = 2
-#: Test-only fault injection (JSON): {"error"|"oom"|"kill": [cell ids], "kill_times": n,
-#: "marker_dir": DIR}. "kill" ends the actor's process before the cell, n times per cell.
+#: Test-only fault injection (JSON): {"error"|"oom"|"kill"|"storage": [cell ids], "kill_times": n,
+#: "marker_dir": DIR}. "kill" ends the actor's process before the cell, n times per cell;
+#: "storage" makes the cell's image writes fail with ENOSPC.
 FAULTS_ENV = "PID_BENCH_FAULTS"
 #: Test-only: the device actors compute on whatever Ray assigned (fake GPUs run on "cpu").
 WORKER_DEVICE_ENV = "PID_BENCH_WORKER_DEVICE"
+#: Statuses `--retry-failed` recomputes when it names none.
+FAILED_STATUSES = ("error", "oom", "worker_lost", "storage_error")
+#: Recomputed by every run: the decode was fine, only its images could not be written.
+ALWAYS_RETRIED = frozenset({"storage_error"})
+#: Bytes per output pixel of a saved PNG, for the space estimate before a run: raw 8-bit RGB.
+#: PNG's deflate saves 30-50 % on photographs and little on noisy decodes (the tiny backbone's
+#: random networks), so this is an upper bound; parts and run.json are small beside it.
+PNG_BYTES_PER_PIXEL = 3
 
 
 @dataclass
@@ -116,18 +132,27 @@ def run_suite(
     progress: bool = True,
     checkpoints: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_failed: frozenset[str] = frozenset(),
 ) -> RunSummary:
     """Run every unfinished cell; rows are persisted as each cell returns.
 
     SIGINT/SIGTERM stop the run after the part being written (nothing half-written, nothing
     lost); the summary says how many cells remain, and the same command resumes. run.json keeps
     one record per invocation (start, end, cells computed, rows written, interruption, argv).
+    Cells whose latest row has a status in `retry_failed` are computed again (a new attempt),
+    as are `storage_error` cells always. A write the run directory's storage refuses stops the
+    run: RunStorageError says what could not be written and how many cells are safe.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        return _run_locked(
-            suite, run_dir, ray_address, cpu_workers, force, progress, checkpoints, max_retries
-        )
+    try:
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return _run_locked(
+                suite, run_dir, ray_address, cpu_workers, force, progress, checkpoints,
+                max_retries, retry_failed,
+            )  # fmt: skip
+    except StorageError as exc:
+        raise RunStorageError(exc, run_dir, *_cells_safe(suite, run_dir)) from exc
 
 
 def _run_locked(
@@ -139,12 +164,21 @@ def _run_locked(
     progress: bool,
     checkpoints: str | None,
     max_retries: int,
+    retry_failed: frozenset[str],
 ) -> RunSummary:
     previous = claim_run_dir(run_dir, suite.name, force) or {}
     planned = plan(suite)
-    done = finished_rows(run_dir)
-    todo = [(cid, c) for cid, c in planned if any((cid, d) not in done for d in suite.decoders)]
+    # A part's name carries no failed status: --retry-failed reads every part.
+    written = written_rows(run_dir, trust_names=not retry_failed)
+    tally = _Tally(
+        settled={key for key, row in written.items() if not _rerun(row.status, retry_failed)},
+        attempts={key: row.attempt or 1 for key, row in written.items()},
+    )
+    todo = [
+        (cid, c) for cid, c in planned if any((cid, d) not in tally.settled for d in suite.decoders)
+    ]  # fmt: skip
     preflight(todo, checkpoints or os.environ.get("PID_BENCH_CHECKPOINTS"))
+    check_space(suite, todo, run_dir)
     env = environment()
     invocation = {
         "started_at": utc_now().isoformat(),
@@ -153,6 +187,7 @@ def _run_locked(
         "cells_computed": 0,
         "rows_written": 0,
         "interrupted_by": None,
+        "retry_failed": sorted(retry_failed) or None,
         "suite_fingerprint": suite_fingerprint(suite),
         "argv": list(sys.argv),
     }
@@ -169,47 +204,135 @@ def _run_locked(
     }
     write_plan(run_dir, [cid for cid, _ in planned])
     write_json(run_dir / "run.json", run_info)
-    counts: dict[str, int] = defaultdict(int)
-    finished: set[str] = set()
     stop = _StopFlag()
+    failure: BaseException | None = None
     try:
         if todo:
             settings = _settings(suite, run_dir, env, checkpoints)
-            with stop.installed():
-                stream = _execute(
-                    todo, settings, ray_address, cpu_workers, progress, max_retries, stop
-                )
+            stream = _execute(todo, settings, ray_address, cpu_workers, progress, max_retries, stop)
+            with stop.installed(), contextlib.closing(stream):  # closing: Ray stops on an error
                 for rows in stream:
-                    rows = [
-                        {**row, "finished_at": utc_now()}
-                        for row in rows
-                        if (row["cell_id"], row["decoder"]) not in done
-                    ]
-                    if rows:
-                        write_part(run_dir, rows)
-                        invocation["rows_written"] += len(rows)
-                        finished.add(rows[0]["cell_id"])
-                        for row in rows:
-                            counts[row["status"]] += 1
+                    tally.persist(run_dir, rows)
         if not stop.signal:
             _set_metrics(suite, run_dir)
-        if finished:
+        if tally.cells:
             compact(run_dir, small_only=True)  # the run's cells: one part, not thousands
-    except BaseException as exc:  # a second Ctrl-C, a crash: the record says so
-        invocation["interrupted_by"] = stop.signal or type(exc).__name__
+    except BaseException as exc:  # a second Ctrl-C, a full disk, a crash: the record says so
+        failure = exc
+        invocation["interrupted_by"] = stop.signal or (
+            "storage_error" if isinstance(exc, StorageError) else type(exc).__name__
+        )
         raise
     else:
         invocation["interrupted_by"] = stop.signal
     finally:
-        invocation["cells_computed"] = len(finished)
+        invocation["cells_computed"] = len(tally.cells)
+        invocation["rows_written"] = tally.rows_written
         invocation["finished_at"] = utc_now().isoformat()
         run_info["finished_at"] = invocation["finished_at"]
-        write_json(run_dir / "run.json", run_info)
+        try:
+            write_json(run_dir / "run.json", run_info)
+        except StorageError:
+            if failure is None:
+                raise  # else the error in flight is the one to report
     return RunSummary(
-        run_dir, len(planned), len(planned) - len(todo), invocation["rows_written"], dict(counts),
-        cells_remaining=len(todo) - len(finished) if stop.signal else 0,
+        run_dir, len(planned), len(planned) - len(todo), tally.rows_written, dict(tally.counts),
+        cells_remaining=len(todo) - len(tally.cells) if stop.signal else 0,
         interrupted_by=stop.signal,
     )  # fmt: skip
+
+
+def _rerun(status: str | None, retry_failed: frozenset[str]) -> bool:
+    """Whether a (cell, decoder) whose latest row has `status` is computed again."""
+    return status in ALWAYS_RETRIED or status in retry_failed
+
+
+@dataclass
+class _Tally:
+    """What this invocation persisted, and what it must not write again."""
+
+    settled: set[tuple[str, str]]  # (cell, decoder) whose latest row stands
+    attempts: dict[tuple[str, str], int]  # latest attempt on disk
+    rows_written: int = 0
+    cells: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def persist(self, run_dir: Path, rows: list[dict]) -> None:
+        """Write a cell's new rows as one part, each numbered by attempt. A row whose images
+        could not be written stops the run (StorageError) once that part is safe."""
+        rows = [
+            {**row, "finished_at": utc_now(),
+             "attempt": self.attempts.get((row["cell_id"], row["decoder"]), 0) + 1}
+            for row in rows
+            if (row["cell_id"], row["decoder"]) not in self.settled
+        ]  # fmt: skip
+        if not rows:
+            return
+        write_part(run_dir, rows)
+        self.rows_written += len(rows)
+        self.cells.add(rows[0]["cell_id"])
+        for row in rows:
+            self.counts[row["status"]] += 1
+        unsaved = [row for row in rows if row["status"] == "storage_error"]
+        if unsaved:
+            error = unsaved[0]["error"]
+            raise StorageError.from_text(error, run_dir) or StorageError(
+                errno.EIO, error, str(run_dir / "images" / rows[0]["cell_id"])
+            )
+
+
+class RunStorageError(RuntimeError):
+    """The run directory's storage refused a write; the run stopped, every part on disk whole."""
+
+    def __init__(self, cause: StorageError, run_dir: Path, safe: int | None, total: int) -> None:
+        self.cause, self.safe, self.total = cause, safe, total
+        whole = "every part written is whole"
+        if safe is None:
+            count, rest = f"The cells already in {run_dir} are safe ({whole})", "the others"
+        else:
+            count = f"{safe} of {total} cells are safe in {run_dir} ({whole})"
+            rest = f"the other {total - safe}" if safe < total else "what is left (run.json, report)"
+        super().__init__(
+            f"{cause.what()}. {count}; {cause.fix} and rerun the same command to finish {rest}"
+        )
+
+
+def _cells_safe(suite: Suite, run_dir: Path) -> tuple[int | None, int]:
+    """Cells of the suite whose every row is on disk and stands (not `storage_error`); None
+    when the directory cannot even be read."""
+    planned = plan(suite)
+    try:
+        written = written_rows(run_dir)
+    except OSError:
+        return None, len(planned)
+    stands = {key for key, row in written.items() if not _rerun(row.status, frozenset())}
+    safe = sum(all((cid, d) in stands for d in suite.decoders) for cid, _ in planned)
+    return safe, len(planned)
+
+
+def image_bytes(suite: Suite, todo: list[tuple[str, Cell]]) -> int:
+    """Disk space the PNGs of `todo` may take: one per decoder and cell, plus the reference of a
+    clean image, each counted at the output size (the native decode is smaller)."""
+    if not suite.save_images:
+        return 0
+    pngs = len(suite.decoders) + (suite.mode == "from_clean")
+    pixels = sum(cell.resolution[0] * cell.resolution[1] for _, cell in todo)
+    return int(pixels * pngs * PNG_BYTES_PER_PIXEL)
+
+
+def check_space(suite: Suite, todo: list[tuple[str, Cell]], run_dir: Path) -> None:
+    """Warn (StorageWarning) before a run whose images may not fit on the run directory's disk."""
+    need = image_bytes(suite, todo)
+    free = shutil.disk_usage(run_dir).free
+    if need > free:
+        warnings.warn(
+            f"the images of the {len(todo)} cells to run may need {need / 2**20:.1f} MiB "
+            f"(estimate: {PNG_BYTES_PER_PIXEL} bytes per output pixel per PNG), but {run_dir} has "
+            f"{free / 2**20:.1f} MiB free. Free space or set save_images: false; otherwise the "
+            "run stops when the disk fills, keeping every cell written so far",
+            StorageWarning,
+            stacklevel=2,
+        )
 
 
 def _set_metrics(suite: Suite, run_dir: Path) -> None:

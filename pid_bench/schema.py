@@ -25,8 +25,20 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("suite", pa.string(), "suite name"),
     ("cell_id", pa.string(), "hash of the cell's canonical configuration and model identity"),
     ("decoder", pa.string(), "pid | pid-teacher | native | native+bicubic | native+lanczos | native+<baseline>"),
-    ("status", pa.string(), "ok | error | oom | worker_lost"),
+    (
+        "status",
+        pa.string(),
+        "ok | error | oom | worker_lost | storage_error (the decode was fine but its images "
+        "could not be written to the run directory: recomputed by the next run)",
+    ),
     ("error", pa.string(), "message and traceback summary when status != ok"),
+    (
+        "attempt",
+        pa.int64(),
+        "1 for the first row of this (cell, decoder) in the run directory; each recomputation "
+        "(--retry-failed, a storage_error) adds 1. Reports count the highest; older attempts "
+        "stay in parts/ (parts written before this column read as 1)",
+    ),
     ("git_sha", pa.string(), "pid-bench commit that produced the row"),
     ("pid_bench_version", pa.string(), "package version"),
     ("torch_version", pa.string(), "torch.__version__"),

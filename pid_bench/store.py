@@ -4,27 +4,33 @@ RUN_DIR/
   run.json              resolved suite (as last run), environment, one record per invocation
   cells.parquet         cell ids of the suite as last run: what the report covers
   parts/part-*.parquet  rows (pid_bench.schema.ROW_SCHEMA); a part is complete or absent
+  parts/quarantine/     parts that could not be read (damaged, or another tool's): moved, kept
   images/<cell_id>/     PNGs written by the workers
   run.lock              flock-held by the one driver writing the directory (host, pid)
 
 Cells are content-addressed, so a suite may grow or shrink between runs into one directory:
 the run computes the cells it lacks and keeps every row; rows of cells the suite no longer has
-stay on disk and outside the report.
+stay on disk and outside the report. Files that pid-bench did not write are left alone (and
+reported); nothing here deletes a file it did not write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -35,30 +41,116 @@ class RunDirError(ValueError):
     """A run directory that cannot take this run (another suite's results, say)."""
 
 
+class RunJsonError(RunDirError):
+    """A run.json that is not a pid-bench run record (truncated, not JSON, another tool's)."""
+
+
+class StorageWarning(UserWarning):
+    """Something in the run directory that was set aside or may not fit (the CLI prints it)."""
+
+
+# ---- storage errors ----------------------------------------------------------------------------
+
+#: errno values meaning the run directory's storage refused a write, each with what to do.
+STORAGE_FIXES: dict[int, str] = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "remount its filesystem read-write",
+    errno.EACCES: "make it writable for this user",
+    errno.EPERM: "make it writable for this user",
+    errno.EIO: "check its disk (an I/O error: dmesg says more)",
+}
+_STORAGE_TEXT = re.compile(r"could not write (?P<path>.+): .* \[(?P<code>E[A-Z]+)\]")
+
+
+class StorageError(OSError):
+    """A write under the run directory that its storage refused; `filename` is the file meant."""
+
+    def what(self) -> str:
+        """'could not write PATH: No space left on device [ENOSPC]' (parsed back by `from_text`)."""
+        return (
+            f"could not write {self.filename}: {os.strerror(self.errno)} "
+            f"[{errno.errorcode.get(self.errno, self.errno)}]"
+        )
+
+    @property
+    def fix(self) -> str:
+        return STORAGE_FIXES.get(self.errno, "check its disk")
+
+    @classmethod
+    def from_text(cls, text: str, run_dir: Path) -> StorageError | None:
+        """The error a worker described with `what()` (a row's `error`), its path made absolute."""
+        match = _STORAGE_TEXT.search(text or "")
+        if match is None or not hasattr(errno, match["code"]):
+            return None
+        code = getattr(errno, match["code"])
+        return cls(code, os.strerror(code), str(Path(run_dir) / match["path"]))
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FIXES
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a refused write (full, read-only, no permission, I/O error) into a StorageError that
+    names `path`, the file meant (pyarrow's errors name no file; ours might name a temp file)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise StorageError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temp file of a failed write (freeing the space); a read-only disk keeps it."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def write_table_atomic(table: pa.Table, path: Path, **options) -> Path:
-    """Write a Parquet file as temp file, fsync, rename: a kill leaves it complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a Parquet file as temp file, fsync, rename: a kill leaves it complete or absent, and
+    a refused write (StorageError) leaves no temp file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, **options)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_synced(table, tmp, **options)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
     return path
 
 
+def _write_synced(table: pa.Table, path: Path, **options) -> None:
+    """Parquet to `path`, fsynced. The file is ours to close: given a path, pyarrow keeps its
+    descriptor open after a failed write, and a deleted temp file then holds its space on a
+    full disk (and keeps a read-only remount busy) until garbage collection."""
+    with open(path, "wb") as handle:
+        pq.write_table(table, handle, **options)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 #: A one-cell part's name carries its cell id and decoders (`part-<cell>~<decoder>~...~<uuid>`),
-#: so a resume knows what is finished from the names alone instead of opening 10k footers.
+#: so a resume knows what is finished from the names alone instead of opening 10k footers. Only
+#: a part whose rows are all ok is named so: a failed row's status is read from the part.
 _NAMED = re.compile(r"^part-([0-9a-f]{16})((?:~[a-z0-9+._-]+)+)~([0-9a-f]{8})\.parquet$")
 
 
 def write_part(run_dir: Path, rows: list[dict]) -> Path:
-    """Write rows as one new part (atomically); one cell's rows get a name that lists them."""
+    """Write rows as one new part (atomically); one cell's ok rows get a name that lists them."""
     table = to_table(rows)  # refuses a row with a column the schema lacks, before naming
     cells = {row.get("cell_id") for row in rows}
     decoders = [str(row.get("decoder")) for row in rows]
     suffix = uuid.uuid4().hex
     name = f"part-{suffix[:16]}.parquet"
-    if len(cells) == 1 and len(set(decoders)) == len(decoders):
+    all_ok = all(row.get("status") == "ok" for row in rows)
+    if all_ok and len(cells) == 1 and len(set(decoders)) == len(decoders):
         candidate = f"part-{cells.pop()}~{'~'.join(decoders)}~{suffix[:8]}.parquet"
         if _NAMED.match(candidate) and len(candidate) < 240:
             name = candidate
@@ -72,7 +164,188 @@ def write_part(run_dir: Path, rows: list[dict]) -> Path:
 def part_files(run_dir: Path) -> list[Path]:
     """The complete parts (an interrupted compaction is finished or undone first)."""
     recover_compaction(run_dir)
-    return sorted((run_dir / "parts").glob("part-*.parquet"))
+    return listed_parts(run_dir)
+
+
+def listed_parts(run_dir: Path) -> list[Path]:
+    """parts/part-*.parquet as they are (read-only: no compaction is recovered)."""
+    return sorted((Path(run_dir) / "parts").glob("part-*.parquet"))
+
+
+# ---- damaged and foreign parts -----------------------------------------------------------------
+
+QUARANTINE_DIR = "quarantine"
+#: Columns every pid-bench part has (strings); a Parquet file without them is another tool's.
+KEY_COLUMNS = ("cell_id", "decoder")
+_FOREIGN = "not a pid-bench part"
+
+
+def part_problem(path: Path) -> str | None:
+    """Why `path` is not a readable pid-bench part (damaged, or another tool's Parquet); None
+    when it reads whole (or is gone: a compaction may have merged it meanwhile)."""
+    try:
+        schema = pq.read_schema(path)
+        missing = [
+            k for k in KEY_COLUMNS
+            if k not in schema.names or not pa.types.is_string(schema.field(k).type)
+        ]  # fmt: skip
+        if missing:
+            return f"{_FOREIGN} (no text column {', '.join(missing)})"
+        pq.read_table(path)  # every page decodes
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0]})"
+    return None
+
+
+def _whole(path: Path) -> bool:
+    """Parquet's magic at both ends: a cheap check (no footer parsed) that catches a truncated
+    or foreign file among parts that resume does not open."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(-4, os.SEEK_END)
+            return head == handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def _held_cells(path: Path) -> list[str]:
+    """The cells a set-aside part held, from its name or, failing that, its cell_id column."""
+    match = _NAMED.match(path.name)
+    if match:
+        return [match[1]]
+    try:
+        cells = pq.read_table(path, columns=["cell_id"])["cell_id"].to_pylist()
+    except (pa.ArrowException, OSError, KeyError):
+        return []
+    return sorted(set(cells) - {None})
+
+
+def _held_text(part: Path, why: str) -> str:
+    cells = _held_cells(part)
+    if cells:
+        shown = ", ".join(cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+        return f"its cells ({shown}) no longer count as done: `pid-bench run` recomputes them"
+    if why.startswith(_FOREIGN):
+        return "it holds no pid-bench rows"
+    return "no row of it can be read: a cell it held is missing; `pid-bench run` recomputes it"
+
+
+def quarantine(part: Path, why: str) -> Path | None:
+    """Move a part that cannot be read to parts/quarantine/ (kept, never deleted), with a warning
+    naming it and the cells it held: no longer counted as done, they are recomputed by the next
+    run. Where the move itself fails (a read-only disk), the part stays and is skipped."""
+    folder = part.parent / QUARANTINE_DIR
+    dest = folder / part.name
+    for n in range(1, 1000):
+        if not dest.exists():
+            break
+        dest = folder / f"{part.stem}.{n}{part.suffix}"
+    held = _held_text(part, why)
+    try:
+        folder.mkdir(exist_ok=True)
+        os.replace(part, dest)
+    except OSError as exc:
+        warnings.warn(
+            f"{part}: {why}; skipped, and left in place (moving it to {folder} failed: "
+            f"{exc.strerror or exc}); {held}",
+            StorageWarning,
+            stacklevel=2,
+        )
+        return None
+    warnings.warn(f"{part}: {why}; moved to {dest} (kept); {held}", StorageWarning, stacklevel=2)
+    return dest
+
+
+def set_aside(paths: Iterable[Path]) -> set[Path]:
+    """Of `paths`, the parts that do not read whole (`part_problem`), each quarantined."""
+    bad = set()
+    for path in paths:
+        why = part_problem(Path(path))
+        if why is not None:
+            quarantine(Path(path), why)
+            bad.add(path)
+    return bad
+
+
+def quarantined(run_dir: Path) -> list[str]:
+    """Names of the files in parts/quarantine/."""
+    folder = Path(run_dir) / "parts" / QUARANTINE_DIR
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _scan(parts: list[Path], columns: list[str] | None = None) -> tuple[pa.Table, list[Path]]:
+    """`parts` as one table (STORAGE_SCHEMA plus any column the first or last part adds; missing
+    columns null) with `__filename`, and the parts it holds. A part that is damaged or another
+    tool's is quarantined and the others are read: one bad file never blocks the rest."""
+    try:
+        table = _read(parts, columns)
+    except (pa.ArrowException, OSError):
+        bad = set_aside(parts)
+        if not bad:
+            raise
+        return _scan([p for p in parts if p not in bad], columns)
+    keyless = pc.or_(pc.is_null(table["cell_id"]), pc.is_null(table["decoder"]))
+    suspects = {Path(f) for f in pc.unique(table.filter(keyless)["__filename"]).to_pylist()}
+    bad = set_aside(p for p in parts if p in suspects)  # a foreign Parquet reads as null keys
+    return _scan([p for p in parts if p not in bad], columns) if bad else (table, parts)
+
+
+def _read(parts: list[Path], columns: list[str] | None) -> pa.Table:
+    schemas = [pq.read_schema(parts[0]), pq.read_schema(parts[-1])] if parts else []
+    schema = pa.unify_schemas([*schemas, STORAGE_SCHEMA])
+    wanted = [*(columns or schema.names), "__filename"]
+    return ds.dataset([str(p) for p in parts], format="parquet", schema=schema).to_table(wanted)
+
+
+@dataclass(frozen=True)
+class Written:
+    """The latest row of one (cell_id, decoder) on disk."""
+
+    status: str | None  # None: known from a part's name alone (such a part's rows are all ok)
+    attempt: int | None  # None: known from a part's name alone
+
+
+def written_rows(run_dir: Path, trust_names: bool = True) -> dict[tuple[str, str], Written]:
+    """(cell_id, decoder) -> its latest row's status and attempt, for every row on disk.
+
+    A one-cell part of ok rows lists them in its name and is not opened (a check of its first
+    and last bytes catches a damaged one); other parts are read, four columns. With
+    `trust_names=False` every part is read: parts of earlier versions were named whatever their
+    statuses, and `--retry-failed` needs those. Latest: the highest attempt, then the newest
+    `finished_at`, as the report orders them; a row from a name (ok, so never rerun) wins.
+    """
+    named: dict[tuple[str, str], Written] = {}
+    unnamed = []
+    for part in part_files(run_dir):
+        match = _NAMED.match(part.name) if trust_names else None
+        if match is None:
+            unnamed.append(part)
+        elif _whole(part):
+            named.update(((match[1], d), Written(None, None)) for d in match[2].split("~")[1:])
+        else:
+            quarantine(part, part_problem(part) or "not a whole Parquet file")
+    return {**_latest(unnamed), **named}
+
+
+def _latest(parts: list[Path]) -> dict[tuple[str, str], Written]:
+    if not parts:
+        return {}
+    table, _ = _scan(parts, ["cell_id", "decoder", "status", "attempt", "finished_at"])
+    table = table.set_column(3, "attempt", pc.fill_null(table["attempt"], 1))
+    # Oldest first, so the dict below keeps the latest of each (cell, decoder).
+    order = [(c, "ascending", "at_start") for c in ("cell_id", "decoder", "attempt", "finished_at")]
+    table = table.sort_by(order)
+    keys = zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True)
+    rows = zip(table["status"].to_pylist(), table["attempt"].to_pylist(), strict=True)
+    return {key: Written(status, attempt) for key, (status, attempt) in zip(keys, rows, strict=True)}
+
+
+def finished_rows(run_dir: Path) -> set[tuple[str, str]]:
+    """(cell_id, decoder) of every row already written."""
+    return set(written_rows(run_dir))
 
 
 # ---- compaction --------------------------------------------------------------------------------
@@ -92,35 +365,41 @@ def compact(run_dir: Path, small_only: bool = False) -> Path | None:
     it replaces is written atomically; (3) the temp file is renamed to a part; (4) the replaced
     parts are deleted; (5) the journal goes. A kill before (3) leaves the old parts (the temp
     and journal are undone on the next read); after (3), the next read finishes (4) and (5).
-    Returns the merged part (None: nothing to merge).
+    A part that cannot be read is quarantined, never merged or deleted; a refused write
+    (StorageError) leaves the old parts and no temp file. Returns the merged part (None:
+    nothing to merge).
     """
     parts_dir = Path(run_dir) / "parts"
     parts = part_files(run_dir)
     if small_only:
-        parts = [p for p in parts if pq.ParquetFile(p).metadata.num_rows <= SMALL_PART_ROWS]
+        parts = [p for p in parts if (_row_count(p) or SMALL_PART_ROWS + 1) <= SMALL_PART_ROWS]
     if len(parts) < 2:
         return None
-    table = _merged(parts)
+    table, parts = _scan(parts)
+    if len(parts) < 2:
+        return None
     name = f"part-{uuid.uuid4().hex[:16]}.parquet"
     tmp = parts_dir / f".{name}.compact-tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    write_json(parts_dir / COMPACT_JOURNAL, {"into": name, "tmp": tmp.name,
-                                             "replaces": [p.name for p in parts]})  # fmt: skip
+    try:
+        with writing(parts_dir / name):
+            _write_synced(table.drop_columns(["__filename"]), tmp)
+        write_json(parts_dir / COMPACT_JOURNAL, {"into": name, "tmp": tmp.name,
+                                                 "replaces": [p.name for p in parts]})  # fmt: skip
+    except BaseException:
+        _unlink_quietly(tmp)  # no journal names it: the old parts stand
+        raise
     os.replace(tmp, parts_dir / name)
     _finish_compaction(parts_dir)
     return parts_dir / name
 
 
-def _merged(parts: list[Path]) -> pa.Table:
-    schemas = {pq.read_schema(p) for p in parts[:1]} | {pq.read_schema(parts[-1])}
-    schema = pa.unify_schemas([*schemas, STORAGE_SCHEMA])
-    table = ds.dataset([str(p) for p in parts], format="parquet", schema=schema).to_table()
-    for field in STORAGE_SCHEMA:  # parts written before a column existed: the column as nulls
-        if field.name not in table.column_names:
-            table = table.append_column(field, pa.nulls(len(table), field.type))
-    return table
+def _row_count(part: Path) -> int | None:
+    """Rows of a part from its footer; None (and the part quarantined) when it cannot be read."""
+    try:
+        return pq.ParquetFile(part).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        quarantine(part, f"unreadable ({str(exc).splitlines()[0]})")
+        return None
 
 
 def recover_compaction(run_dir: Path) -> None:
@@ -144,26 +423,16 @@ def _finish_compaction(parts_dir: Path) -> None:
     journal_path.unlink()
 
 
-def finished_rows(run_dir: Path) -> set[tuple[str, str]]:
-    """(cell_id, decoder) of every row already written."""
-    done: set[tuple[str, str]] = set()
-    unnamed = []
-    for part in part_files(run_dir):
-        match = _NAMED.match(part.name)
-        if match:
-            done.update((match[1], decoder) for decoder in match[2].split("~")[1:])
-        else:
-            unnamed.append(str(part))
-    if unnamed:  # merged or older parts: one multi-threaded scan of two columns
-        table = ds.dataset(unnamed, format="parquet").to_table(columns=["cell_id", "decoder"])
-        done.update(zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True))
-    return done
-
-
 def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file, rename); a refused write is a StorageError naming it."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
 
 
 PLAN_FILE = "cells.parquet"
@@ -181,8 +450,65 @@ def read_plan(run_dir: Path) -> list[str] | None:
 
 
 def read_run_json(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """run.json of a run directory ({} when it has none).
+
+    One that is truncated, not JSON or another tool's is a RunJsonError naming the file and the
+    fix; nothing else in the directory is touched.
+    """
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"is not JSON ({exc}): truncated or overwritten"
+    else:
+        if _is_run_record(data):
+            return data
+        problem = "is JSON but not a pid-bench run record (no suite name): another tool's file"
+    raise RunJsonError(
+        f"{path} {problem}. The parts in {Path(run_dir) / 'parts'} are untouched. Restore "
+        f"run.json from a backup, or move it aside (mv {path} {path}.bad) and rerun the suite "
+        f"with --output {run_dir}: that writes a new run.json and computes only the cells the "
+        "parts lack"
+    )
+
+
+def _is_run_record(data: object) -> bool:
+    """What every run.json pid-bench wrote has: its suite (a record with a name; early
+    versions stored the name alone)."""
+    if not isinstance(data, dict):
+        return False
+    suite = data.get("suite")
+    named = isinstance(suite, dict) and isinstance(suite.get("name"), str)
+    return named or isinstance(suite, str)
+
+
+#: What pid-bench writes at the top of a run directory (`sets` is pid_bench.sets.SETS_DIR) and
+#: in parts/; anything else is someone else's: left alone, and listed by the report.
+_OWN_TOP = {
+    "run.json", "run.json.tmp", "cells.parquet", ".cells.parquet.tmp", "parts", "images", "sets",
+    "plots", "leaderboard.md", "report.html", "run.lock", "compare.md", "compare.html",
+}  # fmt: skip
+_OWN_IN_PARTS = re.compile(
+    r"^(part-.+\.parquet|\.part-.+\.parquet\.tmp|\.part-.+\.compact-tmp|compact\.json(\.tmp)?"
+    rf"|{QUARANTINE_DIR})$"
+)
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Files and folders in the run directory (top level and parts/) that pid-bench did not
+    write, relative to it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p.name for p in run_dir.iterdir() if p.name not in _OWN_TOP]
+    parts = run_dir / "parts"
+    if parts.is_dir():
+        found += [f"parts/{p.name}" for p in parts.iterdir() if not _OWN_IN_PARTS.match(p.name)]
+    return sorted(found)
 
 
 def claim_run_dir(run_dir: Path, suite_name: str, force: bool) -> dict | None:
@@ -220,7 +546,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     import fcntl
 
     path = Path(run_dir) / LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    with writing(path):
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -232,13 +559,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             "finish or stop it, or use another --output"
         ) from None
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"host {socket.gethostname()}, pid {os.getpid()}, "
-            f"since {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
-        )
-        handle.flush()
+        with writing(path):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                f"host {socket.gethostname()}, pid {os.getpid()}, "
+                f"since {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+            )
+            handle.flush()
         yield
     finally:
         handle.close()  # releases the lock

@@ -2,7 +2,8 @@
 --          save_xt_step, decoder, run_id); run_id is the report's name of the run (one value in
 --          a run's own report; a cross-run leaderboard reads several runs into `rows`), so rows
 --          of one setting and decoder from several runs sit next to each other
--- inputs:  table `rows` (every part of the run(s), read with union_by_name); no parameters
+-- inputs:  table `rows` (the latest attempt per (cell, decoder) of every part of the run(s),
+--          read with union_by_name); no parameters
 -- returns: n_rows, n_ok, latency_ms_p50 (median over ok rows of each row's p50), n_noisy (ok
 --          rows whose repeats are noisy: timing_noisy), peak_mem_allocated_bytes (max over ok
 --          rows; null on CPU), then the mean over ok rows of every metric_* column present in the

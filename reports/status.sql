@@ -1,4 +1,5 @@
--- grain:   one row per status (ok | error | oom | worker_lost)
+-- grain:   one row per status (ok | error | oom | worker_lost | storage_error) of the latest
+--          attempts
 -- inputs:  table `rows`; no parameters
 -- returns: n (rows with that status), most frequent first
 SELECT

@@ -69,3 +69,21 @@ def test_a_cell_that_keeps_killing_its_worker_is_worker_lost(suite, tmp_path, mo
     for cid in (c0, c1, c3):
         assert (rows.loc[cid].status == "ok").all()
     assert "2 worker_lost" in result.output
+
+
+def test_images_that_cannot_be_written_stop_the_run_cleanly_on_real_workers(
+    suite, tmp_path, monkeypatch
+):
+    """A worker's image write refused (ENOSPC, injected): its rows are storage_error, the run
+    stops with exit code 74 and says how many cells are safe; the actors are let go."""
+    path, (c_oom, c_storage, _, _) = suite
+    out = tmp_path / "out"
+    result = _run(path, out, monkeypatch, {"oom": [c_oom], "storage": [c_storage]})
+    assert result.exit_code == 74, result.output
+    message = " ".join(result.output.split())
+    assert f"could not write {out}/images/{c_storage}: No space left on device [ENOSPC]" in message
+    assert "1 of 4 cells are safe" in message and "Traceback" not in result.output
+    rows = _rows(out).set_index(["cell_id", "decoder"])
+    assert rows.loc[(c_oom, "pid")].status == "oom" and (rows.attempt == 1).all()
+    assert (rows.loc[c_storage].status == "storage_error").all()  # not a decoder error
+    assert set(rows.index.get_level_values(0)) == {c_oom, c_storage}
