@@ -43,7 +43,7 @@ from pid_bench.suite import BUILTIN_DECODERS, LdmOptions, TeacherOptions
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.flops import decode_flops, peak_tflops
-from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE, resolve
+from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES, TRAINED_MAX_SIDE, resolve
 from pid_models.teacher import NEGATIVE_PROMPT, dynamic_shift
 from pid_models.tiling import plan_tiles
 
@@ -65,12 +65,13 @@ class ModelSet:
 def model_identity(backbone: str, ckpt_type: str) -> str:
     """Names the weights a cell runs with, without loading them (part of the cell id)."""
     if (backbone, ckpt_type) in EMBEDDED_PAIRS:
-        from pid_models.tiny import TINY_NET_KWARGS, TINY_VAE_CONFIG
+        from pid_models.tiny import TINY_NET_KWARGS, TINY_VAE_CONFIG, trained_identity
 
         config = json.dumps(
             [dict(TINY_NET_KWARGS), dict(TINY_VAE_CONFIG)], sort_keys=True, default=list
         )
-        return f"{backbone}/{ckpt_type}:seed=0:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+        weights = "seed=0" if backbone in RANDOM_BACKBONES else trained_identity()
+        return f"{backbone}/{ckpt_type}:{weights}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
     experiment = resolve(backbone, ckpt_type)
     config = json.dumps(dict(experiment.net_kwargs), sort_keys=True)
     return f"{backbone}:{experiment.name}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
@@ -90,10 +91,12 @@ def load_models(
     pid_options = pid_options or {}
     pipeline = load_ldm_pipeline(backbone, device, ldm) if ldm is not None else None
     if (backbone, ckpt_type) in EMBEDDED_PAIRS:
-        from pid_models.tiny import build_tiny_codec
+        from pid_models.tiny import build_tiny_codec, build_trained_tiny_codec
 
-        pid = PiDDecoder.tiny(seed=0, device=device, **pid_options)
-        return ModelSet(pid, build_tiny_codec(0).to(device), True, pipeline)
+        random = backbone in RANDOM_BACKBONES
+        pid = PiDDecoder.tiny(seed=0, device=device, trained=not random, **pid_options)
+        codec = build_tiny_codec(0) if random else build_trained_tiny_codec()
+        return ModelSet(pid, codec.to(device), random, pipeline)
     from pid_models.codecs import load_codec
 
     codec = load_codec(backbone, checkpoints, device)  # small: fails fast before PiD loads
@@ -502,7 +505,7 @@ assert set(RESIZE_KERNELS) == set(BUILTIN_DECODERS), "pid_bench.suite and cell d
 
 def teacher_net(cell, models: ModelSet, settings: CellSettings):
     """The undistilled teacher of the cell's backbone, loaded once per worker; the embedded
-    tiny backbone's teacher is its own random PiD network (it exercises the sampler only)."""
+    tiny backbones' teacher is their own PiD network (it exercises the sampler only)."""
     if models.teacher is None:
         if (cell.backbone, cell.ckpt_type) in EMBEDDED_PAIRS:
             models.teacher = models.pid.net

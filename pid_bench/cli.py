@@ -640,7 +640,11 @@ def doctor(
 def decode(
     out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],
     backbone: Annotated[
-        str, typer.Option(help="'tiny' (embedded, random weights) or a released backbone.")
+        str,
+        typer.Option(
+            help="'tiny' (embedded, trained here), 'tiny-random' (random weights) or a released "
+            "backbone."
+        ),
     ] = "tiny",
     ckpt_type: Annotated[str, typer.Option(help="2k, 2kto4k or 2kto4k_v1pt5.")] = "2k",
     latent: Annotated[
@@ -650,7 +654,7 @@ def decode(
         ),
     ] = None,
     latent_size: Annotated[
-        int, typer.Option(help="Random latent grid size when no --latent (tiny only).")
+        int, typer.Option(help="Random latent grid size when no --latent (tiny backbones only).")
     ] = 8,
     sigma: Annotated[float, typer.Option(help="Noise level of the latent (0 = clean).")] = 0.0,
     caption: Annotated[str, typer.Option(help="Caption for PiD's text conditioning.")] = "",
@@ -673,18 +677,21 @@ def decode(
     from safetensors.torch import load_file
 
     from pid_models.decoder import PiDDecoder
-    from pid_models.registry import UnknownCheckpointError
+    from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES, UnknownCheckpointError
+
+    EMBEDDED_BACKBONES = {b for b, _ in EMBEDDED_PAIRS}  # noqa: N806
 
     try:
-        if backbone == "tiny":
-            decoder = PiDDecoder.tiny(seed=0, device=device or "cpu")
+        if backbone in EMBEDDED_BACKBONES:
+            trained = backbone not in RANDOM_BACKBONES
+            decoder = PiDDecoder.tiny(seed=0, device=device or "cpu", trained=trained)
         else:
             decoder = PiDDecoder.from_pretrained(
                 backbone, ckpt_type, checkpoints, text_encoder, device
             )
         if latent is not None:
             z = load_file(latent)["latent"]
-        elif backbone == "tiny":
+        elif backbone in EMBEDDED_BACKBONES:
             gen = torch.Generator().manual_seed(seed)
             z = torch.randn(1, 16, latent_size, latent_size, generator=gen)
         else:
@@ -708,10 +715,8 @@ def decode(
         f"{backbone}/{ckpt_type}: latent {tuple(z.shape)} -> image {tuple(image.shape)} in "
         f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
     )
-    if backbone == "tiny":
-        typer.echo(
-            "note: the tiny backbone has random weights; it proves the machinery, not PiD's quality"
-        )
+    if backbone in EMBEDDED_BACKBONES:
+        typer.echo(f"note: {backbone} is a small embedded network; it says nothing about PiD's quality")
 
 
 if __name__ == "__main__":

@@ -146,10 +146,18 @@ class MultiReport:
     runs: list[RunInfo]
     table: report._Table
     footnotes: list[str]
+    backbones: tuple[str, ...] = ()
 
     @property
     def random_weights(self) -> bool:
         return any(run.random_weights for run in self.runs)
+
+    def warnings(self) -> list[str]:
+        """The banners of the runs' own reports: random or trained-here embedded networks."""
+        out = [report.RANDOM_WEIGHTS_WARNING] if self.random_weights else []
+        if report.uses_trained_embedded(self.backbones):
+            out.append(report.EMBEDDED_WARNING)
+        return out
 
     def provenance(self) -> list[list[str]]:
         keys = [k for k, _ in PROVENANCE_COLUMNS]
@@ -163,13 +171,14 @@ def build(run_dirs: Sequence[Path]) -> MultiReport:
         report._fill_set_values(con, board)
     numbers = report._footnote_numbers([e for run in runs for e in run.nulls])
     table = report._leaderboard_table(board, _requested(runs), numbers, show_run=True)
-    return MultiReport(runs, table, _footnotes(runs, numbers))
+    backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in board))
+    return MultiReport(runs, table, _footnotes(runs, numbers), backbones)
 
 
 def markdown(multi: MultiReport) -> str:
     lines = [f"# pid-bench leaderboard: {len(multi.runs)} runs", ""]
-    if multi.random_weights:
-        lines += [f"**{report.RANDOM_WEIGHTS_WARNING}**", ""]
+    for warning in multi.warnings():
+        lines += [f"**{warning}**", ""]
     lines += ["## Runs", ""]
     lines += report._md_table([t for _, t in PROVENANCE_COLUMNS], multi.provenance()) + [""]
     lines += ["## Leaderboard", ""]
@@ -192,7 +201,7 @@ def html_page(multi: MultiReport) -> str:
     return report._jinja().get_template("leaderboard.html.j2").render(
         multi=multi,
         provenance_headers=[t for _, t in PROVENANCE_COLUMNS],
-        warning=report.RANDOM_WEIGHTS_WARNING if multi.random_weights else None,
+        warning=" ".join(multi.warnings()) or None,
         note=f"{report.LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
         definitions=report._definitions(multi.table),
     )

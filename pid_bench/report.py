@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,21 @@ def direction(name: str) -> bool | None:
         return None
 
 RANDOM_WEIGHTS_WARNING = (
-    "The `tiny` backbone uses random networks: its quality numbers say nothing about PiD."
+    "The `tiny-random` backbone uses random networks: its quality numbers say nothing about PiD."
+)
+def uses_trained_embedded(backbones: Iterable[str]) -> bool:
+    """Whether any of `backbones` is an embedded backbone trained here (`tiny`, not
+    `tiny-random`): its report carries `EMBEDDED_WARNING`."""
+    from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
+
+    trained = {b for b, _ in EMBEDDED_PAIRS} - RANDOM_BACKBONES
+    return any(b in trained for b in backbones)
+
+
+EMBEDDED_WARNING = (
+    "The embedded `tiny` backbone is a pair of small networks trained here on CPU "
+    "(pid_models.tiny_training): its images are recognisable, but its numbers say nothing "
+    "about NVIDIA's PiD."
 )
 UPSAMPLED_WARNING = (
     "This suite says `reference: upsampled`: some full-reference metrics compare with a "
@@ -389,6 +403,12 @@ class _RunData:
     def upsampled_references(self) -> bool:
         suite = self.meta.get("suite") or {}
         return suite.get("reference") == "upsampled"
+
+    @property
+    def trained_embedded(self) -> bool:
+        """Rows of an embedded backbone trained here (`tiny`)."""
+        named = self.meta.get("embedded_backbones") or ()
+        return uses_trained_embedded([*named, *(r["backbone"] for r in self.leaderboard)])
 
     @property
     def random_weights(self) -> bool:
@@ -941,6 +961,8 @@ def _markdown(data: _RunData) -> str:
     lines += [f"run `{data.run_id}` · git `{data.git_sha}` · device {data.device}", ""]
     if data.random_weights:
         lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
+    if data.trained_embedded:
+        lines += [f"**{EMBEDDED_WARNING}**", ""]
     if data.upsampled_references:
         lines += [f"**{UPSAMPLED_WARNING}**", ""]
     lines += [f"Status: {data.status_line()}", ""]
@@ -1226,6 +1248,7 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
         data=data,
         footnotes=footnotes(data),
         warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
+        embedded_warning=EMBEDDED_WARNING if data.trained_embedded else None,
         upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
         environment=_environment(data.meta),
         table=table,

@@ -39,6 +39,7 @@ from pid_bench.store import (
     written_rows,
 )  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
+from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
 DEFAULT_MAX_RETRIES = 2
@@ -198,7 +199,10 @@ def _run_locked(
         "suite_fingerprint": invocation["suite_fingerprint"],
         "environment": env,
         "started_at": invocations[0]["started_at"],
-        "random_weights": any(c.backbone == "tiny" for _, c in planned),
+        "random_weights": any(c.backbone in RANDOM_BACKBONES for _, c in planned),
+        "embedded_backbones": sorted(
+            {c.backbone for _, c in planned if (c.backbone, c.ckpt_type) in EMBEDDED_PAIRS}
+        ),
         "cells": len(planned),
         "invocations": invocations,
     }

@@ -143,13 +143,21 @@ class PiDDecoder:
         seed: int = 0,
         device: str | torch.device = "cpu",
         cache_dir: str | os.PathLike | None = None,
+        trained: bool = False,
         **options,
     ) -> PiDDecoder:
-        """The embedded default: tiny seeded PiD (2k FLUX layout) + tiny seeded Gemma-2."""
-        from pid_models.tiny import build_tiny_caption_encoder, build_tiny_net
+        """The embedded tiny PiD (2k FLUX layout) + tiny seeded Gemma-2: seeded random weights,
+        or with `trained` the network trained here (`pid_models.tiny_training`; the `tiny`
+        backbone; `seed` then seeds only the caption encoder, as in training)."""
+        from pid_models.tiny import (
+            build_tiny_caption_encoder,
+            build_tiny_net,
+            build_trained_tiny_net,
+        )
 
         encoder = CachedCaptionEncoder(build_tiny_caption_encoder(seed), CaptionCache(cache_dir))
-        return cls(build_tiny_net(seed), encoder, device, **options)
+        net = build_trained_tiny_net() if trained else build_tiny_net(seed)
+        return cls(net, encoder, device, **options)
 
     # ---- decoding --------------------------------------------------------------------------
 

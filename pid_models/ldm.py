@@ -144,6 +144,9 @@ UNAVAILABLE: Mapping[str, str] = MappingProxyType(
         "not a diffusers pipeline; capture its latents yourself and decode them from_clean-style",
         "tiny": "the embedded tiny backbone has no default LDM; build a tiny pipeline, save it "
         "with save_pretrained and name its folder in the suite (ldm: {pipelines: {tiny: DIR}})",
+        "tiny-random": "the embedded tiny-random backbone has no default LDM; build a tiny "
+        "pipeline, save it with save_pretrained and name its folder in the suite "
+        "(ldm: {pipelines: {tiny-random: DIR}})",
     }
 )
 

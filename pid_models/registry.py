@@ -158,8 +158,11 @@ EXPERIMENTS: Mapping[tuple[str, str], Experiment] = MappingProxyType(
 )
 
 
-#: Embedded backbones built in code (random weights): (backbone, ckpt_type) pairs.
-EMBEDDED_PAIRS: tuple[tuple[str, str], ...] = (("tiny", "2k"),)
+#: Embedded backbones, no download: (backbone, ckpt_type) pairs. `tiny`: small networks trained
+#: here (`pid_models.tiny_training`); `tiny-random`: the same layout with seeded random weights.
+EMBEDDED_PAIRS: tuple[tuple[str, str], ...] = (("tiny", "2k"), ("tiny-random", "2k"))
+#: Embedded backbones whose networks are random (their quality numbers mean nothing at all).
+RANDOM_BACKBONES: frozenset[str] = frozenset({"tiny-random"})
 
 
 class UnknownCheckpointError(KeyError):

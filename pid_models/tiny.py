@@ -1,12 +1,19 @@
-"""Tiny seeded models of the very same classes: the embedded default and test fixtures.
+"""Tiny models of the very same classes: the embedded backbones and test fixtures.
 
-Their numbers prove the machinery, not PiD's quality: the weights are random.
+`tiny` (the default) loads small networks trained here on CPU (`pid_models.tiny_training`,
+weights in `pid_models/data/tiny/`): recognisable images, so a wiring mistake between codec and
+PiD shows, but their numbers say nothing about NVIDIA's PiD. `tiny-random` and the `build_tiny_*`
+builders are the same layouts with seeded random weights (the oracle's golden vectors use them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -162,3 +169,72 @@ def build_tiny_codec(seed: int = 0):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**TINY_VAE_CONFIG)
     return ScaledVAECodec(vae, identity=f"tiny-vae:seed={seed}")
+
+
+# ---- the trained tiny backbone -----------------------------------------------------------------
+
+TRAINED_DIR = Path(__file__).parent / "data" / "tiny"
+_REGENERATE = "python -m pid_models.tiny_training --out pid_models/data/tiny"
+
+
+class TrainedTinyError(RuntimeError):
+    """The trained tiny fixtures are missing or do not match their recorded checksums."""
+
+
+@cache
+def trained_meta() -> dict[str, Any]:
+    """tiny.json: the training command, config, latent normalisation, checksums and scores."""
+    path = TRAINED_DIR / "tiny.json"
+    if not path.is_file():
+        raise TrainedTinyError(f"{path} is missing: the trained tiny backbone needs it; {_REGENERATE}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _trained_state(name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = TRAINED_DIR / name
+    expected = trained_meta()["sha256"][name]
+    if not path.is_file():
+        raise TrainedTinyError(f"{path} is missing; {_REGENERATE}")
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        raise TrainedTinyError(
+            f"{path}: sha256 {found[:12]} is not tiny.json's {expected[:12]}; restore it with git "
+            f"checkout, or regenerate both with {_REGENERATE}"
+        )
+    return load_file(path)
+
+
+def trained_identity() -> str:
+    """Names the trained weights (their checksums), for cell ids and caption caches."""
+    digests = trained_meta()["sha256"]
+    return "trained:" + "-".join(digests[k][:12] for k in sorted(digests))
+
+
+def build_trained_tiny_net() -> PidNet:
+    """The tiny PiD trained by `pid_models.tiny_training` (float32, eval mode)."""
+    net = PidNet(**TINY_NET_KWARGS)
+    net.load_state_dict(_trained_state("pid.safetensors"))
+    return net.eval().requires_grad_(False)
+
+
+def trained_vae_config() -> dict[str, Any]:
+    """`TINY_VAE_CONFIG` with the latent normalisation measured after training."""
+    meta = trained_meta()
+    return {
+        **TINY_VAE_CONFIG,
+        "scaling_factor": meta["codec_scaling_factor"],
+        "shift_factor": meta["codec_shift_factor"],
+    }
+
+
+def build_trained_tiny_codec():
+    """The tiny codec trained by `pid_models.tiny_training` (float32)."""
+    from diffusers import AutoencoderKL
+
+    from pid_models.codecs.kl import ScaledVAECodec
+
+    vae = AutoencoderKL(**trained_vae_config())
+    vae.load_state_dict(_trained_state("codec.safetensors"))
+    return ScaledVAECodec(vae.eval().requires_grad_(False), identity=f"tiny-vae:{trained_identity()}")

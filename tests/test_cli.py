@@ -74,7 +74,7 @@ def test_decode_with_the_tiny_default_writes_a_png_of_the_output_size(tmp_path):
     result = runner.invoke(app, ["decode", "--out", str(out), "--latent-size", "4", "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (128, 128)
-    assert "random weights" in result.output
+    assert "small embedded network" in result.output
 
 
 def test_decode_of_an_unreleased_pair_is_bad_input_listing_valid_pairs(tmp_path):

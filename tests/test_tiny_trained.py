@@ -1,0 +1,190 @@
+"""The trained tiny backbone proves the pipeline around PiD: on held-out images it decodes well,
+and each wiring mistake between codec and PiD costs it a documented margin (docs/protocol.md,
+"The embedded tiny backbone"). The images are made exactly as a from_clean cell makes them
+(`reference_at`, the codec, `add_noise`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pid_bench.cell import reference_at
+from pid_bench.manifests import load_image
+from pid_models import tiling
+from pid_models.codecs import add_noise
+from pid_models.decoder import PiDDecoder
+from pid_models.tiny import build_trained_tiny_codec, trained_meta
+from pid_models.tiny_training import HELD_OUT, image_path, psnr
+
+OUT = (256, 256)
+NATIVE = (64, 64)
+
+#: Floors and margins measured on the committed weights (docs/protocol.md, "The embedded tiny
+#: backbone", gives the figures): held-out means, PiD at 256², the codec at its own 64². They are
+#: below issue 16's targets (20 and 24 dB), which this training budget does not reach.
+PID_PSNR_FLOOR = 15.8  # measured 16.27
+CODEC_PSNR_FLOOR = 19.5  # measured 19.90
+#: A latent normalised with another backbone's factors (FLUX.1's): measured -2.19 dB.
+WRONG_SCALE_MARGIN_DB = 1.5
+#: σ = 0.6 latent told σ = 0: measured -0.57 dB (a small, deterministic margin: seeded decodes).
+SWAPPED_SIGMA_MARGIN_DB = 0.4
+#: VP noise where the codec's form is flow *raises* PSNR here (measured +0.76 dB at σ = 0.6: at
+#: equal σ VP keeps more of the signal), so the mistake shows as a change, not a loss.
+NOISE_FORM_CHANGE_DB = 0.5
+#: Tiles reading the latent one cell off their pixels: measured -3.24 dB.
+TILE_OFFSET_MARGIN_DB = 2.0
+#: Quality may rise by at most this between neighbouring σ, and falls at least SIGMA_RANGE_DB
+#: from σ = 0 to 0.8 (measured 16.27, 16.04, 15.45, 14.42, 12.74).
+SIGMA_NOISE_DB = 0.3
+SIGMA_RANGE_DB = 3.0
+#: Tiled (128² tiles, 64 px overlap) and whole-image decodes agree to at least this PSNR
+#: (measured 21.52 dB: the trained tiny net uses context a tile does not see).
+TILED_AGREEMENT_DB = 20.0
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    decoder = PiDDecoder.tiny(seed=0, device="cpu", trained=True)
+    return decoder, build_trained_tiny_codec()
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """[(reference at 256², input at 64²)] of the held-out images, as a cell makes them."""
+    pairs = []
+    for _, dist, inner in HELD_OUT:
+        source = load_image(str(image_path(dist, inner)))
+        pairs.append((reference_at(source, OUT), reference_at(source, NATIVE)))
+    return pairs
+
+
+def mean_psnr(models, held_out, *, sigma=0.0, encode=None, noise="flow", told_sigma=None, **kw):
+    """Mean PiD PSNR at 256² over the held-out images, with one step of the pipeline replaced."""
+    decoder, codec = models
+    scores = []
+    for i, (reference, lq) in enumerate(held_out):
+        latent = (encode or codec.encode)(lq)
+        generator = torch.Generator().manual_seed(i)
+        noisy = add_noise(latent, sigma, noise, generator)
+        told = sigma if told_sigma is None else told_sigma
+        image = decoder.decode(noisy, sigma=told, out_size=OUT, seed=i, **kw)
+        scores.append(psnr(image, reference))
+    return sum(scores) / len(scores)
+
+
+def test_trained_fixtures_are_small_and_recorded():
+    meta = trained_meta()
+    from pid_models.tiny import TRAINED_DIR
+
+    total = sum(p.stat().st_size for p in TRAINED_DIR.iterdir())
+    assert total < 10 * 2**20
+    assert set(meta["held_out"]) == {name for name, _, _ in HELD_OUT}
+    assert not set(meta["held_out"]) & set(meta["train_images"])
+
+
+def test_the_codec_reconstructs_held_out_images_at_its_own_size(models, held_out):
+    _, codec = models
+    scores = [psnr(codec.decode(codec.encode(lq)), lq) for _, lq in held_out]
+    assert sum(scores) / len(scores) >= CODEC_PSNR_FLOOR, scores
+
+
+def test_pid_at_sigma_0_decodes_held_out_images(models, held_out):
+    assert mean_psnr(models, held_out) >= PID_PSNR_FLOOR
+
+
+def test_a_wrong_latent_scale_is_caught(models, held_out):
+    _, codec = models
+    right = mean_psnr(models, held_out)
+    # The trained codec's own factors are near 1 and 0 (its raw latents are nearly normalised
+    # already), so the realistic mistake is another backbone's factors.
+    flux_factors = mean_psnr(
+        models, held_out, encode=lambda lq: 0.3611 * (codec.encode_raw(lq) - 0.1159)
+    )
+    assert right - flux_factors >= WRONG_SCALE_MARGIN_DB
+
+
+def test_a_wrong_noise_form_is_caught(models, held_out):
+    right = mean_psnr(models, held_out, sigma=0.6)
+    wrong = mean_psnr(models, held_out, sigma=0.6, noise="vp")
+    assert abs(right - wrong) >= NOISE_FORM_CHANGE_DB
+
+
+def test_a_swapped_sigma_is_caught(models, held_out):
+    right = mean_psnr(models, held_out, sigma=0.6)
+    told_clean = mean_psnr(models, held_out, sigma=0.6, told_sigma=0.0)
+    assert right - told_clean >= SWAPPED_SIGMA_MARGIN_DB
+
+
+def test_quality_falls_as_sigma_grows(models, held_out):
+    scores = [mean_psnr(models, held_out, sigma=s) for s in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    assert all(b <= a + SIGMA_NOISE_DB for a, b in zip(scores, scores[1:], strict=False)), scores
+    assert scores[0] - scores[-1] >= SIGMA_RANGE_DB, scores
+
+
+def test_tiled_and_whole_decodes_agree(models, held_out):
+    decoder, codec = models
+    for _, lq in held_out[:1]:
+        latent = codec.encode(lq)
+        whole = decoder.decode(latent, out_size=OUT, seed=0)
+        tiled = decoder.decode(latent, out_size=OUT, seed=0, tile_size=128, tile_overlap=64)
+        assert psnr(tiled, whole) >= TILED_AGREEMENT_DB
+
+
+def test_a_wrong_tile_offset_is_caught(models, held_out, monkeypatch):
+    right = mean_psnr(models, held_out, tile_size=128, tile_overlap=64)
+
+    def shifted(tile, per_latent):  # each tile reads the latent one cell down and right
+        ys = slice(tile.y0 // per_latent + 1, tile.y1 // per_latent + 1)
+        xs = slice(tile.x0 // per_latent + 1, tile.x1 // per_latent + 1)
+        return ys, xs
+
+    monkeypatch.setattr(tiling.Tile, "latent_window", shifted)
+    wrong = mean_psnr(models, held_out, tile_size=128, tile_overlap=64)
+    assert right - wrong >= TILE_OFFSET_MARGIN_DB
+
+
+def test_a_from_clean_cell_of_the_harness_scores_the_trained_tiny_like_the_pipeline_above(
+    tmp_path, models, held_out
+):
+    """The harness's own cell path (prepare, decode, score) gives the PSNR the pipeline above
+    gives for the same image, σ and seed: the cell is wired as the tests assume."""
+    import json
+    from pathlib import Path
+
+    from pid_bench.cell import CellSettings, TimingPolicy, load_models, run_cell
+    from pid_bench.suite import load_suite
+
+    repo = Path(__file__).resolve().parents[1]
+    suite_path = tmp_path / "one.yaml"
+    suite_path.write_text(json.dumps({
+        "name": "one", "backbones": ["tiny"], "ckpt_types": ["2k"], "sigmas": [0.0],
+        "resolutions": [256], "decoders": ["pid", "native"], "metrics": ["psnr"],
+        "source": str(repo / "manifests" / "smoke.jsonl"), "limit": 1,
+    }))  # fmt: skip
+    suite = load_suite(suite_path)
+    once = TimingPolicy(warmup=0, repeats=1, min_time_s=0)
+    settings = CellSettings("r", "one", ("pid", "native"), ("psnr",), once, False, str(tmp_path))
+    cell = suite.cells()[0]
+    pid, native = run_cell(cell, "c0", load_models("tiny", "2k", "cpu"), settings, "cpu")
+    assert cell.item.id == "astronaut" and pid["status"] == native["status"] == "ok"
+    decoder, codec = models
+    reference, lq = held_out[0]
+    image = decoder.decode(codec.encode(lq), sigma=0.0, caption=cell.item.caption, out_size=OUT,
+                           seed=cell.seed)  # fmt: skip
+    assert pid["metric_psnr"] == pytest.approx(psnr(image, reference), abs=0.1)
+    assert native["metric_psnr"] == pytest.approx(psnr(codec.decode(codec.encode(lq)), lq), abs=0.1)
+
+
+def test_tiny_random_keeps_the_seeded_random_weights_and_its_own_identity():
+    from pid_bench.cell import load_models, model_identity
+    from pid_models.tiny import build_tiny_net
+
+    random_models = load_models("tiny-random", "2k", "cpu")
+    assert random_models.random_weights is True
+    assert load_models("tiny", "2k", "cpu").random_weights is False
+    oracle_net = build_tiny_net(0)
+    for name, param in random_models.pid.net.state_dict().items():
+        assert torch.equal(param, oracle_net.state_dict()[name]), name
+    assert model_identity("tiny", "2k") != model_identity("tiny-random", "2k")
+    assert "trained:" in model_identity("tiny", "2k")
