@@ -72,7 +72,7 @@ def uses_trained_embedded(backbones: Iterable[str]) -> bool:
 
 EMBEDDED_WARNING = (
     "The embedded `tiny` backbone is a pair of small networks trained here on CPU "
-    "(pid_models.tiny_training): its images are recognisable, but its numbers say nothing "
+    "(pid_models.tiny_training): enough to show a wiring mistake, but its numbers say nothing "
     "about NVIDIA's PiD."
 )
 UPSAMPLED_WARNING = (

@@ -1,8 +1,8 @@
 """Tiny models of the very same classes: the embedded backbones and test fixtures.
 
 `tiny` (the default) loads small networks trained here on CPU (`pid_models.tiny_training`,
-weights in `pid_models/data/tiny/`): recognisable images, so a wiring mistake between codec and
-PiD shows, but their numbers say nothing about NVIDIA's PiD. `tiny-random` and the `build_tiny_*`
+weights in `pid_models/data/tiny/`): their images show the scene, so a wiring mistake between
+codec and PiD shows, but their numbers say nothing about NVIDIA's PiD. `tiny-random` and the `build_tiny_*`
 builders are the same layouts with seeded random weights (the oracle's golden vectors use them).
 """
 
