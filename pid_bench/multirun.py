@@ -44,20 +44,14 @@ class RunInfo:
 
     @property
     def suite(self) -> str:
-        suite = self.meta.get("suite")
-        name = suite.get("name") if isinstance(suite, dict) else suite
-        return str(name or "unnamed suite")
+        return report.suite_name(self.meta)
 
     @property
     def random_weights(self) -> bool:
-        return bool(self.meta.get("random_weights")) or any(
-            p["random_weights"] for p in self.provenance
-        )
+        return report.ran_random_weights(self.meta, self.provenance)
 
     def status_line(self) -> str:
-        total = sum(s["n"] for s in self.status)
-        counts = ", ".join(f"{s['n']} {s['status']}" for s in self.status)
-        return f"{counts} ({total} rows)" if total else "no rows"
+        return report.status_line(self.status)
 
     def provenance_rows(self) -> list[dict[str, str]]:
         """One line per provenance tuple of its rows (a run resumed elsewhere has several); a

@@ -377,9 +377,7 @@ class _RunData:
 
     @property
     def suite(self) -> str:
-        suite = self.meta.get("suite")
-        name = suite.get("name") if isinstance(suite, dict) else suite
-        return str(name or "unnamed suite")
+        return suite_name(self.meta)
 
     @property
     def run_id(self) -> str:
@@ -412,14 +410,29 @@ class _RunData:
 
     @property
     def random_weights(self) -> bool:
-        return bool(self.meta.get("random_weights")) or any(
-            p["random_weights"] for p in self.provenance
-        )
+        return ran_random_weights(self.meta, self.provenance)
 
     def status_line(self) -> str:
-        total = sum(s["n"] for s in self.status)
-        counts = ", ".join(f"{s['n']} {s['status']}" for s in self.status)
-        return f"{counts} ({total} rows)" if total else "no rows"
+        return status_line(self.status)
+
+
+def suite_name(meta: dict[str, Any]) -> str:
+    """run.json's suite name."""
+    suite = meta.get("suite")
+    name = suite.get("name") if isinstance(suite, dict) else suite
+    return str(name or "unnamed suite")
+
+
+def ran_random_weights(meta: dict[str, Any], provenance: list[dict[str, Any]]) -> bool:
+    """Whether run.json or any row (reports/provenance.sql) says random networks ran."""
+    return bool(meta.get("random_weights")) or any(p["random_weights"] for p in provenance)
+
+
+def status_line(status: list[dict[str, Any]]) -> str:
+    """'24 ok, 1 error (25 rows)' from reports/status.sql."""
+    total = sum(s["n"] for s in status)
+    counts = ", ".join(f"{s['n']} {s['status']}" for s in status)
+    return f"{counts} ({total} rows)" if total else "no rows"
 
 
 def _distinct(records: list[dict[str, Any]], key: str) -> str:
