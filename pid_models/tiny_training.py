@@ -2,7 +2,7 @@
 installed packages. The result is the default `tiny` backbone (`pid_models/data/tiny/`); the
 random-weight one stays available as `tiny-random`.
 
-    python -m pid_models.tiny_training --out pid_models/data/tiny   # about 25 min on 2 cores
+    python -m pid_models.tiny_training --out pid_models/data/tiny   # about 27 min on 2 cores
 
 (a) The codec: the tiny diffusers AutoencoderKL layout (`TINY_VAE_CONFIG`: 16 channels, 8x) as a
     plain autoencoder of its posterior mean (the latent PiD reads); its scaling and shift factors
@@ -103,15 +103,16 @@ class TrainConfig:
     """Everything that decides the trained weights (written into tiny.json)."""
 
     seed: int = 0
-    codec_steps: int = 2000
-    codec_batch: int = 16
+    codec_steps: int = 5000
+    codec_batch: int = 4  # small batches, more steps: better per CPU-second than 16
     codec_crop: int = 64
     codec_lr: float = 2e-3
-    pid_steps: int = 1600
+    pid_steps: int = 3600
     pid_batch: int = 8
     pid_crop: int = 128  # output pixels; every other step uses 2x the crop at a quarter batch
     pid_lr: float = 1.5e-3
-    threads: int = 1  # one thread beats two on a busy 2-core machine (OpenMP oversubscription)
+    ema_decay: float = 0.998  # the weights saved are the exponential moving average
+    threads: int = 2
     checkpoint_every: int = 50
 
 
@@ -138,29 +139,45 @@ def downsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
-def random_crops(
-    images: Sequence[torch.Tensor], count: int, size: int, generator: torch.Generator
-) -> torch.Tensor:
-    """`count` crops of `size`² from images shrunk by a random factor (short side log-uniform
-    between the crop and 3x the crop: the scale at which whole images shrunk to a benchmark's
-    native size are detail-dense), flipped at random."""
-    crops = []
-    for _ in range(count):
-        image = images[int(torch.randint(len(images), (1,), generator=generator))]
+class CropSource:
+    """Random `size`² crops of images shrunk by a random factor, flipped at random.
+
+    The short side after shrinking is log-uniform between the crop and 3x the crop (the scale at
+    which whole images shrunk to a benchmark's native size are detail-dense), drawn from
+    `levels` precomputed sizes per image: shrinking the full image for every crop cost more
+    than the codec's training step."""
+
+    def __init__(self, images: Sequence[torch.Tensor], size: int, levels: int = 12) -> None:
+        self.size = size
+        self.pyramids = [self._pyramid(image, size, levels) for image in images]
+
+    @staticmethod
+    def _pyramid(image: torch.Tensor, size: int, levels: int) -> list[torch.Tensor]:
         _, h, w = image.shape
         short = min(h, w)
         low, high = math.log(min(short, size)), math.log(min(short, 3 * size))
-        side = math.exp(low + float(torch.rand(1, generator=generator)) * (high - low))
-        scale = max(side, size) / short
-        shrunk = downsample(image[None], (max(size, round(h * scale)), max(size, round(w * scale))))
-        _, _, sh, sw = shrunk.shape
-        top = int(torch.randint(sh - size + 1, (1,), generator=generator))
-        left = int(torch.randint(sw - size + 1, (1,), generator=generator))
-        crop = shrunk[..., top : top + size, left : left + size]
-        if float(torch.rand(1, generator=generator)) < 0.5:
-            crop = crop.flip(-1)
-        crops.append(crop)
-    return torch.cat(crops).clamp(-1, 1)
+        pyramid = []
+        for level in range(levels):
+            side = math.exp(low + (level + 0.5) / levels * (high - low))
+            scale = max(side, size) / short
+            shape = (max(size, round(h * scale)), max(size, round(w * scale)))
+            pyramid.append(downsample(image[None], shape)[0].clamp(-1, 1))
+        return pyramid
+
+    def crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        """[1, 3, size, size]: one crop of image `index`."""
+        pyramid = self.pyramids[index]
+        shrunk = pyramid[int(torch.randint(len(pyramid), (1,), generator=generator))]
+        _, sh, sw = shrunk.shape
+        top = int(torch.randint(sh - self.size + 1, (1,), generator=generator))
+        left = int(torch.randint(sw - self.size + 1, (1,), generator=generator))
+        crop = shrunk[None, :, top : top + self.size, left : left + self.size]
+        return crop.flip(-1) if float(torch.rand(1, generator=generator)) < 0.5 else crop
+
+    def crops(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """[count, 3, size, size] from images picked uniformly at random."""
+        picks = torch.randint(len(self.pyramids), (count,), generator=generator)
+        return torch.cat([self.crop(int(i), generator) for i in picks])
 
 
 # ---- the two stages ----------------------------------------------------------------------------
@@ -186,13 +203,20 @@ def new_pid_net(seed: int):
 
 
 class _Stage:
-    """A resumable optimisation loop: model, AdamW with cosine decay, data generator, step."""
+    """A resumable optimisation loop: model, AdamW with cosine decay, an exponential moving
+    average of the weights, data generator, step."""
 
-    def __init__(self, name: str, model: torch.nn.Module, lr: float, steps: int, seed: int, work):
+    def __init__(
+        self, name: str, model: torch.nn.Module, lr: float, steps: int, seed: int, work,
+        ema_decay: float,
+    ):  # fmt: skip
         self.name, self.model, self.steps = name, model.train().requires_grad_(True), steps
+        self.ema_decay = ema_decay
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))
+            self.optimizer,
+            lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)),
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -206,6 +230,7 @@ class _Stage:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
+        self.ema = state["ema"]
         self.step = int(state["step"])
 
     def save(self) -> None:
@@ -213,7 +238,7 @@ class _Stage:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
-            "step": self.step,
+            "ema": self.ema, "step": self.step,
         }  # fmt: skip
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -226,6 +251,22 @@ class _Stage:
         self.optimizer.step()
         self.schedule.step()
         self.step += 1
+        self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # warm-up: early on the average follows the weights closely (decay (1+n)/(10+n))
+        decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))
+        for key, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.ema[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                self.ema[key].copy_(value)
+
+    def averaged_model(self) -> torch.nn.Module:
+        """The model with the averaged weights, frozen."""
+        self.model.load_state_dict(self.ema)
+        return self.model.eval().requires_grad_(False)
 
 
 def _loop(stage: _Stage, loss_fn, every: int, log) -> None:
@@ -245,18 +286,20 @@ def train_codec(config: TrainConfig, images, work: Path, resume: bool, log=print
     """Stage (a): the autoencoder of the posterior mean; returns the VAE with its latent
     scaling/shift set from the training crops' statistics."""
     vae = new_codec_vae(config.seed)
-    stage = _Stage("codec", vae, config.codec_lr, config.codec_steps, config.seed, work)
+    stage = _Stage(
+        "codec", vae, config.codec_lr, config.codec_steps, config.seed, work, config.ema_decay
+    )
     if resume:
         stage.resume()
+    source = CropSource(images, config.codec_crop)
 
     def loss_fn(step: int) -> torch.Tensor:
-        x = random_crops(images, config.codec_batch, config.codec_crop, stage.generator)
+        x = source.crops(config.codec_batch, stage.generator)
         mean = vae.encode(x).latent_dist.mean
-        out = vae.decode(mean).sample
-        return F.mse_loss(out, x) + 0.1 * F.l1_loss(out, x) + 1e-6 * mean.pow(2).mean()
+        return F.mse_loss(vae.decode(mean).sample, x) + 1e-6 * mean.pow(2).mean()
 
     _loop(stage, loss_fn, config.checkpoint_every, log)
-    vae.eval().requires_grad_(False)
+    vae = stage.averaged_model()
     set_latent_normalisation(vae, images, config.seed)
     return vae
 
@@ -266,7 +309,7 @@ def set_latent_normalisation(vae, images, seed: int) -> None:
     """FLUX-style z = scaling * (mean - shift), with shift the latents' mean and scaling their
     inverse standard deviation over 64 crops."""
     generator = torch.Generator().manual_seed(seed + 1)
-    crops = random_crops(images, 64, 64, generator)
+    crops = CropSource(images, 64).crops(64, generator)
     raw = vae.encode(crops).latent_dist.mean
     shift, std = float(raw.mean()), float(raw.std())
     vae.register_to_config(scaling_factor=round(1 / std, 6), shift_factor=round(shift, 6))
@@ -282,9 +325,12 @@ def train_pid(config: TrainConfig, codec, images, work: Path, resume: bool, log=
     with torch.no_grad():
         names = [name for name, _, _ in TRAIN_IMAGES]
         y_table = encoder.encode([CAPTIONS[n] for n in names] + [""])
-    stage = _Stage("pid", net, config.pid_lr, config.pid_steps, config.seed + 7, work)
+    stage = _Stage(
+        "pid", net, config.pid_lr, config.pid_steps, config.seed + 7, work, config.ema_decay
+    )
     if resume:
         stage.resume()
+    sources = {size: CropSource(images, size) for size in (config.pid_crop, 2 * config.pid_crop)}
     t_values = torch.tensor(DISTILLED_T_LIST[:-1])
     scale = net.sr_scale
 
@@ -294,7 +340,7 @@ def train_pid(config: TrainConfig, codec, images, work: Path, resume: bool, log=
         size = config.pid_crop * (2 if big else 1)
         batch = max(1, config.pid_batch // (4 if big else 1))
         picks = torch.randint(len(images), (batch,), generator=g)
-        x0 = torch.cat([random_crops([images[int(i)]], 1, size, g) for i in picks])
+        x0 = torch.cat([sources[size].crop(int(i), g) for i in picks])
         captions = torch.where(torch.rand(batch, generator=g) < 0.2, len(names), picks)
         y = y_table[captions]
         with torch.no_grad():
@@ -302,7 +348,9 @@ def train_pid(config: TrainConfig, codec, images, work: Path, resume: bool, log=
             z = codec.encode(lq).to(torch.bfloat16).float()  # as PiDDecoder hands it over
         sigma = torch.rand(batch, generator=g) * MAX_SIGMA
         sigma = torch.where(torch.rand(batch, generator=g) < CLEAN_FRACTION, 0.0, sigma)
-        z = torch.stack([add_noise(z[i : i + 1], float(sigma[i]), "flow", g)[0] for i in range(batch)])
+        z = torch.stack(
+            [add_noise(z[i : i + 1], float(sigma[i]), "flow", g)[0] for i in range(batch)]
+        )
         t = t_values[torch.randint(len(t_values), (batch,), generator=g)]
         eps = torch.randn(x0.shape, generator=g)
         tb = t[:, None, None, None]
@@ -311,7 +359,7 @@ def train_pid(config: TrainConfig, codec, images, work: Path, resume: bool, log=
         return F.mse_loss(x_t - tb * v, x0)
 
     _loop(stage, loss_fn, config.checkpoint_every, log)
-    return net.eval().requires_grad_(False)
+    return stage.averaged_model()
 
 
 # ---- evaluation --------------------------------------------------------------------------------
