@@ -8,20 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pid_bench.cell import reference_at
-from pid_bench.manifests import load_image
-from pid_models import tiling
-from pid_models.codecs import add_noise
-from pid_models.decoder import PiDDecoder
-from pid_models.tiny import build_trained_tiny_codec, trained_meta
-from pid_models.tiny_training import HELD_OUT, image_path, psnr
+from pid_bench import wiring
+from pid_bench.wiring import OUT, SIGMAS, TILES, mean, pid_psnrs
+from pid_models.tiny import trained_meta
+from pid_models.tiny_training import HELD_OUT, psnr
 
-OUT = (256, 256)
-NATIVE = (64, 64)
-
-#: Floors and margins measured on the committed weights (docs/protocol.md, "The embedded tiny
-#: backbone", gives the figures): held-out means, PiD at 256², the codec at its own 64². They are
-#: below issue 16's targets (20 and 24 dB), which this training budget does not reach.
+#: Floors and margins measured on the committed weights by `python -m pid_bench.wiring`
+#: (docs/protocol.md, "The embedded tiny backbone", gives the figures): held-out means, PiD at
+#: 256², the codec at its own 64². They are below issue 16's targets (20 and 24 dB), which this
+#: training budget does not reach.
 PID_PSNR_FLOOR = 15.8  # measured 16.27
 CODEC_PSNR_FLOOR = 19.5  # measured 19.90
 #: A latent normalised with another backbone's factors (FLUX.1's): measured -2.19 dB.
@@ -44,33 +39,16 @@ TILED_AGREEMENT_DB = 20.0
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    decoder = PiDDecoder.tiny(seed=0, device="cpu", trained=True)
-    return decoder, build_trained_tiny_codec()
+    return wiring.load_trained_tiny()
 
 
 @pytest.fixture(scope="module")
 def held_out():
-    """[(reference at 256², input at 64²)] of the held-out images, as a cell makes them."""
-    pairs = []
-    for _, dist, inner in HELD_OUT:
-        source = load_image(str(image_path(dist, inner)))
-        pairs.append((reference_at(source, OUT), reference_at(source, NATIVE)))
-    return pairs
+    return wiring.held_out_pairs()
 
 
-def mean_psnr(models, held_out, *, sigma=0.0, encode=None, noise="flow", told_sigma=None, **kw):
-    """Mean PiD PSNR at 256² over the held-out images, with one step of the pipeline replaced."""
-    decoder, codec = models
-    scores = []
-    for i, (reference, lq) in enumerate(held_out):
-        latent = (encode or codec.encode)(lq)
-        generator = torch.Generator().manual_seed(i)
-        noisy = add_noise(latent, sigma, noise, generator)
-        told = sigma if told_sigma is None else told_sigma
-        image = decoder.decode(noisy, sigma=told, out_size=OUT, seed=i, **kw)
-        scores.append(psnr(image, reference))
-    return sum(scores) / len(scores)
+def mean_psnr(models, held_out, **mistake) -> float:
+    return mean(pid_psnrs(models, held_out, **mistake))
 
 
 def test_trained_fixtures_are_small_and_recorded():
@@ -84,9 +62,8 @@ def test_trained_fixtures_are_small_and_recorded():
 
 
 def test_the_codec_reconstructs_held_out_images_at_its_own_size(models, held_out):
-    _, codec = models
-    scores = [psnr(codec.decode(codec.encode(lq)), lq) for _, lq in held_out]
-    assert sum(scores) / len(scores) >= CODEC_PSNR_FLOOR, scores
+    scores = wiring.codec_psnrs(models[1], held_out)
+    assert mean(scores) >= CODEC_PSNR_FLOOR, scores
 
 
 def test_pid_at_sigma_0_decodes_held_out_images(models, held_out):
@@ -94,13 +71,8 @@ def test_pid_at_sigma_0_decodes_held_out_images(models, held_out):
 
 
 def test_a_wrong_latent_scale_is_caught(models, held_out):
-    _, codec = models
     right = mean_psnr(models, held_out)
-    # The trained codec's own factors are near 1 and 0 (its raw latents are nearly normalised
-    # already), so the realistic mistake is another backbone's factors.
-    flux_factors = mean_psnr(
-        models, held_out, encode=lambda lq: 0.3611 * (codec.encode_raw(lq) - 0.1159)
-    )
+    flux_factors = mean_psnr(models, held_out, encode=wiring.flux_scaled(models[1]))
     assert right - flux_factors >= WRONG_SCALE_MARGIN_DB
 
 
@@ -117,30 +89,19 @@ def test_a_swapped_sigma_is_caught(models, held_out):
 
 
 def test_quality_falls_as_sigma_grows(models, held_out):
-    scores = [mean_psnr(models, held_out, sigma=s) for s in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    scores = [mean_psnr(models, held_out, sigma=s) for s in SIGMAS]
     assert all(b <= a + SIGMA_NOISE_DB for a, b in zip(scores, scores[1:], strict=False)), scores
     assert scores[0] - scores[-1] >= SIGMA_RANGE_DB, scores
 
 
 def test_tiled_and_whole_decodes_agree(models, held_out):
-    decoder, codec = models
-    for _, lq in held_out[:1]:
-        latent = codec.encode(lq)
-        whole = decoder.decode(latent, out_size=OUT, seed=0)
-        tiled = decoder.decode(latent, out_size=OUT, seed=0, tile_size=128, tile_overlap=64)
-        assert psnr(tiled, whole) >= TILED_AGREEMENT_DB
+    assert wiring.tiled_agreement_psnr(models, held_out) >= TILED_AGREEMENT_DB
 
 
-def test_a_wrong_tile_offset_is_caught(models, held_out, monkeypatch):
-    right = mean_psnr(models, held_out, tile_size=128, tile_overlap=64)
-
-    def shifted(tile, per_latent):  # each tile reads the latent one cell down and right
-        ys = slice(tile.y0 // per_latent + 1, tile.y1 // per_latent + 1)
-        xs = slice(tile.x0 // per_latent + 1, tile.x1 // per_latent + 1)
-        return ys, xs
-
-    monkeypatch.setattr(tiling.Tile, "latent_window", shifted)
-    wrong = mean_psnr(models, held_out, tile_size=128, tile_overlap=64)
+def test_a_wrong_tile_offset_is_caught(models, held_out):
+    right = mean_psnr(models, held_out, **TILES)
+    with wiring.tiles_one_cell_off():
+        wrong = mean_psnr(models, held_out, **TILES)
     assert right - wrong >= TILE_OFFSET_MARGIN_DB
 
 
