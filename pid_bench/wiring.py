@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from statistics import fmean
 from unittest import mock
 
 import torch
@@ -103,8 +104,12 @@ def noise_form_change_db(models, pairs: Pairs, sigma: float = 0.6) -> float:
     with the same seeds. At equal σ VP keeps more of the signal, so the mistake moves images
     both ways and shows as a change of seeded results, not as a loss of the mean."""
     right = pid_psnrs(models, pairs, sigma=sigma)
-    wrong = pid_psnrs(models, pairs, sigma=sigma, noise="vp")
-    return mean([abs(w - r) for w, r in zip(wrong, right, strict=True)])
+    return mean_change_db(right, pid_psnrs(models, pairs, sigma=sigma, noise="vp"))
+
+
+def mean_change_db(right: list[float], wrong: list[float]) -> float:
+    """Mean per-image |PSNR change| between two seeded decodes of the same images."""
+    return fmean(abs(w - r) for w, r in zip(wrong, right, strict=True))
 
 
 def tiled_agreement_psnr(models, pairs: Pairs) -> float:
@@ -115,47 +120,43 @@ def tiled_agreement_psnr(models, pairs: Pairs) -> float:
     return psnr(decoder.decode(latent, out_size=OUT, seed=0, **TILES), whole)
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def measure(models=None, pairs: Pairs | None = None) -> list[tuple[str, str]]:
     """[(check, measured)] rows of docs/protocol.md's table."""
     models = models or load_trained_tiny()
     pairs = pairs or held_out_pairs()
 
     def show(scores: list[float]) -> str:
-        return " / ".join(f"{s:.2f}" for s in scores) + f" dB, mean {mean(scores):.2f}"
+        return " / ".join(f"{s:.2f}" for s in scores) + f" dB, mean {fmean(scores):.2f}"
 
-    clean = pid_psnrs(models, pairs)
-    at_06 = mean(pid_psnrs(models, pairs, sigma=0.6))
+    by_sigma = {s: pid_psnrs(models, pairs, sigma=s) for s in SIGMAS}
+    clean, at_06 = by_sigma[0.0], by_sigma[0.6]
     rows = [
         ("codec reconstruction at 64²", show(codec_psnrs(models[1], pairs))),
         ("native+bicubic at 256², σ = 0", show(native_bicubic_psnrs(models[1], pairs))),
         ("PiD at 256², σ = 0", show(clean)),
     ]
-    wrong_scale = mean(pid_psnrs(models, pairs, encode=flux_scaled(models[1])))
-    rows.append(("latent normalised with FLUX.1's factors", _delta(wrong_scale, mean(clean))))
-    told_clean = mean(pid_psnrs(models, pairs, sigma=0.6, told_sigma=0.0))
+    wrong_scale = pid_psnrs(models, pairs, encode=flux_scaled(models[1]))
+    rows.append(("latent normalised with FLUX.1's factors", _delta(wrong_scale, clean)))
+    told_clean = pid_psnrs(models, pairs, sigma=0.6, told_sigma=0.0)
     rows.append(("σ = 0.6 latent, σ = 0 told to the net", _delta(told_clean, at_06)))
     vp = pid_psnrs(models, pairs, sigma=0.6, noise="vp")
-    rows.append(("VP noise where the codec's form is flow, σ = 0.6", _delta(mean(vp), at_06)))
-    rows.append(
-        ("  the same, mean per-image change", f"{noise_form_change_db(models, pairs):.2f} dB")
-    )
-    tiled = mean(pid_psnrs(models, pairs, **TILES))
+    rows.append(("VP noise where the codec's form is flow, σ = 0.6", _delta(vp, at_06)))
+    rows.append(("  the same, mean per-image change", f"{mean_change_db(at_06, vp):.2f} dB"))
+    tiled = pid_psnrs(models, pairs, **TILES)
     with tiles_one_cell_off():
-        off = mean(pid_psnrs(models, pairs, **TILES))
+        off = pid_psnrs(models, pairs, **TILES)
     rows.append(("tiles read the latent one cell off their pixels", _delta(off, tiled)))
-    by_sigma = [mean(pid_psnrs(models, pairs, sigma=s)) for s in SIGMAS]
-    rows.append(("σ = " + ", ".join(map(str, SIGMAS)), ", ".join(f"{s:.2f}" for s in by_sigma)))
+    means = ", ".join(f"{fmean(by_sigma[s]):.2f}" for s in SIGMAS)
+    rows.append(("σ = " + ", ".join(map(str, SIGMAS)), means))
     agreement = tiled_agreement_psnr(models, pairs)
     rows.append(("tiled (128², 64 px overlap) vs whole-image decode", f"{agreement:.2f} dB"))
     return rows
 
 
-def _delta(wrong: float, right: float) -> str:
-    return f"{wrong:.2f} vs {right:.2f} dB ({wrong - right:+.2f})"
+def _delta(wrong: list[float], right: list[float]) -> str:
+    """Held-out means of a mistake against the right pipeline."""
+    wrong_mean, right_mean = fmean(wrong), fmean(right)
+    return f"{wrong_mean:.2f} vs {right_mean:.2f} dB ({wrong_mean - right_mean:+.2f})"
 
 
 def main() -> None:

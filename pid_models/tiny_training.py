@@ -300,16 +300,16 @@ def train_codec(config: TrainConfig, images, work: Path, resume: bool, log=print
 
     _loop(stage, loss_fn, config.checkpoint_every, log)
     vae = stage.averaged_model()
-    set_latent_normalisation(vae, images, config.seed)
+    set_latent_normalisation(vae, source, config.seed)
     return vae
 
 
 @torch.no_grad()
-def set_latent_normalisation(vae, images, seed: int) -> None:
+def set_latent_normalisation(vae, source: CropSource, seed: int) -> None:
     """FLUX-style z = scaling * (mean - shift), with shift the latents' mean and scaling their
-    inverse standard deviation over 64 crops."""
+    inverse standard deviation over 64 crops of the codec's training source."""
     generator = torch.Generator().manual_seed(seed + 1)
-    crops = CropSource(images, 64).crops(64, generator)
+    crops = source.crops(64, generator)
     raw = vae.encode(crops).latent_dist.mean
     shift, std = float(raw.mean()), float(raw.std())
     vae.register_to_config(scaling_factor=round(1 / std, 6), shift_factor=round(shift, 6))

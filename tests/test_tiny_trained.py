@@ -5,11 +5,13 @@ and each wiring mistake between codec and PiD costs it a documented margin (docs
 
 from __future__ import annotations
 
+from statistics import fmean
+
 import pytest
 import torch
 
 from pid_bench import wiring
-from pid_bench.wiring import OUT, SIGMAS, TILES, mean, pid_psnrs
+from pid_bench.wiring import OUT, SIGMAS, TILES, pid_psnrs
 from pid_models.tiny import trained_meta
 from pid_models.tiny_training import HELD_OUT, psnr
 
@@ -51,7 +53,7 @@ def held_out():
 
 
 def mean_psnr(models, held_out, **mistake) -> float:
-    return mean(pid_psnrs(models, held_out, **mistake))
+    return fmean(pid_psnrs(models, held_out, **mistake))
 
 
 def test_trained_fixtures_are_small_and_recorded():
@@ -66,7 +68,7 @@ def test_trained_fixtures_are_small_and_recorded():
 
 def test_the_codec_reconstructs_held_out_images_at_its_own_size(models, held_out):
     scores = wiring.codec_psnrs(models[1], held_out)
-    assert mean(scores) >= CODEC_PSNR_FLOOR, scores
+    assert fmean(scores) >= CODEC_PSNR_FLOOR, scores
 
 
 def test_pid_at_sigma_0_decodes_held_out_images(models, held_out):
