@@ -104,6 +104,7 @@ def golden_forward(reference: Path, device: torch.device, precision: str) -> lis
         agreement = standard.check(out.float().cpu(), t["output"])
         results.append({"case": entry["case"], "max_abs": agreement.max_abs,
                         "mean_abs": agreement.mean_abs, "passed": agreement.passed,
+                        "failed_bound": agreement.failed_bound,
                         "standard": standard.name})  # fmt: skip
     return results
 
@@ -123,7 +124,12 @@ def golden_step(reference: Path | None, device: torch.device, precision: str) ->
         s.detail = (
             f"{len(cases) - len(failed)}/{len(cases)} within the {cases[0]['standard']}; "
             f"max_abs {worst['max_abs']:.2e}, mean_abs {s.figures['worst_mean_abs']:.2e}"
-            + (f"; outside: {', '.join(failed)}" if failed else "")
+            + (
+                "; outside: "
+                + ", ".join(f"{c['case']} ({c['failed_bound']})" for c in cases if not c["passed"])
+                if failed
+                else ""
+            )
         )
         if failed and precision != "fp32" and device.type == "cpu":
             # The oracle's bf16 statement is about upstream's path, CUDA autocast; CPU bf16

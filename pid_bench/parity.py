@@ -25,11 +25,13 @@ from pid_models.sampler import sample
 
 @dataclass(frozen=True)
 class Agreement:
-    """How closely one output matches its golden tensor, and whether that meets a standard."""
+    """How closely one output matches its golden tensor, and whether that meets a standard;
+    `failed_bound` names the bound that failed ("" when it passed)."""
 
     max_abs: float
     mean_abs: float
     passed: bool
+    failed_bound: str = ""
 
     def __bool__(self) -> bool:
         return self.passed
@@ -47,12 +49,20 @@ class Standard:
 
     def check(self, out: torch.Tensor, ref: torch.Tensor) -> Agreement:
         if out.shape != ref.shape:
-            return Agreement(float("inf"), float("inf"), False)
+            shapes = f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
+            return Agreement(float("inf"), float("inf"), False, shapes)
         diff = (out.double() - ref.double()).abs()
         mean = diff.mean().item()
-        close = torch.allclose(out.double(), ref.double(), atol=self.atol, rtol=self.rtol)
-        passed = close and (self.mean_tol is None or mean <= self.mean_tol)
-        return Agreement(diff.max().item(), mean, passed)
+        bound = diff - (self.atol + self.rtol * ref.double().abs())
+        failed = []
+        if not torch.allclose(out.double(), ref.double(), atol=self.atol, rtol=self.rtol):
+            failed.append(
+                f"allclose(atol={self.atol:g}, rtol={self.rtol:g}) exceeded by "
+                f"{bound.max().item():.2e} at worst"
+            )
+        if self.mean_tol is not None and mean > self.mean_tol:
+            failed.append(f"mean {mean:.2e} > {self.mean_tol:g}")
+        return Agreement(diff.max().item(), mean, not failed, "; ".join(failed))
 
     def explain(self, agreement: Agreement, what: str = "output") -> str:
         """A failure message a person can act on."""
@@ -61,12 +71,15 @@ class Standard:
             bound += f" and mean <= {self.mean_tol:g}"
         return (
             f"{what}: max_abs={agreement.max_abs:.3e} mean_abs={agreement.mean_abs:.3e} "
-            f"fails the {self.name} ({bound})"
+            f"fails the {self.name} ({bound}): {agreement.failed_bound}"
         )
 
 
-#: pid_reference/README.md 3.3, "Standard": the network forward and the sampler.
-NET_STANDARD = Standard("oracle standard", atol=1e-4, rtol=1e-4, mean_tol=1e-6)
+#: pid_reference/README.md 3.3, "Standard" (revised 2026-12-05 from mean <= 1e-6): the network
+#: forward and the sampler. The golden tensors carry about 1e-6 mean of their own float32
+#: rounding (the same in float64 on some CPUs), so 5e-6 sits above the full-float64 spread
+#: (3.9e-6) and about 9x below the GELU-approximation bug the bound must catch (4.4e-5).
+NET_STANDARD = Standard("oracle standard", atol=1e-4, rtol=1e-4, mean_tol=5e-6)
 #: README.md 3.3, "Lenient": for paths the golden vectors do not pin bit for bit (a sample
 #: alone vs inside its batch moves outputs by up to 5.5e-5 on the oracle's machine).
 LENIENT_STANDARD = Standard("oracle lenient standard", atol=1e-3, rtol=1e-3, mean_tol=1e-5)
@@ -83,9 +96,12 @@ class CaseResult:
     max_abs: float | None = None
     mean_abs: float | None = None
     detail: str = ""
+    failed_bound: str = ""  # which bound failed, e.g. "mean 1.76e-06 > 5e-06"
 
     def line(self) -> str:
         verdict = "SKIP" if self.kind == "skipped" else ("PASS" if self.passed else "FAIL")
+        if self.failed_bound:
+            verdict += f" ({self.failed_bound})"
         numbers = (
             f"max_abs={self.max_abs:.3e}  mean_abs={self.mean_abs:.3e}"
             if self.max_abs is not None
@@ -147,9 +163,10 @@ def _worst(
 ) -> CaseResult:
     """Every pair is held to `standard` on its own (a composite path stage by stage)."""
     results = [standard.check(out, ref) for out, ref in pairs]
+    failed = next((r.failed_bound for r in results if not r), "")
     return CaseResult(
         name, kind, all(results),
-        max(r.max_abs for r in results), max(r.mean_abs for r in results), detail,
+        max(r.max_abs for r in results), max(r.mean_abs for r in results), detail, failed,
     )  # fmt: skip
 
 
