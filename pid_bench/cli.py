@@ -77,24 +77,35 @@ def main() -> None:
     """Benchmark and evaluate NVIDIA's PiD decoder against native decoders."""
 
 
+#: Where `parity` looks for the oracle when no folder is given and PID_REFERENCE_DIR is unset.
+DEFAULT_REFERENCE_DIR = Path("../shared/pid_reference")
+
+
 @app.command()
 def parity(
     root: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
-            help="A folder in the pid_reference layout (golden/INDEX.json, keys/*.json)."
+            help="A folder in the pid_reference layout (golden/INDEX.json, keys/*.json); "
+            f"default $PID_REFERENCE_DIR, else {DEFAULT_REFERENCE_DIR}.",
+            envvar="PID_REFERENCE_DIR",
+            show_envvar=True,
         ),
-    ],
+    ] = None,
 ) -> None:
     """Check our PiD against the reference oracle: golden forward/sampler vectors and key manifests.
 
-    Prints one line per case, then `N/M cases pass`; exits 1 if any case fails.
+    Prints one line per case, then `N/M cases pass`; exits 1 if any case fails, 2 when the
+    folder is not an oracle.
     """
     from pid_bench.parity import run_parity
 
+    root = root or DEFAULT_REFERENCE_DIR
     if not root.is_dir():
         err.print(
-            f"[red]error:[/red] {escape(str(root))}: not a folder (expected the pid_reference layout)"
+            f"[red]error:[/red] {escape(str(root))}: not a folder. Give the oracle's folder (the "
+            "pid_reference layout: golden/INDEX.json, keys/*.json) as DIR, or set "
+            "PID_REFERENCE_DIR to it."
         )
         raise typer.Exit(2)
     results = []

@@ -9,15 +9,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = [
-    os.environ.get("PID_REFERENCE_DIR"),
-    REPO.parent / "shared" / "pid_reference",
-    "/work/shared/pid_reference",
-]
 
 
 def find_reference() -> Path | None:
-    for candidate in _CANDIDATES:
+    """The oracle: $PID_REFERENCE_DIR, else ../shared/pid_reference beside the checkout."""
+    for candidate in (os.environ.get("PID_REFERENCE_DIR"), REPO.parent / "shared" / "pid_reference"):
         if candidate and (Path(candidate) / "golden" / "INDEX.json").is_file():
             return Path(candidate)
     return None
@@ -25,10 +21,13 @@ def find_reference() -> Path | None:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """../shared/pid_reference; CI sets PID_BENCH_REQUIRE_REFERENCE=1 so a missing oracle fails."""
+    """The oracle folder; CI sets PID_BENCH_REQUIRE_REFERENCE=1 so a missing oracle fails."""
     found = find_reference()
     if found is None:
-        message = f"pid_reference oracle not found (looked in {[c for c in _CANDIDATES if c]}); set PID_REFERENCE_DIR"
+        message = (
+            "pid_reference oracle not found: set PID_REFERENCE_DIR to its folder (the one with "
+            f"golden/INDEX.json); {REPO.parent / 'shared' / 'pid_reference'} does not have it"
+        )
         if os.environ.get("PID_BENCH_REQUIRE_REFERENCE") == "1":
             pytest.fail(message)
         pytest.skip(message)

@@ -79,6 +79,24 @@ def test_a_manifest_that_disagrees_fails(reference_dir, tmp_path):
     assert "shapes differ: ['final_layer.linear.weight']" in result.output
 
 
+def test_parity_reads_the_oracle_from_pid_reference_dir(reference_dir, tmp_path, monkeypatch):
+    entry = _copy_case(reference_dir, tmp_path, "a_2k_flux_B2_64x96")
+    shutil.copy(reference_dir / "golden" / entry["safetensors"], tmp_path / "golden")
+    monkeypatch.setenv("PID_REFERENCE_DIR", str(tmp_path))
+    result = runner.invoke(app, ["parity"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("1/1 cases pass")
+
+
+def test_parity_without_an_oracle_names_pid_reference_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("PID_REFERENCE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["parity"])
+    assert result.exit_code == 2
+    assert "../shared/pid_reference: not a folder" in result.output
+    assert "set PID_REFERENCE_DIR" in " ".join(result.output.split())
+
+
 def test_an_empty_folder_is_bad_input(tmp_path):
     result = runner.invoke(app, ["parity", str(tmp_path)])
     assert result.exit_code == 2
