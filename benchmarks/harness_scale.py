@@ -4,6 +4,9 @@
 
 Measures, on this machine, with the tiny backbone and synthetic rows (no decoding):
   plan     expand and hash a suite of --cells cells (`pid_bench.runner.plan`);
+  plan as typed
+           `pid-bench plan SUITE` in a fresh process on a suite of --cells cells shaped as
+           users write them (N sigmas x 5 sizes x 10 seeds x 2 images): wall time and peak RSS;
   resume   scan a run directory of --parts one-cell parts for finished cells
            (`store.finished_rows`), before and after `pid-bench compact` merges them;
   report   build the report (leaderboard, sections, plots) over --rows rows;
@@ -25,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TARGETS = {"plan": 10.0, "resume": 5.0, "report": 60.0, "overhead_ms": 5.0}
+TARGETS = {"plan": 10.0, "plan_cli": 10.0, "resume": 5.0, "report": 60.0, "overhead_ms": 5.0}
 
 
 def _suite(folder: Path, cells: int) -> Path:
@@ -41,6 +44,29 @@ def _suite(folder: Path, cells: int) -> Path:
     path = folder / "scale.yaml"
     path.write_text(json.dumps(spec))
     return path
+
+
+def _typed_plan(folder: Path, cells: int) -> tuple[float, float, int]:
+    """`pid-bench plan` as a user types it: (wall s, peak RSS MB, lines printed)."""
+    import resource
+    import subprocess
+
+    sigmas = max(1, cells // (5 * 10 * 2))
+    spec = {
+        "name": "scale_cli", "backbones": ["tiny"], "ckpt_types": ["2k"],
+        "sigmas": [round(i / sigmas, 6) for i in range(sigmas)],
+        "resolutions": [64 * (i + 1) for i in range(5)], "seeds": list(range(10)),
+        "decoders": ["pid", "native", "native+bicubic"], "metrics": ["psnr"],
+        "source": str(REPO / "manifests" / "smoke.jsonl"),
+    }  # fmt: skip
+    path = folder / "scale_cli.yaml"
+    path.write_text(json.dumps(spec))
+    command = [str(Path(sys.executable).with_name("pid-bench")), "plan", str(path)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return wall, peak_mb, len(done.stdout.splitlines())
 
 
 def _rows(planned, decoders, limit: int) -> list[dict]:
@@ -84,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
         planned = plan(suite)
         results["plan"] = time.perf_counter() - started
         results["cells"] = len(planned)
+        results["plan_cli"], results["plan_cli_rss_mb"], results["plan_cli_lines"] = _typed_plan(
+            folder, args.cells
+        )
 
         run_dir = folder / "run"
         run_dir.mkdir()
@@ -130,13 +159,16 @@ def _print(results: dict) -> None:
         table.add_column(column)
     lines = [
         ("plan", f"{results['cells']:,} cells", results["plan"], "s"),
+        ("pid-bench plan (as typed)", f"{results['cells']:,} cells, "
+         f"{results['plan_cli_lines']} lines, {results['plan_cli_rss_mb']:.0f} MB RSS",
+         results["plan_cli"], "s"),
         ("resume", f"{results['parts']:,} parts", results["resume"], "s"),
         ("resume after compact", "1 part", results["resume_compacted"], "s"),
         ("compact", f"{results['parts']:,} parts", results["compact"], "s"),
         ("report", f"{results['report_rows']:,} rows", results["report"], "s"),
         ("overhead", "per cell (write_part)", results["overhead_ms"], "ms"),
     ]
-    keys = {"plan": "plan", "resume": "resume", "report": "report", "overhead": "overhead_ms"}
+    keys = {"plan": "plan", "pid-bench plan (as typed)": "plan_cli", "resume": "resume", "report": "report", "overhead": "overhead_ms"}
     for name, size, value, unit in lines:
         target = TARGETS.get(keys.get(name, ""))
         verdict = "" if target is None else ("yes" if value < target else "NO")

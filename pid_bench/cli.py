@@ -137,41 +137,39 @@ def _load_suite_or_exit(path: Path):
 @app.command()
 def plan(
     suite_path: Annotated[Path, typer.Argument(help="Suite YAML.", metavar="SUITE")],
+    show_all: Annotated[
+        bool, typer.Option("--all", help="List every cell, not only the first 40.")
+    ] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="table (axes, counts, the first cells) | csv | jsonl (every cell)."
+        ),
+    ] = "table",
 ) -> None:
-    """Print the cells a suite expands to, without computing anything."""
-    from rich.table import Table
+    """Print the cells a suite expands to, without computing anything.
 
+    Exit code: 0 planned; 2 bad input.
+    """
+    import sys
+
+    from pid_bench.plan_output import FORMATS, plan_values, write_rows, write_table
     from pid_bench.runner import plan as plan_cells
 
+    if fmt not in FORMATS:
+        err.print(f"[red]error:[/red] --format {escape(fmt)}: use one of {', '.join(FORMATS)}")
+        raise typer.Exit(ExitCode.BAD_INPUT)
     suite = _load_suite_or_exit(suite_path)
     planned = plan_cells(suite)
-    columns = ("backbone", "ckpt_type", "precision", "compile", "resolution", "sigma", "x_t",
-               "seed", "steps", "image")  # fmt: skip
-    rows = [(cid, dict(zip(columns, _plan_values(cell), strict=True))) for cid, cell in planned]
-    # Axes with one value go above the table, so the table fits 80 columns.
-    varying = [c for c in columns if len({values[c] for _, values in rows}) > 1]
-    fixed = [f"{c} {rows[0][1][c]}" for c in columns if c not in varying and rows and rows[0][1][c]]
-    table = Table(title=f"{suite.name}: {len(planned)} cells x {len(suite.decoders)} decoders")
-    for column in ("cell_id", *varying):
-        table.add_column(column)
-    for cid, values in rows:
-        table.add_row(cid, *(values[c] for c in varying))
-    if fixed:
-        typer.echo("every cell: " + " · ".join(fixed))
-    Console().print(table)
-    typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
+    rows = [(cid, plan_values(cell)) for cid, cell in planned]
+    if fmt != "table":
+        write_rows(sys.stdout, rows, fmt)
+    else:
+        title = f"{suite.name}: {len(planned)} cells x {len(suite.decoders)} decoders"
+        write_table(sys.stdout, title, rows, show_all)
+        typer.echo(f"{len(planned)} cells, {len(planned) * len(suite.decoders)} rows")
     for note in suite.reference_notes():
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
-
-
-def _plan_values(cell) -> tuple[str, ...]:
-    sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
-    xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
-    return (
-        cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
-        f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
-        str(cell.pid_steps), cell.item.id,
-    )  # fmt: skip
 
 
 @app.command()

@@ -43,7 +43,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, is_known_metric
-from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair
+from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair, output_multiple
 from pid_models.teacher import TEACHER_CFG, TEACHER_STEPS
 
 __all__ = [
@@ -513,7 +513,7 @@ class Suite(BaseModel):
         centre crop with the output's aspect is smaller than the output on a side."""
         from pid_bench.manifests import image_size, is_upsampled, reference_crop
 
-        if self.mode != "from_clean":
+        if self.mode != "from_clean" or not self.full_reference_metrics():
             return []
         consequence = (
             "full-reference metrics compare with an upsampled reference (reference: upsampled)"
@@ -534,6 +534,13 @@ class Suite(BaseModel):
                         f"upsampled from {crop[0]}x{crop[1]}; {consequence}"
                     )
         return notes
+
+    def full_reference_metrics(self) -> list[str]:
+        """The suite's metrics that compare with a reference image (the ones an upsampled
+        reference withholds)."""
+        from pid_bench.metrics import expand_metric_names, get_metric
+
+        return [n for n in expand_metric_names(self.metrics) if get_metric(n).kind == "full_reference"]
 
     def decode_identity(self) -> str:
         """The decode settings that change PiD's output, for cell ids ("" at the defaults, so
@@ -590,11 +597,15 @@ class Suite(BaseModel):
     def _excluded(self, axes: dict[str, Any]) -> bool:
         return any(entry.matches(axes) for entry in self.exclude)
 
-    def _pair_survives(self, backbone: str, ckpt_type: str) -> bool:
-        """Whether any cell of this pair outlives the excludes (items aside: an entry naming an
-        image_id never removes a whole pair, because the items are not read here)."""
+    def _pair_survives(
+        self, backbone: str, ckpt_type: str, resolution: tuple[int, int] | None = None
+    ) -> bool:
+        """Whether any cell of this pair (at this resolution, if given) outlives the excludes
+        (items aside: an entry naming an image_id never removes a whole pair, because the items
+        are not read here)."""
+        resolutions = [resolution] if resolution is not None else self.resolutions
         combos = itertools.product(
-            self.resolutions, self.sigmas, self._xt_axis(), self.seeds, self.pid_steps
+            resolutions, self.sigmas, self._xt_axis(), self.seeds, self.pid_steps
         )
         for r, s, x, seed, p in combos:
             axes = {"backbone": backbone, "ckpt_type": ckpt_type, "resolution": r}
@@ -657,6 +668,8 @@ def load_suite(path: str | Path) -> Suite:
     except ValidationError as err:
         problems += [_format_error(path, root, error) for error in err.errors()]
     problems += _pair_problems(path, root, raw, suite)
+    if suite is not None and not problems:
+        problems += _resolution_problems(path, root, suite)
     if suite is not None and not problems:
         problems += _source_problems(path, root, suite)
     if problems:
@@ -824,6 +837,27 @@ def _pair_removed(raw: dict, suite: Suite | None, backbone: str, ckpt_type: str)
         and all(pair[key] == value for key, value in entry.items())
         for entry in entries
     )
+
+
+def _resolution_problems(path: Path, root: Node, suite: Suite) -> list[str]:
+    """Sizes that a backbone's pixel grid cannot decode (a latent cell is codec factor x PiD
+    scale pixels: 32 for FLUX and tiny, 64 for FLUX.2, 128 for SigLIP), per pair and size."""
+    problems = []
+    for index, size in enumerate(suite.resolutions):
+        for backbone, ckpt_type in itertools.product(suite.backbones, suite.ckpt_types):
+            multiple = output_multiple(backbone, ckpt_type)
+            if not (size[0] % multiple or size[1] % multiple):
+                continue
+            if not suite._pair_survives(backbone, ckpt_type, size):
+                continue
+            near = "x".join(str(max(multiple, round(side / multiple) * multiple)) for side in size)
+            problems.append(
+                f"{path}:{_line_of(root, ('resolutions', index))} resolutions[{index}]: "
+                f"{size[0]}x{size[1]} is not a multiple of {multiple} px, the pixel grid of "
+                f"{backbone}/{ckpt_type} (one latent cell, codec x PiD scale); use {near}, or "
+                "exclude it with {backbone: ..., resolution: ...}"
+            )
+    return problems
 
 
 def _source_problems(path: Path, root: Node, suite: Suite) -> list[str]:

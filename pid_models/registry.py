@@ -7,6 +7,7 @@ are plain data: the resolved 2k FLUX kwargs plus the few overrides each experime
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -232,6 +233,22 @@ def resolve(backbone: str, ckpt_type: str) -> Experiment:
             reason = f"PiD released no {ckpt_type!r} checkpoint for {backbone!r}"
         raise UnknownCheckpointError(f"{reason}; valid backbone/ckpt_type pairs: {valid}")
     return experiment
+
+
+def net_layout(backbone: str, ckpt_type: str) -> Mapping[str, Any]:
+    """The network kwargs that fix the pixel grid of (backbone, ckpt_type): a released
+    experiment's, or for the embedded backbones the 2k FLUX layout they shrink."""
+    if (backbone, ckpt_type) in EMBEDDED_PAIRS:
+        return BASE_NET_KWARGS
+    return resolve(backbone, ckpt_type).net_kwargs
+
+
+def output_multiple(backbone: str, ckpt_type: str) -> int:
+    """What every output side of (backbone, ckpt_type) must be a multiple of: one latent cell
+    (codec factor x PiD scale) and one patch."""
+    layout = net_layout(backbone, ckpt_type)
+    per_latent = int(layout["latent_spatial_down_factor"]) * int(layout["sr_scale"])
+    return math.lcm(int(layout["patch_size"]), per_latent)
 
 
 def experiment_by_name(name: str) -> Experiment | None:

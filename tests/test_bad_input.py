@@ -152,6 +152,22 @@ def test_bad_and_absurd_resolutions_are_refused_before_allocating(folder, value,
     _refused(result, str(path), "resolutions[0]", message)
 
 
+@pytest.mark.parametrize("command", [("plan", "SUITE"), ("run", "SUITE", "--output", "OUT")])
+def test_a_size_off_the_backbones_pixel_grid_is_refused_at_load(folder, command):
+    """272 is a multiple of 16 but not of tiny's 32 px (codec 8x x PiD 4x): refused before any
+    cell runs, not left to end as error rows."""
+    result, path = _invoke(folder, _edit("resolutions: [64]", "resolutions: [64, 272]"), *command)
+    _refused(result, str(path), "resolutions[1]", "272x272 is not a multiple of 32 px", "tiny/2k")
+    assert not (folder / "out" / "parts").exists()
+
+
+def test_a_size_off_the_grid_of_an_excluded_pair_is_accepted(folder):
+    text = _edit("resolutions: [64]", "resolutions: [64, 272]")
+    text += "exclude: [{backbone: tiny, resolution: 272}]\n"
+    result, _ = _invoke(folder, text, "plan", "SUITE")
+    assert result.exit_code == 0, result.output
+
+
 # --- the manifest -----------------------------------------------------------------------------
 
 MANIFESTS = {

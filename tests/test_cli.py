@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -125,9 +126,49 @@ def test_plan_fits_80_columns_with_fixed_axes_above_the_table(monkeypatch):
     result = CliRunner().invoke(app, ["plan", str(REPO / "suites" / "smoke.yaml")])
     assert result.exit_code == 0, result.output
     assert "every cell: backbone tiny · ckpt_type 2k · precision auto" in result.output
-    table = [line for line in result.output.splitlines() if line.startswith(("┃", "│"))]
-    assert table and max(len(line) for line in table) <= 80
+    table = result.output.split("cell_id", 1)[1].splitlines()
+    assert len(table) >= 10 and max(len(line) for line in table) <= 80
     assert "resolution" in result.output and "sigma" in result.output  # the axes that vary
+
+
+def _big_suite(tmp_path, sigmas: int = 60) -> Path:
+    """A tiny-backbone suite of sigmas x 2 sizes x 2 images cells."""
+    source = (REPO / "suites" / "smoke.yaml").read_text()
+    sigma_list = ", ".join(f"{i / (sigmas * 2):g}" for i in range(sigmas))
+    text = source.replace("sigmas: [0.0, 0.3]", f"sigmas: [{sigma_list}]").replace(
+        "source: ../manifests/", f"source: {REPO}/manifests/"
+    )
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_shows_the_axes_and_the_first_40_cells_and_says_how_to_see_the_rest(tmp_path):
+    result = runner.invoke(app, ["plan", str(_big_suite(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "sigma: 60 values (0, 0.00833333, " in result.output and ", …, 0.491667)" in result.output
+    cells = [line for line in result.output.splitlines() if re.match(r"[0-9a-f]{16}  ", line)]
+    assert len(cells) == 40
+    assert "… 200 more: `--all` to list them, `--format csv|jsonl` to export" in result.output
+    assert "240 cells, 720 rows" in result.output
+    every = runner.invoke(app, ["plan", str(_big_suite(tmp_path)), "--all"])
+    assert every.exit_code == 0 and "more:" not in every.output
+    assert len(every.output.splitlines()) > 240
+
+
+def test_plan_exports_every_cell_as_csv_or_jsonl(tmp_path):
+    import csv
+    import io
+
+    suite = str(_big_suite(tmp_path, sigmas=3))
+    exported = runner.invoke(app, ["plan", suite, "--format", "csv"]).stdout
+    as_csv = list(csv.DictReader(io.StringIO(exported)))
+    lines = runner.invoke(app, ["plan", suite, "--format", "jsonl"]).stdout.splitlines()
+    as_jsonl = [json.loads(line) for line in lines]
+    assert len(as_csv) == len(as_jsonl) == 12
+    assert as_csv[0] == as_jsonl[0] and set(as_csv[0]) >= {"cell_id", "sigma", "resolution"}
+    bad = runner.invoke(app, ["plan", suite, "--format", "xml"])
+    assert bad.exit_code == 2 and "table, csv, jsonl" in bad.output
 
 
 def test_doctor_help_states_its_exit_codes():

@@ -175,6 +175,16 @@ def test_a_folder_is_a_source_and_plan_names_upsampled_references(tmp_path):
     assert "at 256x256" not in result.output
 
 
+def test_plan_names_no_upsampled_reference_when_no_metric_compares_with_one(tmp_path):
+    folder = _image_folder(tmp_path)
+    (folder / "captions.csv").write_text("image,caption\nhat one.bmp,a red hat\n")
+    metrics = ["niqe", "twin", "hf_energy_ratio"]
+    suite = write_suite(tmp_path, source="imgs", resolutions=[1024], metrics=metrics, limit=None)
+    result = runner.invoke(app, ["plan", str(suite)])
+    assert result.exit_code == 0, result.output
+    assert "upsampled" not in result.output
+
+
 CUSTOM = '''
 import torch
 

@@ -1,0 +1,80 @@
+"""What `pid-bench plan` prints: the axes, the counts and the first cells, or every cell as CSV /
+JSONL. Plain text, so a 100,000-cell plan prints in seconds (a rich table of every row took 55 s
+and 1.1 GB)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from typing import TextIO
+
+#: The plan's columns after `cell_id`, in the order of the suite's product.
+COLUMNS = ("backbone", "ckpt_type", "precision", "compile", "resolution", "sigma", "x_t",
+           "seed", "steps", "image")  # fmt: skip
+#: Cells shown by default; `--all` shows every one.
+HEAD_ROWS = 40
+#: Values of one axis listed in the axes summary before "…".
+AXIS_VALUES_SHOWN = 8
+FORMATS = ("table", "csv", "jsonl")
+
+
+def plan_values(cell) -> dict[str, str]:
+    """One planned cell as the plan's column strings."""
+    sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
+    xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
+    values = (
+        cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
+        f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
+        str(cell.pid_steps), cell.item.id,
+    )  # fmt: skip
+    return dict(zip(COLUMNS, values, strict=True))
+
+
+def write_rows(out: TextIO, rows: Sequence[tuple[str, dict[str, str]]], fmt: str) -> None:
+    """Every cell, one line each: CSV with a header, or one JSON object a line."""
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(("cell_id", *COLUMNS))
+        writer.writerows((cid, *values.values()) for cid, values in rows)
+    else:
+        out.writelines(json.dumps({"cell_id": cid, **values}) + "\n" for cid, values in rows)
+
+
+def write_table(
+    out: TextIO,
+    title: str,
+    rows: Sequence[tuple[str, dict[str, str]]],
+    show_all: bool,
+) -> None:
+    """The axes (values and counts), the first `HEAD_ROWS` cells (all with `show_all`) as an
+    aligned table of the axes that vary, and what was left out."""
+    distinct = {c: list(dict.fromkeys(values[c] for _, values in rows)) for c in COLUMNS}
+    varying = [c for c in COLUMNS if len(distinct[c]) > 1]
+    fixed = [f"{c} {distinct[c][0]}" for c in COLUMNS if c not in varying and any(distinct[c])]
+    out.write(title + "\n")
+    if fixed:
+        out.write("every cell: " + " · ".join(fixed) + "\n")
+    for column in varying:
+        out.write(f"  {column}: {len(distinct[column])} values ({_listing(distinct[column])})\n")
+    shown = rows if show_all else rows[:HEAD_ROWS]
+    _aligned(out, ("cell_id", *varying), ((cid, *(v[c] for c in varying)) for cid, v in shown))
+    if len(shown) < len(rows):
+        out.write(
+            f"… {len(rows) - len(shown)} more: `--all` to list them, "
+            "`--format csv|jsonl` to export\n"
+        )
+
+
+def _listing(values: list[str]) -> str:
+    if len(values) <= AXIS_VALUES_SHOWN:
+        return ", ".join(values)
+    return ", ".join(values[: AXIS_VALUES_SHOWN - 1]) + f", …, {values[-1]}"
+
+
+def _aligned(out: TextIO, header: Sequence[str], lines: Iterable[Sequence[str]]) -> None:
+    lines = list(lines)
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
+    for line in (header, ["-" * w for w in widths], *lines):
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        out.write("\n")
