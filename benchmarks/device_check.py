@@ -226,7 +226,10 @@ def smoke_step(out: Path, cuda: bool) -> Step:
         timers = sorted({r["timer"] for r in ok})
         with_memory = sum(r["peak_mem_allocated_bytes"] is not None for r in ok)
         s.figures = {"rows": len(table), "ok": len(ok), "timers": timers, "with_memory": with_memory}
-        s.detail = f"{len(ok)}/{len(table)} rows ok, timer {', '.join(timers)}, memory in {with_memory}"
+        s.detail = (
+            f"{len(ok)}/{len(table)} rows ok, timer {', '.join(timers)}, allocator peak memory "
+            f"in {with_memory}/{len(ok)} rows" + ("" if cuda else " (CUDA only; none on a CPU)")
+        )
         expected_timer = "cuda_events" if cuda else "perf_counter"
         if len(ok) != len(table) or timers != [expected_timer] or (cuda and with_memory != len(ok)):
             s.status = "FAIL"

@@ -535,12 +535,14 @@ def compare_cmd(
     from pid_bench.compare import (
         CompareError,
         compare,
+        counts_line,
         html_page,
         markdown,
         parse_rules,
         table_rows,
     )  # fmt: skip
     from pid_bench.store import RunDirError, StorageError, writing
+    from pid_bench.text_table import aligned
 
     if len(runs) < 2:
         err.print("[red]error:[/red] compare needs at least two run directories (RUN_A RUN_B)")
@@ -553,17 +555,19 @@ def compare_cmd(
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(ExitCode.BAD_INPUT) from exc
     console = Console()
+    headers = ("setting", "measure", "B vs A [95 % CI]", "B better", "n")
     for result in results:
-        table = Table(title=f"{result.run_b} vs {result.run_a}")
-        for column in ("setting", "measure", "B vs A [95 % CI]", "B better", "n"):
-            table.add_column(column)
-        for row in table_rows(result):
-            table.add_row(*map(escape, row))
-        console.print(table)
-        typer.echo(
-            f"{result.matched} rows matched; {result.only_a} only in {result.run_a}, "
-            f"{result.only_b} only in {result.run_b}"
-        )
+        title = f"B {result.run_b} vs A {result.run_a}"
+        if console.is_terminal:
+            table = Table(title=title)
+            for column in headers:
+                table.add_column(column)
+            for row in table_rows(result):
+                table.add_row(*map(escape, row))
+            console.print(table)
+        else:  # piped or logged: one line per row, never wrapped at 80 columns
+            typer.echo(title + "\n" + aligned(headers, table_rows(result)), nl=False)
+        typer.echo(counts_line(result))
         for line in result.regressions:
             err.print(f"[red]REGRESSION[/red] {escape(line)}")
         if result.ungated:

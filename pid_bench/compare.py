@@ -95,6 +95,17 @@ class Comparison:
     ungated: list[str] = field(default_factory=list)  # settings with fewer than MIN_PAIRS cells
 
 
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Names that tell the runs apart: each folder's name, or as many trailing path parts as it
+    takes when two share a name (runs/a/smoke and runs/b/smoke: a/smoke, b/smoke)."""
+    paths = [Path(p).resolve() for p in run_dirs]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = [Path(*p.parts[-depth:]).as_posix() for p in paths]
+        if len(set(labels)) == len(set(paths)):
+            return labels
+    return [p.as_posix() for p in paths]
+
+
 def ok_rows(run_dir: Path) -> pd.DataFrame:
     """The report's rows of a run (latest per cell and decoder), ok ones only."""
     from pid_bench.report import connect
@@ -112,7 +123,8 @@ def compare(
 
     a, b = ok_rows(run_a), ok_rows(run_b)
     merged = a.merge(b, on=list(MATCH_KEYS), suffixes=("_a", "_b"))
-    result = Comparison(Path(run_a).name, Path(run_b).name, matched=len(merged))
+    label_a, label_b = run_labels([Path(run_a), Path(run_b)])
+    result = Comparison(label_a, label_b, matched=len(merged))
     result.only_a, result.only_b = len(a) - len(merged), len(b) - len(merged)
     metrics = [c for c in a.columns if c.startswith("metric_") and c != "metric_notes" and c in b]
     keys = [f"{k}_a" if f"{k}_a" in merged else k for k in SETTING_KEYS]
@@ -217,11 +229,16 @@ def table_rows(result: Comparison) -> list[list[str]]:
     ]  # fmt: skip
 
 
-def _summary(result: Comparison) -> str:
+def counts_line(result: Comparison) -> str:
+    """How many rows matched, and how many each run has that the other lacks."""
     return (
-        f"{result.run_b} vs {result.run_a}: {result.matched} rows matched by (cell, decoder); "
-        f"{result.only_a} only in {result.run_a}, {result.only_b} only in {result.run_b}"
+        f"{result.matched} rows matched; {result.only_a} only in {result.run_a}, "
+        f"{result.only_b} only in {result.run_b}"
     )
+
+
+def _summary(result: Comparison) -> str:
+    return f"B {result.run_b} vs A {result.run_a}: {counts_line(result)} (matched by cell, decoder)"
 
 
 def markdown(results: Sequence[Comparison], rules: Sequence[Rule]) -> str:

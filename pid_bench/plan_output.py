@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TextIO
+
+from pid_bench.text_table import aligned
 
 #: The plan's columns after `cell_id`, in the order of the suite's product.
 COLUMNS = ("backbone", "ckpt_type", "precision", "compile", "resolution", "sigma", "x_t",
@@ -58,7 +60,7 @@ def write_table(
     for column in varying:
         out.write(f"  {column}: {len(distinct[column])} values ({_listing(distinct[column])})\n")
     shown = rows if show_all else rows[:HEAD_ROWS]
-    _aligned(out, ("cell_id", *varying), ((cid, *(v[c] for c in varying)) for cid, v in shown))
+    out.write(aligned(("cell_id", *varying), [(cid, *(v[c] for c in varying)) for cid, v in shown]))
     if len(shown) < len(rows):
         out.write(
             f"… {len(rows) - len(shown)} more: `--all` to list them, "
@@ -70,11 +72,3 @@ def _listing(values: list[str]) -> str:
     if len(values) <= AXIS_VALUES_SHOWN:
         return ", ".join(values)
     return ", ".join(values[: AXIS_VALUES_SHOWN - 1]) + f", …, {values[-1]}"
-
-
-def _aligned(out: TextIO, header: Sequence[str], lines: Iterable[Sequence[str]]) -> None:
-    lines = list(lines)
-    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
-    for line in (header, ["-" * w for w in widths], *lines):
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-        out.write("\n")

@@ -101,3 +101,26 @@ def test_a_setting_with_too_few_cells_is_reported_not_gated(two_runs, tmp_path):
     finally:
         module.MIN_PAIRS = original
     assert result.regressions == [] and len(result.ungated) == 2  # pid and native
+
+
+def test_runs_of_the_same_name_in_different_folders_are_told_apart(tmp_path):
+    from pid_bench.compare import run_labels
+
+    a, b = tmp_path / "before" / "smoke", tmp_path / "after" / "smoke"
+    assert run_labels([a, b]) == ["before/smoke", "after/smoke"]
+    assert run_labels([tmp_path / "x", tmp_path / "y"]) == ["x", "y"]
+
+
+def test_compare_piped_prints_one_unwrapped_line_per_row(two_runs, tmp_path):
+    """CliRunner is no terminal, as a pipe or a log: rows are not wrapped at 80 columns."""
+    result = CliRunner().invoke(
+        app, ["compare", str(two_runs / "a"), str(two_runs / "b"), "--output", str(tmp_path)],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "B b vs A a" and lines[1].split() == ["setting", "measure", "B", "vs", "A",
+                                                              "[95", "%", "CI]", "B", "better", "n"]  # fmt: skip
+    rows = lines[3 : lines.index(next(x for x in lines if "rows matched" in x))]
+    assert rows and all(" · " in row and row.rstrip()[-1].isdigit() for row in rows)
+    assert len(rows) == len(compare(two_runs / "a", two_runs / "b").records)  # none folded
