@@ -845,7 +845,10 @@ def _resolution_problems(path: Path, root: Node, suite: Suite) -> list[str]:
     problems = []
     for index, size in enumerate(suite.resolutions):
         for backbone, ckpt_type in itertools.product(suite.backbones, suite.ckpt_types):
-            multiple = output_multiple(backbone, ckpt_type)
+            try:
+                multiple = output_multiple(backbone, ckpt_type)
+            except UnknownCheckpointError:
+                continue  # an unreleased pair the excludes remove (else _pair_problems says so)
             if not (size[0] % multiple or size[1] % multiple):
                 continue
             if not suite._pair_survives(backbone, ckpt_type, size):
