@@ -233,7 +233,12 @@ def _run_locked(
         invocation["cells_computed"] = len(tally.cells)
         invocation["rows_written"] = tally.rows_written
         invocation["finished_at"] = utc_now().isoformat()
-        run_info["finished_at"] = invocation["finished_at"]
+        # The run's end is the end of its last computing invocation: a rerun that computes
+        # nothing keeps its own times in `invocations` only.
+        if tally.cells or not previous.get("finished_at"):
+            run_info["finished_at"] = invocation["finished_at"]
+        else:
+            run_info["finished_at"] = previous["finished_at"]
         try:
             write_json(run_dir / "run.json", run_info)
         except StorageError:

@@ -225,8 +225,11 @@ def test_a_suite_that_grows_or_shrinks_reruns_into_its_directory(tmp_path):
         in text
     )
     assert len(finished_rows(out)) == 4  # nothing deleted
-    invocations = json.loads((out / "run.json").read_text())["invocations"]
+    run_json = json.loads((out / "run.json").read_text())
+    invocations = run_json["invocations"]
     assert [i["cells_computed"] for i in invocations] == [1, 1, 0]
+    # The run ended with its last computing invocation; the idle rerun keeps its own times.
+    assert run_json["finished_at"] == invocations[1]["finished_at"] < invocations[2]["finished_at"]
     assert all(
         i["started_at"] <= i["finished_at"] and i["interrupted_by"] is None for i in invocations
     )
