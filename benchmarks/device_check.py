@@ -119,17 +119,12 @@ def golden_step(reference: Path | None, device: torch.device, precision: str) ->
         worst = max(cases, key=lambda c: c["max_abs"])
         s.figures = {"cases": cases, "worst_max_abs": worst["max_abs"],
                      "worst_mean_abs": max(c["mean_abs"] for c in cases)}  # fmt: skip
-        failed = [c["case"] for c in cases if not c["passed"]]
+        failed = [f"{c['case']} ({c['failed_bound']})" for c in cases if not c["passed"]]
         s.status = "FAIL" if failed else "ok"
         s.detail = (
             f"{len(cases) - len(failed)}/{len(cases)} within the {cases[0]['standard']}; "
             f"max_abs {worst['max_abs']:.2e}, mean_abs {s.figures['worst_mean_abs']:.2e}"
-            + (
-                "; outside: "
-                + ", ".join(f"{c['case']} ({c['failed_bound']})" for c in cases if not c["passed"])
-                if failed
-                else ""
-            )
+            + (f"; outside: {', '.join(failed)}" if failed else "")
         )
         if failed and precision != "fp32" and device.type == "cpu":
             # The oracle's bf16 statement is about upstream's path, CUDA autocast; CPU bf16

@@ -168,7 +168,8 @@ def _print(results: dict) -> None:
         ("report", f"{results['report_rows']:,} rows", results["report"], "s"),
         ("overhead", "per cell (write_part)", results["overhead_ms"], "ms"),
     ]
-    keys = {"plan": "plan", "pid-bench plan (as typed)": "plan_cli", "resume": "resume", "report": "report", "overhead": "overhead_ms"}
+    keys = {"plan": "plan", "pid-bench plan (as typed)": "plan_cli", "resume": "resume",
+            "report": "report", "overhead": "overhead_ms"}  # fmt: skip
     for name, size, value, unit in lines:
         target = TARGETS.get(keys.get(name, ""))
         verdict = "" if target is None else ("yes" if value < target else "NO")

@@ -42,7 +42,7 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
-from pid_bench.metrics import METRICS, is_known_metric
+from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_known_metric
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair, output_multiple
 from pid_models.teacher import TEACHER_CFG, TEACHER_STEPS
 
@@ -538,8 +538,6 @@ class Suite(BaseModel):
     def full_reference_metrics(self) -> list[str]:
         """The suite's metrics that compare with a reference image (the ones an upsampled
         reference withholds)."""
-        from pid_bench.metrics import expand_metric_names, get_metric
-
         return [n for n in expand_metric_names(self.metrics) if get_metric(n).kind == "full_reference"]
 
     def decode_identity(self) -> str:

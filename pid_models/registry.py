@@ -243,12 +243,19 @@ def net_layout(backbone: str, ckpt_type: str) -> Mapping[str, Any]:
     return resolve(backbone, ckpt_type).net_kwargs
 
 
+def pixels_per_latent(net_kwargs: Mapping[str, Any]) -> int:
+    """Output pixels per latent cell: the codec's factor times PiD's upscale."""
+    return int(net_kwargs["latent_spatial_down_factor"]) * int(net_kwargs["sr_scale"])
+
+
+def pixel_grid(net_kwargs: Mapping[str, Any]) -> int:
+    """The grain of output sizes (and tiles): lcm(patch size, pixels per latent cell)."""
+    return math.lcm(int(net_kwargs.get("patch_size", 16)), pixels_per_latent(net_kwargs))
+
+
 def output_multiple(backbone: str, ckpt_type: str) -> int:
-    """What every output side of (backbone, ckpt_type) must be a multiple of: one latent cell
-    (codec factor x PiD scale) and one patch."""
-    layout = net_layout(backbone, ckpt_type)
-    per_latent = int(layout["latent_spatial_down_factor"]) * int(layout["sr_scale"])
-    return math.lcm(int(layout["patch_size"]), per_latent)
+    """What every output side of (backbone, ckpt_type) must be a multiple of."""
+    return pixel_grid(net_layout(backbone, ckpt_type))
 
 
 def experiment_by_name(name: str) -> Experiment | None:

@@ -62,6 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from pid_models.pid_net import PidNet, pixel_sincos_table
+from pid_models.registry import pixel_grid, pixels_per_latent
 
 POSITIONS = ("global", "local")
 DEFAULT_OVERLAP = 256
@@ -73,13 +74,9 @@ GiB = 2**30
 # --------------------------------------------------------------------------------------------
 
 
-def pixels_per_latent(config: Mapping[str, Any]) -> int:
-    return int(config["latent_spatial_down_factor"]) * int(config["sr_scale"])
-
-
 def tile_unit(config: Mapping[str, Any]) -> int:
-    """The grain of tile sizes, overlaps and starts: lcm(patch size, pixels per latent cell)."""
-    return math.lcm(int(config.get("patch_size", 16)), pixels_per_latent(config))
+    """The grain of tile sizes, overlaps and starts: the pixel grid of the output."""
+    return pixel_grid(config)
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:

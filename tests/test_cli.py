@@ -43,12 +43,17 @@ def _copy_case(reference_dir, target, case):
     return entry
 
 
-def test_a_vector_off_by_more_than_the_tolerance_fails_with_exit_1(reference_dir, tmp_path):
+def _parity_of_shifted_golden(reference_dir, tmp_path, shift: float):
+    """`pid-bench parity` on case a with its golden output moved by `shift` everywhere."""
     entry = _copy_case(reference_dir, tmp_path, "a_2k_flux_B2_64x96")
     tensors = load_file(reference_dir / "golden" / entry["safetensors"])
-    tensors["output"] = tensors["output"] + 3e-4
+    tensors["output"] = tensors["output"] + shift
     save_file(tensors, tmp_path / "golden" / entry["safetensors"])
-    result = runner.invoke(app, ["parity", str(tmp_path)])
+    return runner.invoke(app, ["parity", str(tmp_path)])
+
+
+def test_a_vector_off_by_more_than_the_tolerance_fails_with_exit_1(reference_dir, tmp_path):
+    result = _parity_of_shifted_golden(reference_dir, tmp_path, 3e-4)
     assert result.exit_code == 1
     assert "FAIL" in result.output and result.output.strip().endswith("0/1 cases pass")
     # The line says which bound failed: here both the elementwise one and the mean.
@@ -59,11 +64,7 @@ def test_a_vector_off_by_more_than_the_tolerance_fails_with_exit_1(reference_dir
 def test_a_fail_line_from_the_mean_alone_names_the_mean_bound(reference_dir, tmp_path):
     """A max well under 1e-4 next to FAIL would read as a contradiction: the line names the
     mean bound that failed."""
-    entry = _copy_case(reference_dir, tmp_path, "a_2k_flux_B2_64x96")
-    tensors = load_file(reference_dir / "golden" / entry["safetensors"])
-    tensors["output"] = tensors["output"] + 9e-6
-    save_file(tensors, tmp_path / "golden" / entry["safetensors"])
-    result = runner.invoke(app, ["parity", str(tmp_path)])
+    result = _parity_of_shifted_golden(reference_dir, tmp_path, 9e-6)
     assert result.exit_code == 1
     line = next(line for line in result.output.splitlines() if "FAIL" in line)
     assert re.search(r"FAIL \(mean [89]\.\d\de-06 > 5e-06\)$", line) and "allclose" not in line
