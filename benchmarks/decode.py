@@ -45,7 +45,6 @@ import math
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pid_bench.timing import percentile, time_once  # noqa: E402
 from pid_models.decoder import PiDDecoder  # noqa: E402
 from pid_models.pid_net import PidNet  # noqa: E402
 from pid_models.registry import EXPERIMENTS, experiment_by_name  # noqa: E402
@@ -297,26 +297,6 @@ def load_upstream(cls: type, ours: PidNet, device: torch.device) -> UpstreamAdap
 # ---- timing --------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _timed_call(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
-    _sync(device)
-    start = time.perf_counter()
-    output = run()
-    _sync(device)
-    return (time.perf_counter() - start) * 1000, output
-
-
 def measure_interleaved(
     runs: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int, warmup: int
 ) -> dict[str, dict[str, Any]]:
@@ -329,7 +309,7 @@ def measure_interleaved(
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        first_ms, output = _timed_call(run, device)
+        first_ms, output = time_once(run, device)
         for _ in range(warmup):
             run()
         results[name] = {
@@ -342,13 +322,13 @@ def measure_interleaved(
     names = list(runs)
     for index in range(repeats):
         for name in names if index % 2 == 0 else names[::-1]:
-            ms, results[name]["_output"] = _timed_call(runs[name], device)
+            ms, results[name]["_output"] = time_once(runs[name], device)
             results[name]["latency_all_ms"].append(ms)
     for result in results.values():
         times = result["latency_all_ms"]
         result |= {
-            "latency_p50_ms": _percentile(times, 0.5),
-            "latency_p90_ms": _percentile(times, 0.9),
+            "latency_p50_ms": percentile(times, 0.5),
+            "latency_p90_ms": percentile(times, 0.9),
             "latency_mean_ms": statistics.fmean(times),
         }
     return results
@@ -366,9 +346,9 @@ def paired_ratio(ours: list[float], theirs: list[float]) -> dict[str, float]:
     """Ratio of repeat i of ours to repeat i of theirs: median, p10, p90, min, max."""
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     return {
-        "median": _percentile(ratios, 0.5),
-        "p10": _percentile(ratios, 0.1),
-        "p90": _percentile(ratios, 0.9),
+        "median": percentile(ratios, 0.5),
+        "p10": percentile(ratios, 0.1),
+        "p90": percentile(ratios, 0.9),
         "min": min(ratios),
         "max": max(ratios),
         "n": len(ratios),

@@ -40,6 +40,7 @@ from pid_bench.metrics import (
 from pid_bench.schema import COLUMNS
 from pid_bench.store import StorageError, writing
 from pid_bench.suite import BUILTIN_DECODERS, LdmOptions, TeacherOptions
+from pid_bench.timing import TimingPolicy, time_once, timed, timing_fields
 from pid_models.codecs import LatentCodec, add_noise
 from pid_models.decoder import PiDDecoder
 from pid_models.flops import decode_flops, peak_tflops
@@ -180,88 +181,6 @@ def reference_at(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     crop_h, crop_w = reference_crop(h, w, size)
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
     return resize(image[None, :, top : top + crop_h, left : left + crop_w], size)
-
-
-# ---- timing -----------------------------------------------------------------------------------
-
-
-#: A row is `timing_noisy` when (p90 - p10) / p50 of its repeats exceeds this: on a GPU with
-#: fixed clocks repeated decodes agree within a few percent; 10 % means something else ran.
-NOISY_SPREAD = 0.10
-
-
-@dataclass(frozen=True)
-class TimingPolicy:
-    """suite.timing: warm-up, then repeat until `repeats` runs and `min_time_s`, at most
-    `max_repeats` (`pid_bench.suite.Timing`)."""
-
-    warmup: int = 1
-    repeats: int = 5
-    min_time_s: float = 1.0
-    max_repeats: int = 100
-
-    def more(self, times: list[float]) -> bool:
-        if len(times) >= self.max_repeats:
-            return False
-        return len(times) < self.repeats or sum(times) < self.min_time_s * 1000
-
-
-def timed(fn: Callable[[], torch.Tensor], policy: TimingPolicy, device: torch.device):
-    """Warm up, then time repeats as `policy` says; returns (last output, [ms], timer name).
-
-    CUDA: CUDA events around each call, synchronised before and after; CPU: perf_counter.
-    """
-    for _ in range(policy.warmup):
-        fn()
-    times: list[float] = []
-    cuda = device.type == "cuda"
-    while policy.more(times):
-        ms, out = time_once(fn, device) if not cuda else _time_events(fn, device)
-        times.append(ms)
-    return out, times, "cuda_events" if cuda else "perf_counter"
-
-
-def _time_events(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    out = fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end), out
-
-
-def time_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Wall milliseconds of one call, the device synchronised before and after (encode,
-    caption, LDM: work that is timed once)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) * 1000, out
-
-
-def timing_fields(times: list[float]) -> dict[str, Any]:
-    """The row's latency columns from every timed repeat."""
-    p10, p25, p50, p75, p90 = (percentile(times, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9))
-    spread = (p90 - p10) / p50 if p50 > 0 else None
-    return {
-        "repeats": len(times),
-        "latency_ms": times,
-        "latency_ms_p50": p50,
-        "latency_ms_p90": p90,
-        "latency_ms_p10": p10,
-        "latency_ms_min": min(times),
-        "latency_ms_iqr": p75 - p25,
-        "timing_spread": spread,
-        "timing_noisy": None if spread is None else spread > NOISY_SPREAD,
-    }
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
 
 
 # ---- the cell ---------------------------------------------------------------------------------

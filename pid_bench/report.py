@@ -573,7 +573,7 @@ def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
 
     columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
-    from pid_bench.cell import NOISY_SPREAD
+    from pid_bench.timing import NOISY_SPREAD
 
     checks = [("outside_envelope", "coalesce(outside_envelope, false)", "outside the trained size")]
     checks.append(

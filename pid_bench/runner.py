@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pid_bench import __version__
-from pid_bench.cell import CellSettings, TimingPolicy, model_identity, utc_now
+from pid_bench.cell import CellSettings, model_identity, utc_now
 from pid_bench.store import (
     StorageError,
     StorageWarning,
@@ -39,6 +39,7 @@ from pid_bench.store import (
     written_rows,
 )  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
+from pid_bench.timing import TimingPolicy
 from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.

@@ -151,7 +151,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "timing_noisy",
         pa.bool_(),
-        "timing_spread > pid_bench.cell.NOISY_SPREAD (0.10): the repeats disagree",
+        "timing_spread > pid_bench.timing.NOISY_SPREAD (0.10): the repeats disagree",
     ),
     ("timer", pa.string(), "cuda_events | perf_counter"),
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),

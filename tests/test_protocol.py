@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pid_bench.cell import CellSettings, TimingPolicy, load_models, run_cell
+from pid_bench.cell import CellSettings, load_models, run_cell
 from pid_bench.cli import app
 from pid_bench.manifests import load_folder, scan_folder
 from pid_bench.suite import load_suite
+from pid_bench.timing import TimingPolicy
 from tests.test_run import write_suite
 
 pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from pid_bench.cell import NOISY_SPREAD, TimingPolicy, timed, timing_fields
 from pid_bench.suite import Timing
+from pid_bench.timing import NOISY_SPREAD, TimingPolicy, timed, timing_fields
 
 CPU = torch.device("cpu")
 

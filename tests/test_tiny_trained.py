@@ -116,8 +116,9 @@ def test_a_from_clean_cell_of_the_harness_scores_the_trained_tiny_like_the_pipel
     import json
     from pathlib import Path
 
-    from pid_bench.cell import CellSettings, TimingPolicy, load_models, run_cell
+    from pid_bench.cell import CellSettings, load_models, run_cell
     from pid_bench.suite import load_suite
+    from pid_bench.timing import TimingPolicy
 
     repo = Path(__file__).resolve().parents[1]
     suite_path = tmp_path / "one.yaml"
