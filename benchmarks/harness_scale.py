@@ -70,7 +70,7 @@ def _typed_plan(folder: Path, cells: int) -> tuple[float, float, int]:
 
 
 def _rows(planned, decoders, limit: int) -> list[dict]:
-    from pid_bench.cell import utc_now
+    from pid_bench.timing import utc_now
 
     rows = []
     for cid, cell in planned:

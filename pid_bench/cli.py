@@ -720,7 +720,7 @@ def decode(
     except (UnknownCheckpointError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    from pid_bench.cell import write_png
+    from pid_bench.images import write_png
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_png(image[0], out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def hf_cache_dir() -> Path:
@@ -23,3 +24,21 @@ def torch_hub_dir() -> Path:
     import torch
 
     return Path(torch.hub.get_dir()).expanduser()
+
+
+def under_suite(path: str | None, info: Any) -> str | None:
+    """A path relative to the suite file (pydantic validation context ``base_dir``), made
+    absolute."""
+    if path is None:
+        return None
+    base = Path((info.context or {}).get("base_dir", "."))
+    return str((base / path).expanduser().resolve())
+
+
+def folder_or_repo_id(source: str | None, info: Any) -> str | None:
+    """A source naming an existing folder next to the suite becomes its absolute path; any other
+    value is kept as it is (a repo id read from the HF cache)."""
+    if source is None:
+        return None
+    local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
+    return str(local.resolve()) if local.is_dir() else source

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pid_bench import __version__
-from pid_bench.cell import CellSettings, model_identity, utc_now
+from pid_bench.models import model_identity
+from pid_bench.settings import CellSettings
 from pid_bench.store import (
     StorageError,
     StorageWarning,
@@ -39,7 +40,7 @@ from pid_bench.store import (
     written_rows,
 )  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
-from pid_bench.timing import TimingPolicy
+from pid_bench.timing import TimingPolicy, utc_now
 from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
 
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
@@ -710,18 +711,8 @@ def _lost_rows(cid: str, cell: Cell, settings: CellSettings, exc: BaseException)
             "decoder": d,
             "status": status,
             "error": f"{type(exc).__name__}: {exc}"[:4000],
-            "backbone": cell.backbone,
-            "ckpt_type": cell.ckpt_type,
-            "mode": cell.mode,
-            "sigma": float(cell.sigma),
-            "seed": cell.seed,
-            "pid_steps": cell.pid_steps,
-            "image_id": cell.item.id,
-            "out_height": cell.resolution[0],
-            "out_width": cell.resolution[1],
-            "precision": cell.precision,
-            "compile": cell.compile,
-        }  # fmt: skip
+            **cell.row(),
+        }
         for d in settings.decoders
     ]
 
@@ -744,7 +735,8 @@ class CellWorker:
         self.models = None
 
     def run(self, cid: str, cell: Cell) -> list[dict]:
-        from pid_bench.cell import failure_fields, load_models, run_cell
+        from pid_bench.cell import failure_fields, run_cell
+        from pid_bench.models import load_models
 
         _maybe_die(self.settings.faults, cid)
         key = (cell.backbone, cell.ckpt_type, cell.precision, cell.compile)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pid_bench.axes import AXIS_COLUMNS
 from pid_bench.metrics import METRICS, ROW_METRICS
 
 #: Metrics with a column of their own (every per-image metric of the registry); `metric_<name>`,
@@ -52,12 +53,6 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cuda_version", pa.string(), "CUDA version torch was built with (CUDA rows)"),
     ("dtype", pa.string(), "compute dtype of PiD (float32, bfloat16, bfloat16-autocast)"),
     (
-        "precision",
-        pa.string(),
-        "PiD precision axis as run: bf16-autocast (fp32 weights under autocast) | bf16 | fp32",
-    ),
-    ("compile", pa.string(), "PiD compile axis: eager | a torch.compile mode"),
-    (
         "compile_ms",
         pa.float64(),
         "pid, compiled: wall time of the first call at this size (compilation; not in latency); "
@@ -82,26 +77,15 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "true for the embedded tiny backbone: numbers mean nothing about PiD",
     ),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was computed"),
-    # axes
-    ("mode", pa.string(), "from_clean | from_ldm"),
-    ("backbone", pa.string(), "backbone name as written in the suite"),
-    ("ckpt_type", pa.string(), "2k | 2kto4k | 2kto4k_v1pt5"),
+    # axes: every setting axis's columns (pid_bench.axes), then what the cell derives
+    *[(c.name, pa.type_for_alias(c.dtype), c.doc) for c in AXIS_COLUMNS],
     ("experiment", pa.string(), "PiD experiment (checkpoint) name"),
-    ("sigma", pa.float64(), "noise level of the latent given to the decoders"),
-    ("save_xt_step", pa.int64(), "from_ldm: LDM step whose x_t was captured (null: from_clean)"),
-    ("seed", pa.int64(), "seed of the noise and of PiD's sampler"),
-    ("pid_steps", pa.int64(), "PiD sampler steps"),
     (
         "sampler",
         pa.string(),
         "pid, pid-teacher: the sampler as run (pid-teacher: steps, CFG and shift of suite.teacher)",
     ),
-    ("image_id", pa.string(), "source item id (manifest id or prompt index)"),
-    ("caption", pa.string(), "caption given to PiD"),
-    ("source", pa.string(), "image path or URL of the source item"),
     # sizes
-    ("out_height", pa.int64(), "requested output height (pixels)"),
-    ("out_width", pa.int64(), "requested output width (pixels)"),
     ("in_height", pa.int64(), "height of the image given to the encoder"),
     ("in_width", pa.int64(), "width of the image given to the encoder"),
     ("source_height", pa.int64(), "from_clean: height of the source image file"),

@@ -18,17 +18,14 @@ import hashlib
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -36,15 +33,31 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from pid_bench.axes import (
+    AXES,
+    AXIS_BY_NAME,
+    EXPANSION_ORDER,
+    Cell,
+    unique,
+    value_list,
+)
+from pid_bench.decoders import (
+    BASELINE_NAME,
+    BaselineOptions,
+    TeacherOptions,
+    check_name,
+    needs_baseline,
+)
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_known_metric
+from pid_bench.paths import folder_or_repo_id, under_suite
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair, output_multiple
-from pid_models.teacher import TEACHER_CFG, TEACHER_STEPS
 
 __all__ = [
     "Cell",
@@ -59,32 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Largest output side accepted: 16k is far above PiD's 4k and stops a typo (20480 → 2048 meant)
-#: from allocating a terabyte.
-MAX_SIDE = 16384
-#: PiD works on 16-pixel patches; every backbone's latent grid divides it.
-SIDE_MULTIPLE = 16
-
-Mode = Literal["from_clean", "from_ldm"]
-CkptType = Literal["2k", "2kto4k", "2kto4k_v1pt5"]
-#: Decoders every suite has; `native+<name>` adds a learned SR baseline declared under
-#: `baselines:` (pid_models.baselines).
-BUILTIN_DECODERS = ("pid", "pid-teacher", "native", "native+bicubic", "native+lanczos")
-BASELINE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
-
-
-def _decoder_name(name: str) -> str:
-    if name in BUILTIN_DECODERS:
-        return name
-    if name.startswith("native+") and re.match(BASELINE_NAME, name.removeprefix("native+")):
-        return name  # the suite checks that the baseline is declared
-    raise ValueError(
-        f"unknown decoder {name!r}: one of {', '.join(BUILTIN_DECODERS)}, or native+<name> for "
-        "a learned SR baseline declared under baselines:"
-    )
-
-
-Decoder = Annotated[str, AfterValidator(_decoder_name)]
+DecoderName = Annotated[str, AfterValidator(check_name)]
 #: Source file suffix each mode reads: an image manifest or a prompt list.
 SOURCE_SUFFIX = {"from_clean": ".jsonl", "from_ldm": ".txt"}
 
@@ -100,65 +88,12 @@ class SuiteError(ValueError):
 # --- field types ----------------------------------------------------------------------------
 
 
-def _to_hw(value: Any) -> Any:
-    """``256`` means a square output, ``[h, w]`` a rectangle; both become ``(h, w)``."""
-    if isinstance(value, bool):
-        raise ValueError("write an int (square side) or [height, width]")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"write [height, width] (2 numbers), got {len(value)}")
-        return tuple(value)
-    return value  # the tuple validator reports the type
-
-
-def _check_hw(hw: tuple[int, int]) -> tuple[int, int]:
-    for side, name in zip(hw, ("height", "width"), strict=True):
-        if side > MAX_SIDE:
-            raise ValueError(f"{name} {side} is larger than {MAX_SIDE}; check for a typo")
-        if side <= 0 or side % SIDE_MULTIPLE:
-            raise ValueError(f"{name} {side} must be a positive multiple of {SIDE_MULTIPLE}")
-    return hw
-
-
 def _unique(values: list[Any]) -> list[Any]:
-    """Duplicate axis values would give two cells the same id."""
-    seen: list[Any] = []
-    for value in values:
-        if value in seen:
-            raise ValueError(f"duplicate value {value!r}; list each value once")
-        seen.append(value)
-    return values
+    return unique(values)
 
 
-Resolution = Annotated[tuple[int, int], BeforeValidator(_to_hw), AfterValidator(_check_hw)]
-Sigma = Annotated[float, Field(ge=0.0, le=1.0)]
-PidSteps = Annotated[int, Field(ge=1, le=4)]
+DecoderAxis = value_list(DecoderName)
 
-
-def _axis(item: Any) -> Any:
-    """A non-empty list of unique values of type ``item``."""
-    return Annotated[list[item], Field(min_length=1), AfterValidator(_unique)]
-
-
-BackboneAxis = _axis(Annotated[str, Field(min_length=1)])
-CkptTypeAxis = _axis(CkptType)
-SigmaAxis = _axis(Sigma)
-ResolutionAxis = _axis(Resolution)
-SeedAxis = _axis(NonNegativeInt)
-PidStepsAxis = _axis(PidSteps)
-DecoderAxis = _axis(Decoder)
-#: auto: upstream's choice on the device (bf16 autocast on CUDA, float32 on CPU);
-#: bf16-autocast: float32 weights under bf16 autocast; bf16: weights stored in bf16; fp32.
-Precision = Literal["auto", "bf16-autocast", "bf16", "fp32"]
-PrecisionAxis = _axis(Precision)
-#: eager, or a torch.compile mode (the network compiled once per output size).
-CompileMode = Literal["eager", "default", "reduce-overhead", "max-autotune"]
-CompileAxis = _axis(CompileMode)
-#: Axes added after the first release: they enter a cell's id only away from these defaults,
-#: so the ids of earlier runs stay valid.
-LATE_AXIS_DEFAULTS = {"precision": "auto", "compile": "eager"}
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -187,23 +122,14 @@ class Timing(BaseModel):
         return self
 
 
-class ExcludeEntry(BaseModel):
-    """A partial cell: a cell matching every key given here is dropped."""
+class _ExcludeRule(BaseModel):
+    """A partial cell: a cell matching every key given here is dropped. The keys are the axes'
+    ``exclude_key`` (`pid_bench.axes`), built into `ExcludeEntry`."""
 
     model_config = _FROZEN
-    backbone: str | None = None
-    ckpt_type: str | None = None
-    sigma: float | None = None
-    save_xt_step: int | None = None
-    resolution: Resolution | None = None
-    seed: int | None = None
-    pid_steps: int | None = None
-    image_id: str | None = None
-    precision: str | None = None
-    compile: str | None = None
 
     @model_validator(mode="after")
-    def _not_empty(self) -> ExcludeEntry:
+    def _not_empty(self) -> _ExcludeRule:
         if not self.constraints():
             raise ValueError("an empty entry would drop every cell; name at least one axis")
         return self
@@ -217,6 +143,14 @@ class ExcludeEntry(BaseModel):
         return all(
             name in axes and axes[name] == value for name, value in self.constraints().items()
         )
+
+
+ExcludeEntry = create_model(
+    "ExcludeEntry",
+    __base__=_ExcludeRule,
+    __module__=__name__,
+    **{a.exclude_key: (Optional[a.exclude_type], None) for a in AXES if a.exclude_key},  # noqa: UP045
+)
 
 
 class Tiling(BaseModel):
@@ -239,69 +173,6 @@ class PidOptions(BaseModel):
     model_config = _FROZEN
     tf32: bool = True
     generator_device: Literal["decode", "cpu", "cuda"] = "decode"
-
-
-def _under_suite(path: str | None, info: ValidationInfo) -> str | None:
-    """A path relative to the suite file (context ``base_dir``), made absolute."""
-    if path is None:
-        return None
-    base = Path((info.context or {}).get("base_dir", "."))
-    return str((base / path).expanduser().resolve())
-
-
-def _folder_or_repo_id(source: str | None, info: ValidationInfo) -> str | None:
-    """A source naming an existing folder next to the suite becomes its absolute path; any other
-    value is kept as it is (a repo id read from the HF cache)."""
-    if source is None:
-        return None
-    local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
-    return str(local.resolve()) if local.is_dir() else source
-
-
-class BaselineOptions(BaseModel):
-    """An SR baseline run after the native decode (decoder ``native+<name>``).
-
-    ``kind: spandrel`` (the default): a learned SR network; ``path`` its weights (.safetensors
-    preferred, or .pth read weights-only), relative to the suite file; spandrel detects the
-    architecture. Its scale must reach PiD's (equal, or a power of it, chained). ``tile``:
-    upscale in tiles of this many input pixels with ``tile_overlap`` cropped away.
-
-    ``kind: sd_x4_upscaler``: diffusers' StableDiffusionUpscalePipeline from ``source`` (a
-    folder next to the suite or a repo id in the HF cache; default
-    stabilityai/stable-diffusion-x4-upscaler), the caption as its prompt, with ``steps``,
-    ``guidance_scale`` and ``noise_level``.
-    """
-
-    model_config = _FROZEN
-    kind: Literal["spandrel", "sd_x4_upscaler"] = "spandrel"
-    path: Annotated[str, Field(min_length=1)] | None = None
-    tile: PositiveInt | None = None
-    tile_overlap: NonNegativeInt = 32
-    source: Annotated[str, Field(min_length=1)] | None = None
-    steps: PositiveInt = 20
-    guidance_scale: Annotated[float, Field(ge=0)] = 9.0
-    noise_level: NonNegativeInt = 20
-
-    _path = field_validator("path")(_under_suite)
-    _source = field_validator("source")(_folder_or_repo_id)
-
-    @model_validator(mode="after")
-    def _kind_has_its_fields(self) -> BaselineOptions:
-        if self.kind == "spandrel" and self.path is None:
-            raise ValueError("a spandrel baseline needs path: (its weights file)")
-        return self
-
-
-class TeacherOptions(BaseModel):
-    """Decoder ``pid-teacher``: PiD's undistilled v1.5 teacher with upstream's documented
-    sampler (pid_models.teacher): ``steps`` of DPM-Solver++(2M), text-only CFG at
-    ``cfg_scale`` against ``negative_prompt``, ``shift`` (None: 6 * sqrt(sqrt(H*W) / 2048))."""
-
-    model_config = _FROZEN
-    steps: PositiveInt = TEACHER_STEPS
-    cfg_scale: Annotated[float, Field(ge=1.0)] = TEACHER_CFG
-    shift: Annotated[float, Field(gt=0)] | None = None
-    negative_prompt: str | None = None  # None: upstream's default negative prompt
 
 
 class SetMetricOptions(BaseModel):
@@ -334,9 +205,9 @@ class LdmOptions(BaseModel):
     @field_validator("pipelines")
     @classmethod
     def _local_paths(cls, pipelines: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        return {backbone: _folder_or_repo_id(src, info) for backbone, src in pipelines.items()}
+        return {backbone: folder_or_repo_id(src, info) for backbone, src in pipelines.items()}
 
-    _cache_dir = field_validator("cache_dir")(_under_suite)
+    _cache_dir = field_validator("cache_dir")(under_suite)
 
     def source(self, backbone: str) -> str | None:
         """The pipeline folder or repo id of ``backbone`` (None: the registry's default)."""
@@ -349,59 +220,29 @@ class LdmOptions(BaseModel):
         )
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One point of the suite's product: what the actor decodes and measures."""
-
-    mode: str
-    backbone: str
-    ckpt_type: str
-    sigma: float
-    save_xt_step: int | None
-    resolution: tuple[int, int]  # output (height, width)
-    seed: int
-    pid_steps: int
-    item: SourceItem
-    precision: str = "auto"
-    compile: str = "eager"
-
-    def axes(self) -> dict[str, Any]:
-        """Every axis as plain JSON-able data (rows, run.json and `cell_id` use it)."""
-        return {
-            "mode": self.mode,
-            "backbone": self.backbone,
-            "ckpt_type": self.ckpt_type,
-            "sigma": self.sigma,
-            "save_xt_step": self.save_xt_step,
-            "resolution": list(self.resolution),
-            "seed": self.seed,
-            "pid_steps": self.pid_steps,
-            "image_id": self.item.id,
-            "caption": self.item.caption,
-            "source": self.item.image,
-            "precision": self.precision,
-            "compile": self.compile,
-        }
-
-
-class Suite(BaseModel):
-    """A validated suite file; `cells()` expands it. Build it with `load_suite`."""
-
+class _Named(BaseModel):
     model_config = _FROZEN
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    mode: Mode = "from_clean"
-    backbones: BackboneAxis
-    ckpt_types: CkptTypeAxis
-    sigmas: SigmaAxis = [0.0]
-    # from_ldm: LDM steps whose x_t is decoded; empty means the final latent x0 only.
-    save_xt_steps: Annotated[list[PositiveInt], AfterValidator(_unique)] = []
-    resolutions: ResolutionAxis
-    seeds: SeedAxis = [0]
-    pid_steps: PidStepsAxis = [4]
+
+
+#: The suite keys that list axis values, from the axis table (validated before the other keys,
+#: so validators of later keys can read them).
+_SuiteAxes = create_model(
+    "_SuiteAxes",
+    __base__=_Named,
+    __module__=__name__,
+    **{a.suite_key: (a.suite_type, a.suite_default) for a in AXES if a.suite_key},
+)
+
+
+class Suite(_SuiteAxes):
+    """A validated suite file; `cells()` expands it. Build it with `load_suite`. Its axis keys
+    (backbones, sigmas, resolutions, ...) come from `pid_bench.axes.AXES`."""
+
+    model_config = _FROZEN
+
     decoders: DecoderAxis
-    precision: PrecisionAxis = ["auto"]
-    compile: CompileAxis = ["eager"]
     metrics: Annotated[list[str], AfterValidator(_unique)] = []
     source: str
     # full_size: a full-reference metric compares only with a reference at least the size it is
@@ -459,7 +300,7 @@ class Suite(BaseModel):
         missing = [
             d
             for d in info.data.get("decoders", [])
-            if d not in BUILTIN_DECODERS and d.removeprefix("native+") not in baselines
+            if needs_baseline(d) and d.removeprefix("native+") not in baselines
         ]
         if missing:
             raise ValueError(
@@ -556,25 +397,12 @@ class Suite(BaseModel):
         return self.expand(self.items())
 
     def expand(self, items: Iterable[SourceItem]) -> list[Cell]:
-        """The product in the fixed order backbone, ckpt_type, precision, compile, resolution,
-        sigma, save_xt_step, seed, pid_steps, item, minus cells matched by an ``exclude`` entry
-        (a worker reloads PiD only when one of the first four changes)."""
-        cells = [
-            Cell(self.mode, b, c, float(s), x, r, seed, p, item, precision, mode)
-            for b, c, precision, mode, r, s, x, seed, p, item in itertools.product(
-                self.backbones,
-                self.ckpt_types,
-                self.precision,
-                self.compile,
-                self.resolutions,
-                self.sigmas,
-                self._xt_axis(),
-                self.seeds,
-                self.pid_steps,
-                list(items),
-            )
-        ]
-        return [cell for cell in cells if not self._excluded(_match_axes(cell))]
+        """The product in `pid_bench.axes.EXPANSION_ORDER` (the items last), minus cells matched
+        by an ``exclude`` entry."""
+        values = self._axis_values({"item": list(items)})
+        combos = itertools.product(*(values[name] for name in EXPANSION_ORDER))
+        cells = [Cell(**dict(zip(EXPANSION_ORDER, combo, strict=True))) for combo in combos]
+        return [cell for cell in cells if not self._excluded(cell.exclude_values())]
 
     def resolved(self) -> dict[str, Any]:
         """The whole suite as JSON-able data, defaults filled and paths absolute (run.json)."""
@@ -586,11 +414,11 @@ class Suite(BaseModel):
         data["path"] = str(self.path.resolve()) if self.path else None
         return data
 
-    def _xt_axis(self) -> list[int | None]:
-        """from_ldm decodes x_t at each save_xt step and the final latent x0 (None)."""
-        if self.mode == "from_ldm":
-            return [*self.save_xt_steps, None]
-        return [None]
+    def _axis_values(self, given: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Each axis's values in this suite, ``given`` ones replacing the suite's."""
+        return {a.name: given.get(a.name) or a.suite_values(self) for a in AXES if a.name != "item"} | {
+            "item": given.get("item", [])
+        }
 
     def _excluded(self, axes: dict[str, Any]) -> bool:
         return any(entry.matches(axes) for entry in self.exclude)
@@ -601,36 +429,26 @@ class Suite(BaseModel):
         """Whether any cell of this pair (at this resolution, if given) outlives the excludes
         (items aside: an entry naming an image_id never removes a whole pair, because the items
         are not read here)."""
-        resolutions = [resolution] if resolution is not None else self.resolutions
-        combos = itertools.product(
-            resolutions, self.sigmas, self._xt_axis(), self.seeds, self.pid_steps
-        )
-        for r, s, x, seed, p in combos:
-            axes = {"backbone": backbone, "ckpt_type": ckpt_type, "resolution": r}
-            axes |= {"sigma": float(s), "save_xt_step": x, "seed": seed, "pid_steps": p}
+        fixed = {"backbone": [backbone], "ckpt_type": [ckpt_type]}
+        values = self._axis_values(fixed | ({"resolution": [resolution]} if resolution else {}))
+        names = [a.name for a in AXES if a.exclude_key and a.name != "item"]
+        for combo in itertools.product(*(values[name] for name in names)):
+            axes = {
+                AXIS_BY_NAME[name].exclude_key: value
+                for name, value in zip(names, combo, strict=True)
+            }
             if not self._excluded(axes):
                 return True
         return False
 
 
-def _match_axes(cell: Cell) -> dict[str, Any]:
-    """The cell's axes in the shapes `ExcludeEntry` compares against (resolution as a tuple)."""
-    axes = cell.axes()
-    axes["resolution"] = cell.resolution
-    return axes
-
-
 def cell_id(cell: Cell, model_identity: str) -> str:
     """16 hex chars of sha256 over the cell's canonical JSON and the model identity.
 
-    The absolute ``source`` path is left out: the image is named by ``image_id`` and its
-    caption, so moving the checkout or recreating the venv (pkg:// paths) keeps resume working.
+    What each axis contributes is declared in `pid_bench.axes` (the absolute ``source`` path
+    and late axes at their defaults are left out, so ids of earlier runs stay valid).
     """
-    payload = {
-        k: v
-        for k, v in cell.axes().items()
-        if k != "source" and not (k in LATE_AXIS_DEFAULTS and v == LATE_AXIS_DEFAULTS[k])
-    }
+    payload = cell.id_payload()
     payload["model_identity"] = model_identity
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

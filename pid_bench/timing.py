@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -88,3 +89,8 @@ def timing_fields(times: list[float]) -> dict[str, Any]:
 
 def percentile(values: list[float], q: float) -> float:
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
+
+
+def utc_now() -> datetime:
+    """Now, in UTC (row timestamps)."""
+    return datetime.now(timezone.utc)

@@ -17,9 +17,9 @@ from unittest import mock
 
 import torch
 
-from pid_bench.cell import reference_at
 from pid_bench.manifests import load_image
 from pid_bench.metrics import bicubic_resize
+from pid_bench.prepare import reference_at
 from pid_models import tiling
 from pid_models.codecs import add_noise
 from pid_models.decoder import PiDDecoder

@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pid_bench.cell import CellSettings, load_models, run_cell
+from pid_bench.cell import run_cell
 from pid_bench.cli import app
 from pid_bench.manifests import load_folder, scan_folder
+from pid_bench.models import load_models
+from pid_bench.settings import CellSettings
 from pid_bench.suite import load_suite
 from pid_bench.timing import TimingPolicy
 from tests.test_run import write_suite

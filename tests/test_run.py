@@ -11,18 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pid_bench.cell import (
-    CellSettings,
-    TimingPolicy,
-    load_models,
-    model_identity,
-    reference_at,
-    run_cell,
-)
+from pid_bench.cell import run_cell
 from pid_bench.cli import app
+from pid_bench.models import load_models, model_identity
+from pid_bench.prepare import reference_at
 from pid_bench.schema import COLUMNS, ROW_SCHEMA, to_table
+from pid_bench.settings import CellSettings
 from pid_bench.store import RunDirError, claim_run_dir, finished_rows, part_files, write_part
 from pid_bench.suite import load_suite
+from pid_bench.timing import TimingPolicy
 from pid_models.flops import decode_flops
 
 pytestmark = pytest.mark.usefixtures("shared_local_ray")  # one Ray for the module's runs

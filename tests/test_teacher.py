@@ -79,7 +79,9 @@ def test_the_negative_prompt_is_upstreams():
 
 
 def test_pid_teacher_decodes_a_tiny_cell_with_the_documented_sampler(tmp_path):
-    from pid_bench.cell import CellSettings, load_models, run_cell
+    from pid_bench.cell import run_cell
+    from pid_bench.models import load_models
+    from pid_bench.settings import CellSettings
     from pid_bench.suite import load_suite
     from pid_bench.timing import TimingPolicy
     from tests.test_run import write_suite

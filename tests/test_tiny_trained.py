@@ -116,7 +116,9 @@ def test_a_from_clean_cell_of_the_harness_scores_the_trained_tiny_like_the_pipel
     import json
     from pathlib import Path
 
-    from pid_bench.cell import CellSettings, load_models, run_cell
+    from pid_bench.cell import run_cell
+    from pid_bench.models import load_models
+    from pid_bench.settings import CellSettings
     from pid_bench.suite import load_suite
     from pid_bench.timing import TimingPolicy
 
@@ -142,7 +144,7 @@ def test_a_from_clean_cell_of_the_harness_scores_the_trained_tiny_like_the_pipel
 
 
 def test_tiny_random_keeps_the_seeded_random_weights_and_its_own_identity():
-    from pid_bench.cell import load_models, model_identity
+    from pid_bench.models import load_models, model_identity
     from pid_models.tiny import build_tiny_net
 
     random_models = load_models("tiny-random", "2k", "cpu")
