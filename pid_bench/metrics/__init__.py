@@ -23,35 +23,54 @@ says, for the doctor, which files each metric needs and whether they are there.
 The exact definitions are in each metric's ``doc`` and in docs/metrics.md.
 """
 
-# The package, one concept a module (base has no imports from its siblings; the registry imports
-# the kind modules):
-#   base            kinds, the protocol, errors and context, weight files, `Metric`, resizes
-#   full_reference  psnr, ssim, ms_ssim (torchmetrics)
-#   pyiqa_backed    the pyiqa metrics (lpips, dists and the no-reference ones), offline loading,
-#                   pyiqa:<name> pass-through
+# The package, one concept a module. Imports point down this list only (no module imports one
+# above it, not even inside a function), so there is no import circle:
+#   errors          MetricUnavailable, its warning, RegistryFrozenError            (no imports)
+#   weights         weight files, where they are looked for, their status          (errors)
+#   catalog         the built-in metrics' declarations as plain data, protocol     (weights)
+#   shared          model lock, warn-once, offline weight loading                  (errors)
+#   base            MetricContext, Metric, resizes                          (catalog, errors, weights)
+#   full_reference  psnr, ssim, ms_ssim (torchmetrics)                             (base, errors)
 #   pid_specific    latent consistency, CIEDE2000 colour drift, high-frequency energy
+#   pyiqa_backed    the pyiqa networks (lpips, dists, the no-reference ones), pyiqa:<name>
+#   twin            the VAE-twin check and colour QA
 #   set_level       FID and KID
-#   registry        the one list of metrics, name lookup, `measure`, `weight_status`, `describe`
+#   custom          module.path:callable metrics, their search paths
+#   registry        the one registry METRICS (frozen at its import), lookups, weight_status
+#   measurement     `measure`: every metric of a list on one image, nulls with reasons
 
 from pid_bench.metrics.base import (
-    COLOR_SPACE,
-    CROP_BORDER,
-    INCEPTION_WEIGHTS,
-    KINDS,
-    LUMA_WEIGHTS,
-    RESIZE_KERNEL,
-    Kind,
     Metric,
     MetricContext,
     MetricFn,
-    MetricUnavailable,
-    MetricUnavailableWarning,
-    WeightFile,
-    WeightStatus,
     bicubic_resize,
-    protocol_fields,
     resize,
     to_unit_range,
+)
+from pid_bench.metrics.catalog import (
+    COLOR_SPACE,
+    CROP_BORDER,
+    KINDS,
+    LUMA_WEIGHTS,
+    METRIC_ALIASES,
+    PATCH_SEED,
+    PATCH_SIZE,
+    PATCH_THRESHOLD,
+    PATCHES_PER_IMAGE,
+    RESIZE_KERNEL,
+    ROW_METRICS,
+    Kind,
+    MetricSpec,
+    protocol_fields,
+)
+from pid_bench.metrics.errors import (
+    MetricUnavailable,
+    MetricUnavailableWarning,
+    RegistryFrozenError,
+)
+from pid_bench.metrics.measurement import (
+    Measurement,
+    measure,
 )
 from pid_bench.metrics.pid_specific import (
     D65_WHITE,
@@ -64,35 +83,37 @@ from pid_bench.metrics.pid_specific import (
     srgb_to_lab,
 )
 from pid_bench.metrics.pyiqa_backed import (
-    load_model,
-    offline_weights,
     pyiqa_models,
-    set_hf_offline,
 )
 from pid_bench.metrics.registry import (
-    METRIC_ALIASES,
     METRICS,
-    ROW_METRICS,
-    Measurement,
+    MetricRegistry,
     clear_caches,
     describe,
     expand_metric_names,
     get_metric,
     is_known_metric,
     is_set_level,
-    measure,
+    load_model,
+    register_named_metric,
     weight_status,
 )
 from pid_bench.metrics.set_level import (
-    PATCH_SEED,
-    PATCH_SIZE,
-    PATCH_THRESHOLD,
-    PATCHES_PER_IMAGE,
     InceptionFeatures,
     SetResult,
-    _patches,
     compute_set_metrics,
     load_inception,
+    random_patches,
+)
+from pid_bench.metrics.set_level import random_patches as _patches  # noqa: F401  (old name; tests)
+from pid_bench.metrics.shared import (
+    offline_weights,
+    set_hf_offline,
+)
+from pid_bench.metrics.weights import (
+    INCEPTION_WEIGHTS,
+    WeightFile,
+    WeightStatus,
 )
 
 __all__ = [
@@ -100,29 +121,31 @@ __all__ = [
     "CROP_BORDER",
     "D65_WHITE",
     "INCEPTION_WEIGHTS",
+    "InceptionFeatures",
     "KINDS",
+    "Kind",
     "LUMA_WEIGHTS",
     "METRICS",
     "METRIC_ALIASES",
+    "Measurement",
+    "Metric",
+    "MetricContext",
+    "MetricFn",
+    "MetricRegistry",
+    "MetricSpec",
+    "MetricUnavailable",
+    "MetricUnavailableWarning",
     "PATCHES_PER_IMAGE",
     "PATCH_SEED",
     "PATCH_SIZE",
     "PATCH_THRESHOLD",
     "RESIZE_KERNEL",
     "ROW_METRICS",
-    "XYZ_FROM_RGB",
-    "InceptionFeatures",
-    "Kind",
-    "Measurement",
-    "Metric",
-    "MetricContext",
-    "MetricFn",
-    "MetricUnavailable",
-    "MetricUnavailableWarning",
+    "RegistryFrozenError",
     "SetResult",
     "WeightFile",
     "WeightStatus",
-    "_patches",
+    "XYZ_FROM_RGB",
     "bicubic_resize",
     "ciede2000",
     "clear_caches",
@@ -142,6 +165,8 @@ __all__ = [
     "offline_weights",
     "protocol_fields",
     "pyiqa_models",
+    "random_patches",
+    "register_named_metric",
     "resize",
     "set_hf_offline",
     "srgb_to_lab",
