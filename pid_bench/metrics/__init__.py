@@ -38,138 +38,110 @@ The exact definitions are in each metric's ``doc`` and in docs/metrics.md.
 #   custom          module.path:callable metrics, their search paths
 #   registry        the one registry METRICS (frozen at its import), lookups, weight_status
 #   measurement     `measure`: every metric of a list on one image, nulls with reasons
+# errors, weights, catalog and shared do not import torch, and neither does this file: names
+# are imported from their module when first read (PEP 562), so `pid_bench.schema`, which reads
+# catalog, stays torch-free.
 
-from pid_bench.metrics.base import (
-    Metric,
-    MetricContext,
-    MetricFn,
-    bicubic_resize,
-    resize,
-    to_unit_range,
-)
-from pid_bench.metrics.catalog import (
-    COLOR_SPACE,
-    CROP_BORDER,
-    KINDS,
-    LUMA_WEIGHTS,
-    METRIC_ALIASES,
-    PATCH_SEED,
-    PATCH_SIZE,
-    PATCH_THRESHOLD,
-    PATCHES_PER_IMAGE,
-    RESIZE_KERNEL,
-    ROW_METRICS,
-    Kind,
-    MetricSpec,
-    protocol_fields,
-)
-from pid_bench.metrics.errors import (
-    MetricUnavailable,
-    MetricUnavailableWarning,
-    RegistryFrozenError,
-)
-from pid_bench.metrics.measurement import (
-    Measurement,
-    measure,
-)
-from pid_bench.metrics.pid_specific import (
-    D65_WHITE,
-    XYZ_FROM_RGB,
-    ciede2000,
-    hf_cutoff,
-    hf_energy,
-    luma,
-    mean_ciede2000,
-    srgb_to_lab,
-)
-from pid_bench.metrics.pyiqa_backed import (
-    pyiqa_models,
-)
-from pid_bench.metrics.registry import (
-    METRICS,
-    MetricRegistry,
-    clear_caches,
-    describe,
-    expand_metric_names,
-    get_metric,
-    is_known_metric,
-    is_set_level,
-    load_model,
-    register_named_metric,
-    weight_status,
-)
-from pid_bench.metrics.set_level import (
-    InceptionFeatures,
-    SetResult,
-    compute_set_metrics,
-    load_inception,
-    random_patches,
-)
-from pid_bench.metrics.set_level import random_patches as _patches  # noqa: F401  (old name; tests)
-from pid_bench.metrics.shared import (
-    offline_weights,
-    set_hf_offline,
-)
-from pid_bench.metrics.weights import (
-    INCEPTION_WEIGHTS,
-    WeightFile,
-    WeightStatus,
-)
+from __future__ import annotations
 
-__all__ = [
-    "COLOR_SPACE",
-    "CROP_BORDER",
-    "D65_WHITE",
-    "INCEPTION_WEIGHTS",
-    "InceptionFeatures",
-    "KINDS",
-    "Kind",
-    "LUMA_WEIGHTS",
-    "METRICS",
-    "METRIC_ALIASES",
-    "Measurement",
-    "Metric",
-    "MetricContext",
-    "MetricFn",
-    "MetricRegistry",
-    "MetricSpec",
-    "MetricUnavailable",
-    "MetricUnavailableWarning",
-    "PATCHES_PER_IMAGE",
-    "PATCH_SEED",
-    "PATCH_SIZE",
-    "PATCH_THRESHOLD",
-    "RESIZE_KERNEL",
-    "ROW_METRICS",
-    "RegistryFrozenError",
-    "SetResult",
-    "WeightFile",
-    "WeightStatus",
-    "XYZ_FROM_RGB",
-    "bicubic_resize",
-    "ciede2000",
-    "clear_caches",
-    "compute_set_metrics",
-    "describe",
-    "expand_metric_names",
-    "get_metric",
-    "hf_cutoff",
-    "hf_energy",
-    "is_known_metric",
-    "is_set_level",
-    "load_inception",
-    "load_model",
-    "luma",
-    "mean_ciede2000",
-    "measure",
-    "offline_weights",
-    "protocol_fields",
-    "pyiqa_models",
-    "random_patches",
-    "register_named_metric",
-    "resize",
-    "set_hf_offline",
-    "srgb_to_lab",
-    "to_unit_range",
-    "weight_status",
-]
+import importlib
+from typing import Any
+
+#: public name -> the module of this package that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("MetricUnavailable", "MetricUnavailableWarning", "RegistryFrozenError"), "errors"
+    ),
+    **dict.fromkeys(("INCEPTION_WEIGHTS", "WeightFile", "WeightStatus"), "weights"),
+    **dict.fromkeys(
+        (
+            "COLOR_SPACE",
+            "CROP_BORDER",
+            "KINDS",
+            "LUMA_WEIGHTS",
+            "METRIC_ALIASES",
+            "PATCHES_PER_IMAGE",
+            "PATCH_SEED",
+            "PATCH_SIZE",
+            "PATCH_THRESHOLD",
+            "RESIZE_KERNEL",
+            "ROW_METRICS",
+            "Kind",
+            "MetricSpec",
+            "protocol_fields",
+        ),
+        "catalog",
+    ),
+    **dict.fromkeys(("offline_weights", "set_hf_offline"), "shared"),
+    **dict.fromkeys(
+        (
+            "Metric",
+            "MetricContext",
+            "MetricFn",
+            "bicubic_resize",
+            "resize",
+            "to_unit_range",
+        ),
+        "base",
+    ),
+    **dict.fromkeys(
+        (
+            "D65_WHITE",
+            "XYZ_FROM_RGB",
+            "ciede2000",
+            "hf_cutoff",
+            "hf_energy",
+            "luma",
+            "mean_ciede2000",
+            "srgb_to_lab",
+        ),
+        "pid_specific",
+    ),
+    "pyiqa_models": "pyiqa_backed",
+    **dict.fromkeys(
+        (
+            "InceptionFeatures",
+            "SetResult",
+            "compute_set_metrics",
+            "load_inception",
+            "random_patches",
+        ),
+        "set_level",
+    ),
+    **dict.fromkeys(
+        (
+            "METRICS",
+            "MetricRegistry",
+            "clear_caches",
+            "describe",
+            "expand_metric_names",
+            "get_metric",
+            "is_known_metric",
+            "is_set_level",
+            "load_model",
+            "register_named_metric",
+            "weight_status",
+        ),
+        "registry",
+    ),
+    **dict.fromkeys(("Measurement", "measure"), "measurement"),
+}
+# No module may be named like an export: importing it would set the package attribute to the
+# module (why `measure` lives in measurement).
+#: Old names kept readable: tests call `pid_bench.metrics._patches`.
+_RENAMED = {"_patches": "random_patches"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _RENAMED.get(name, name)
+    module = _EXPORTS.get(target)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Not cached in this module's globals: a test that swaps `registry.METRICS` is seen here too.
+    return getattr(importlib.import_module(f"{__name__}.{module}"), target)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
