@@ -11,7 +11,7 @@ After the freeze, names of the two open families enter through one door, `regist
 (`get_metric` and everything that validates a name call it): ``pyiqa:<name>`` is checked against
 pyiqa's table, ``module.path:callable`` is imported from sys.path and the folders
 `custom.add_search_path` added (the suite's folder and the working directory: `load_suite` in
-the driver, `sets` for a set's extractor, each Ray worker at its start). Each name is resolved
+the driver, each Ray worker at its start). Each name is resolved
 once and kept; a name that fails to resolve is not kept (its module may become importable once
 a search path is added), and no built-in name can be shadowed.
 
