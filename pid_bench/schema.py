@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# The declarations only (plain data): the implementations would import torch.
 from pid_bench.axes import AXIS_COLUMNS
-from pid_bench.metrics import METRICS, ROW_METRICS
+from pid_bench.metrics.catalog import BUILTIN_SPECS, ROW_METRICS
 
 #: Metrics with a column of their own (every per-image metric of the registry); `metric_<name>`,
 #: float64, null when not computed (its reason in metric_notes).
@@ -202,7 +203,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
 ]
 _COLUMNS += [
-    (f"metric_{m}", pa.float64(), f"{m}, {_KIND_DOC[METRICS[m].kind]}") for m in METRIC_COLUMNS
+    (f"metric_{m}", pa.float64(), f"{m}, {_KIND_DOC[BUILTIN_SPECS[m].kind]}") for m in METRIC_COLUMNS
 ]
 
 ROW_SCHEMA = pa.schema(

@@ -27,6 +27,7 @@ from pid_bench.metrics import (
     ciede2000,
     get_metric,
     measure,
+    registry,
     srgb_to_lab,
     to_unit_range,
     weight_status,
@@ -407,8 +408,12 @@ def test_measure_never_raises_for_a_metric_and_warns_once(monkeypatch):
     def nan(image, context):
         return torch.tensor([float("nan")])
 
-    monkeypatch.setitem(METRICS, "broken", M.Metric("broken", "no_reference", True, broken, "x"))
-    monkeypatch.setitem(METRICS, "nan", M.Metric("nan", "no_reference", True, nan, "x"))
+    stand_ins = (
+        M.Metric("broken", "no_reference", True, broken, "x"),
+        M.Metric("nan", "no_reference", True, nan, "x"),
+    )
+    # The registry is frozen: a copy holding the stand-ins is swapped in for this test.
+    monkeypatch.setattr(registry, "METRICS", METRICS.with_metrics(*stand_ins))
     with pytest.warns(MetricUnavailableWarning, match="metric broken left null"):
         result = measure(["broken", "nan", "fid", "psnr"], image, MetricContext(reference=image))
     assert (

@@ -23,128 +23,125 @@ says, for the doctor, which files each metric needs and whether they are there.
 The exact definitions are in each metric's ``doc`` and in docs/metrics.md.
 """
 
-# The package, one concept a module (base has no imports from its siblings; the registry imports
-# the kind modules):
-#   base            kinds, the protocol, errors and context, weight files, `Metric`, resizes
-#   full_reference  psnr, ssim, ms_ssim (torchmetrics)
-#   pyiqa_backed    the pyiqa metrics (lpips, dists and the no-reference ones), offline loading,
-#                   pyiqa:<name> pass-through
+# The package, one concept a module. Imports point down this list only (no module imports one
+# above it, not even inside a function), so there is no import circle:
+#   errors          MetricUnavailable, its warning, RegistryFrozenError            (no imports)
+#   weights         weight files, where they are looked for, their status          (errors)
+#   catalog         the built-in metrics' declarations as plain data, protocol     (weights)
+#   shared          model lock, warn-once, offline weight loading                  (errors)
+#   base            MetricContext, Metric, resizes                          (catalog, errors, weights)
+#   full_reference  psnr, ssim, ms_ssim (torchmetrics)                             (base, errors)
 #   pid_specific    latent consistency, CIEDE2000 colour drift, high-frequency energy
+#   pyiqa_backed    the pyiqa networks (lpips, dists, the no-reference ones), pyiqa:<name>
+#   twin            the VAE-twin check and colour QA
 #   set_level       FID and KID
-#   registry        the one list of metrics, name lookup, `measure`, `weight_status`, `describe`
+#   custom          module.path:callable metrics, their search paths
+#   registry        the one registry METRICS (frozen at its import), lookups, weight_status
+#   measurement     `measure`: every metric of a list on one image, nulls with reasons
+# errors, weights, catalog and shared do not import torch, and neither does this file: names
+# are imported from their module when first read (PEP 562), so `pid_bench.schema`, which reads
+# catalog, stays torch-free.
 
-from pid_bench.metrics.base import (
-    COLOR_SPACE,
-    CROP_BORDER,
-    INCEPTION_WEIGHTS,
-    KINDS,
-    LUMA_WEIGHTS,
-    RESIZE_KERNEL,
-    Kind,
-    Metric,
-    MetricContext,
-    MetricFn,
-    MetricUnavailable,
-    MetricUnavailableWarning,
-    WeightFile,
-    WeightStatus,
-    bicubic_resize,
-    protocol_fields,
-    resize,
-    to_unit_range,
-)
-from pid_bench.metrics.pid_specific import (
-    D65_WHITE,
-    XYZ_FROM_RGB,
-    ciede2000,
-    hf_cutoff,
-    hf_energy,
-    luma,
-    mean_ciede2000,
-    srgb_to_lab,
-)
-from pid_bench.metrics.pyiqa_backed import (
-    load_model,
-    offline_weights,
-    pyiqa_models,
-    set_hf_offline,
-)
-from pid_bench.metrics.registry import (
-    METRIC_ALIASES,
-    METRICS,
-    ROW_METRICS,
-    Measurement,
-    clear_caches,
-    describe,
-    expand_metric_names,
-    get_metric,
-    is_known_metric,
-    is_set_level,
-    measure,
-    weight_status,
-)
-from pid_bench.metrics.set_level import (
-    PATCH_SEED,
-    PATCH_SIZE,
-    PATCH_THRESHOLD,
-    PATCHES_PER_IMAGE,
-    InceptionFeatures,
-    SetResult,
-    _patches,
-    compute_set_metrics,
-    load_inception,
-)
+from __future__ import annotations
 
-__all__ = [
-    "COLOR_SPACE",
-    "CROP_BORDER",
-    "D65_WHITE",
-    "INCEPTION_WEIGHTS",
-    "KINDS",
-    "LUMA_WEIGHTS",
-    "METRICS",
-    "METRIC_ALIASES",
-    "PATCHES_PER_IMAGE",
-    "PATCH_SEED",
-    "PATCH_SIZE",
-    "PATCH_THRESHOLD",
-    "RESIZE_KERNEL",
-    "ROW_METRICS",
-    "XYZ_FROM_RGB",
-    "InceptionFeatures",
-    "Kind",
-    "Measurement",
-    "Metric",
-    "MetricContext",
-    "MetricFn",
-    "MetricUnavailable",
-    "MetricUnavailableWarning",
-    "SetResult",
-    "WeightFile",
-    "WeightStatus",
-    "_patches",
-    "bicubic_resize",
-    "ciede2000",
-    "clear_caches",
-    "compute_set_metrics",
-    "describe",
-    "expand_metric_names",
-    "get_metric",
-    "hf_cutoff",
-    "hf_energy",
-    "is_known_metric",
-    "is_set_level",
-    "load_inception",
-    "load_model",
-    "luma",
-    "mean_ciede2000",
-    "measure",
-    "offline_weights",
-    "protocol_fields",
-    "pyiqa_models",
-    "resize",
-    "set_hf_offline",
-    "srgb_to_lab",
-    "to_unit_range",
-    "weight_status",
-]
+import importlib
+from typing import Any
+
+#: public name -> the module of this package that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("MetricUnavailable", "MetricUnavailableWarning", "RegistryFrozenError"), "errors"
+    ),
+    **dict.fromkeys(("INCEPTION_WEIGHTS", "WeightFile", "WeightStatus"), "weights"),
+    **dict.fromkeys(
+        (
+            "COLOR_SPACE",
+            "CROP_BORDER",
+            "KINDS",
+            "LUMA_WEIGHTS",
+            "METRIC_ALIASES",
+            "PATCHES_PER_IMAGE",
+            "PATCH_SEED",
+            "PATCH_SIZE",
+            "PATCH_THRESHOLD",
+            "RESIZE_KERNEL",
+            "ROW_METRICS",
+            "Kind",
+            "MetricSpec",
+            "protocol_fields",
+        ),
+        "catalog",
+    ),
+    **dict.fromkeys(("offline_weights", "set_hf_offline"), "shared"),
+    **dict.fromkeys(
+        (
+            "Metric",
+            "MetricContext",
+            "MetricFn",
+            "bicubic_resize",
+            "resize",
+            "to_unit_range",
+        ),
+        "base",
+    ),
+    **dict.fromkeys(
+        (
+            "D65_WHITE",
+            "XYZ_FROM_RGB",
+            "ciede2000",
+            "hf_cutoff",
+            "hf_energy",
+            "luma",
+            "mean_ciede2000",
+            "srgb_to_lab",
+        ),
+        "pid_specific",
+    ),
+    "pyiqa_models": "pyiqa_backed",
+    **dict.fromkeys(
+        (
+            "InceptionFeatures",
+            "SetResult",
+            "compute_set_metrics",
+            "load_inception",
+            "random_patches",
+        ),
+        "set_level",
+    ),
+    **dict.fromkeys(
+        (
+            "METRICS",
+            "MetricRegistry",
+            "clear_caches",
+            "describe",
+            "expand_metric_names",
+            "get_metric",
+            "is_known_metric",
+            "is_set_level",
+            "load_model",
+            "register_named_metric",
+            "weight_status",
+        ),
+        "registry",
+    ),
+    **dict.fromkeys(("Measurement", "measure"), "measurement"),
+}
+# No module may be named like an export: importing it would set the package attribute to the
+# module (why `measure` lives in measurement).
+#: Old names kept readable: tests call `pid_bench.metrics._patches`.
+_RENAMED = {"_patches": "random_patches"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _RENAMED.get(name, name)
+    module = _EXPORTS.get(target)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Not cached in this module's globals: a test that swaps `registry.METRICS` is seen here too.
+    return getattr(importlib.import_module(f"{__name__}.{module}"), target)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -23,27 +23,30 @@ import sys
 
 import torch
 
-from pid_bench.metrics.base import KINDS, Metric, MetricContext, _needs_reference
+from pid_bench.metrics.base import Metric, MetricContext, MetricFn, needs_reference
+from pid_bench.metrics.catalog import KINDS
 
 #: ``module.path:callable``, e.g. ``my_scorers.deqa:score``.
 CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_custom: dict[str, Metric] = {}
 
 
 def add_search_path(folder: str) -> None:
-    """Let custom metric modules import from `folder` (like lm-eval's --include_path)."""
+    """Let custom metric modules import from `folder` (like lm-eval's --include_path).
+
+    Call it before the metric is first named: the registry imports a custom metric once and
+    keeps it; a name that failed to import is tried again on its next lookup."""
     if folder not in sys.path:
         sys.path.append(folder)
 
 
 def is_custom_name(name: str) -> bool:
+    """``module.path:callable`` (and not ``pyiqa:<name>``)."""
     return bool(CUSTOM_PATTERN.fullmatch(name)) and not name.startswith("pyiqa:")
 
 
-def custom_metric(name: str) -> Metric:
-    """The metric a ``module.path:callable`` name stands for; KeyError naming what is wrong."""
-    if name in _custom:
-        return _custom[name]
+def load_custom_metric(name: str) -> Metric:
+    """The metric a ``module.path:callable`` name stands for, imported now; KeyError naming what
+    is wrong. Not cached here: the registry keeps what it resolves (`register_named_metric`)."""
     module_name, _, attribute = name.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attribute)
@@ -68,14 +71,13 @@ def custom_metric(name: str) -> Metric:
         )
     else:
         raise KeyError(f"custom metric {name!r}: {type(target).__name__} is not callable")
-    _custom[name] = metric
     return metric
 
 
-def _wrap(fn, full_reference: bool):
+def _wrap(fn, full_reference: bool) -> MetricFn:
     def evaluate(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
         if full_reference:
-            _needs_reference(image, context)  # withheld or absent reference: its reason
+            needs_reference(image, context)  # withheld or absent reference: its reason
         out = fn(image, context)
         return torch.as_tensor(out, dtype=torch.float64).reshape(image.shape[0])
 

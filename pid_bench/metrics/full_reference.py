@@ -1,19 +1,21 @@
-"""Full-reference metrics computed with torchmetrics: psnr, ssim, ms_ssim (the registry lists
-them; lpips and dists are pyiqa's, in pyiqa_backed)."""
+"""Full-reference metrics computed with torchmetrics: psnr, ssim, ms_ssim (their declarations
+are in catalog; lpips and dists are pyiqa's, in pyiqa_backed). Each is ``fn(image, context) ->
+[B]`` on ``[B, 3, H, W]`` in [0, 1]."""
 
 from __future__ import annotations
 
 import torch
 
-from pid_bench.metrics.base import MetricContext, MetricUnavailable, _needs_reference
+from pid_bench.metrics.base import MetricContext, needs_reference
+from pid_bench.metrics.errors import MetricUnavailable
 
 # ---- torchmetrics: psnr, ssim, ms_ssim ---------------------------------------------------------
 
 
-def _psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    reference = _needs_reference(image, context)
+    reference = needs_reference(image, context)
     return torch.stack(
         [
             peak_signal_noise_ratio(i[None].float(), r[None], data_range=1.0)
@@ -22,10 +24,10 @@ def _psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     )
 
 
-def _ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    reference = _needs_reference(image, context)
+    reference = needs_reference(image, context)
     pad = (int(3.5 * 1.5 + 0.5) * 2 + 1 - 1) // 2  # torchmetrics' Gaussian radius for sigma 1.5
     if min(image.shape[-2:]) <= 2 * pad:
         raise MetricUnavailable(f"ssim needs both sides > {2 * pad} px")
@@ -39,10 +41,10 @@ def _ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
 _MS_SSIM_MIN_SIDE = (11 - 1) * 2**4 + 1  # kernel 11, 5 scales: torchmetrics' bound
 
 
-def _ms_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def ms_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-    reference = _needs_reference(image, context)
+    reference = needs_reference(image, context)
     if min(image.shape[-2:]) < _MS_SSIM_MIN_SIDE:
         raise MetricUnavailable(
             f"ms_ssim needs both sides >= {_MS_SSIM_MIN_SIDE} px (got {tuple(image.shape[-2:])})"

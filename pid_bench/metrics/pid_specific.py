@@ -9,13 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pid_bench.metrics.base import (
-    LUMA_WEIGHTS,
-    MetricContext,
-    MetricUnavailable,
-    _needs_reference,
-    resize,
-)
+from pid_bench.metrics.base import MetricContext, needs_reference, resize
+from pid_bench.metrics.catalog import LUMA_WEIGHTS
+from pid_bench.metrics.errors import MetricUnavailable
 
 # ---- PiD-specific (kind "latent") -------------------------------------------------------------
 
@@ -28,7 +24,7 @@ def _codec_dtype(codec: Any) -> torch.dtype | None:
     return None
 
 
-def _latent_consistency(image: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
+def latent_consistency(image: torch.Tensor, context: MetricContext) -> dict[str, torch.Tensor]:
     codec, clean, scale = context.codec, context.clean_latent, context.scale
     absent = [
         n for n, v in (("codec", codec), ("clean latent", clean), ("scale", scale)) if v is None
@@ -156,7 +152,7 @@ def mean_ciede2000(
     return total / (h * w)
 
 
-def _lq_color_de2000(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def lq_color_de2000(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     native = context.native
     if native is None:
         raise MetricUnavailable("no native decode in the cell's context")
@@ -205,11 +201,11 @@ def hf_cutoff(scale: int) -> float:
     return 1.0 / (2 * scale)
 
 
-def _hf_energy_ratio(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def hf_energy_ratio(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     if context.scale is None:
         raise MetricUnavailable("no scale (PiD's upscale factor) in the context")
     if context.reference is not None:
-        baseline = _needs_reference(image, context)
+        baseline = needs_reference(image, context)
     elif context.native is not None:
         native = context.native.to(image.device, torch.float32)
         baseline = F.interpolate(

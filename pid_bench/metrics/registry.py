@@ -1,270 +1,246 @@
-"""The registry: the one list of metrics (`METRICS`), name lookup and aliases, `measure` (the
-one call the cell makes), `weight_status`, `describe`, `clear_caches`."""
+"""The registry: one `MetricRegistry`, `METRICS`, for every metric pid-bench computes, built-in,
+pyiqa pass-through (``pyiqa:<name>``) or custom (``module.path:callable``); name lookup with
+aliases and "did you mean"; `weight_status`, `describe`, `load_model`, `clear_caches`.
+
+When it is frozen: at the end of this module's import. Importing it registers the built-in
+metrics (catalog's declarations, each paired with its function below) and freezes the registry;
+from then on `register` (and item assignment) raises `RegistryFrozenError`, so no metric appears,
+disappears or changes under a run whose schema and report were built from the list.
+
+After the freeze, names of the two open families enter through one door, `register_named_metric`
+(`get_metric` and everything that validates a name call it): ``pyiqa:<name>`` is checked against
+pyiqa's table, ``module.path:callable`` is imported from sys.path and the folders
+`custom.add_search_path` added (the suite's folder and the working directory: `load_suite` in
+the driver, each Ray worker at its start). Each name is resolved
+once and kept; a name that fails to resolve is not kept (its module may become importable once
+a search path is added), and no built-in name can be shadowed.
+
+This module imports the implementation modules; none of them imports it.
+"""
 
 from __future__ import annotations
 
-import math
+import difflib
 import threading
-import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
-import torch
-
-from pid_bench.metrics.base import (
-    INCEPTION_WEIGHTS,
+from pid_bench.metrics.base import Metric, MetricFn
+from pid_bench.metrics.catalog import (
+    BUILTIN_SPECS,
     KINDS,
-    Metric,
-    MetricContext,
-    MetricUnavailable,
-    MetricUnavailableWarning,
-    WeightStatus,
+    METRIC_ALIASES,
+    PYIQA_MODELS,
+    PyiqaModel,
 )
-from pid_bench.metrics.custom import custom_metric, is_custom_name
-from pid_bench.metrics.full_reference import _ms_ssim, _psnr, _ssim
-from pid_bench.metrics.pid_specific import (
-    _hf_energy_ratio,
-    _latent_consistency,
-    _lq_color_de2000,
-)
-from pid_bench.metrics.pyiqa_backed import (
-    _PYIQA_SPECS,
-    _pyiqa_fn,
-    _pyiqa_lock,
-    _pyiqa_models,
-    _pyiqa_passthrough,
-)
-from pid_bench.metrics.set_level import (
-    PATCH_SEED,
-    PATCH_SIZE,
-    PATCHES_PER_IMAGE,
-    _inception,
-    _set_level,
-)
+from pid_bench.metrics.custom import is_custom_name, load_custom_metric
+from pid_bench.metrics.errors import RegistryFrozenError
+from pid_bench.metrics.full_reference import ms_ssim, psnr, ssim
+from pid_bench.metrics.pid_specific import hf_energy_ratio, latent_consistency, lq_color_de2000
+from pid_bench.metrics.pyiqa_backed import clear_cache as clear_pyiqa_cache
+from pid_bench.metrics.pyiqa_backed import load_pyiqa_model, pyiqa_fn, pyiqa_passthrough
+from pid_bench.metrics.set_level import clear_cache as clear_inception_cache
+from pid_bench.metrics.set_level import not_per_image
+from pid_bench.metrics.shared import forget_warnings
 from pid_bench.metrics.twin import (
-    MIDTONE_L,
-    SHADOW_L_MAX,
-    TWIN_PSNR_MIN,
-    TWIN_SSIM_MIN,
-    _midtone_chroma_shift,
-    _shadow_green_bias,
-    _twin_lpips,
-    _twin_pass,
-    _twin_psnr,
-    _twin_ssim,
+    midtone_chroma_shift,
+    shadow_green_bias,
+    twin_lpips,
+    twin_pass,
+    twin_psnr,
+    twin_ssim,
 )
-
-# ---- the registry -----------------------------------------------------------------------------
-
-_PYIQA_DOCS = {
-    "lpips": "LPIPS v0.1, AlexNet trunk with the learned linear heads (Zhang et al. 2018), pyiqa "
-    "'lpips'; inputs in [0, 1] (pyiqa maps to [-1, 1]); lower is better.",
-    "dists": "DISTS (Ding et al. 2020), VGG16 trunk, pyiqa 'dists'; lower is better.",
-    "niqe": "NIQE (Mittal et al. 2012) on the Y channel with the original pristine model "
-    "(niqe_modelparameters.mat), pyiqa 'niqe'; lower is better.",
-    "musiq": "MUSIQ (Ke et al. 2021) trained on KonIQ-10k, pyiqa 'musiq'; ~0-100, higher is better.",
-    "clipiqa": "CLIP-IQA (Wang et al. 2023), OpenAI CLIP RN50 with pyiqa's prompt pairs, pyiqa "
-    "'clipiqa'; 0-1, higher is better.",
-    "maniqa": "MANIQA (Yang et al. 2022) trained on KonIQ-10k, pyiqa 'maniqa' (20 uniform 224 px "
-    "crops); higher is better.",
-    "topiq_nr": "TOPIQ no-reference (Chen et al. 2024), ResNet-50, KonIQ-10k, pyiqa 'topiq_nr'; "
-    "higher is better.",
-}
+from pid_bench.metrics.weights import WeightStatus, files_status
 
 
-def _registry() -> dict[str, Metric]:
-    metrics = [
-        Metric(
-            "psnr",
-            "full_reference",
-            True,
-            _psnr,
-            "PSNR in dB = 10 log10(1 / MSE), MSE over all pixels and the 3 channels, data range "
-            "1 (torchmetrics peak_signal_noise_ratio); +inf for identical images.",
-            backend="torchmetrics",
-        ),
-        Metric(
-            "ssim",
-            "full_reference",
-            True,
-            _ssim,
-            "SSIM (Wang et al. 2004): Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data "
-            "range 1, per channel; the mean over the channels and the valid map (a 5 px border, "
-            "where the window leaves the image, excluded). torchmetrics' SSIM map, cropped; "
-            "= skimage structural_similarity(gaussian_weights=True, sigma=1.5, "
-            "use_sample_covariance=False, data_range=1).",
-            backend="torchmetrics",
-        ),
-        Metric(
-            "ms_ssim",
-            "full_reference",
-            True,
-            _ms_ssim,
-            "MS-SSIM (Wang et al. 2003): 5 scales, weights (0.0448, 0.2856, 0.3001, 0.2363, "
-            "0.1333), Gaussian 11x11 sigma 1.5, data range 1, relu-normalised "
-            "(torchmetrics multiscale_structural_similarity_index_measure); needs sides >= 161.",
-            backend="torchmetrics",
-        ),
-    ]
-    for name in ("lpips", "dists", "niqe", "musiq", "clipiqa", "maniqa", "topiq_nr"):
-        pyiqa_name, _, weights = _PYIQA_SPECS[name]
-        full_reference = name in ("lpips", "dists")
-        metrics.append(
-            Metric(
-                name,
-                "full_reference" if full_reference else "no_reference",
-                name not in ("lpips", "dists", "niqe"),
-                _pyiqa_fn(name, full_reference),
-                _PYIQA_DOCS[name],
-                weights=weights,
-                backend="pyiqa",
-                pyiqa_name=pyiqa_name,
+class MetricRegistry(Mapping[str, Metric]):
+    """Metrics by name: registered ones (the built-ins) and resolved named ones (pyiqa pass-through
+    and custom), plus aliases that stand for several registered metrics.
+
+    As a mapping it holds the registered metrics only, in registration order (the order of the
+    row's ``metric_<name>`` columns); `lookup` answers for any name.
+    """
+
+    def __init__(self, aliases: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        self._registered: dict[str, Metric] = {}
+        self._named: dict[str, Metric] = {}
+        self._aliases: dict[str, tuple[str, ...]] = dict(aliases or {})
+        self._frozen = False
+        # Only the named table changes after the freeze; two threads resolving one name must
+        # end up with one Metric object.
+        self._lock = threading.Lock()
+
+    # ---- the mapping: registered metrics ------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Metric:
+        return self._registered[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registered)
+
+    def __len__(self) -> int:
+        return len(self._registered)
+
+    def __setitem__(self, name: str, metric: Metric) -> None:
+        if name != metric.name:
+            raise ValueError(f"metric {metric.name!r} registered as {name!r}")
+        self.register(metric)
+
+    def __delitem__(self, name: str) -> None:
+        raise RegistryFrozenError(f"metric {name!r}: metrics are never removed from the registry")
+
+    def __repr__(self) -> str:
+        state = "frozen" if self._frozen else "open"
+        return f"<MetricRegistry {state}: {', '.join(self._registered)}>"
+
+    # ---- registering --------------------------------------------------------------------------
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @property
+    def aliases(self) -> Mapping[str, tuple[str, ...]]:
+        return MappingProxyType(self._aliases)
+
+    def register(self, metric: Metric) -> Metric:
+        """Add `metric` under its name; only before `freeze` (RegistryFrozenError after)."""
+        if self._frozen:
+            raise RegistryFrozenError(
+                f"cannot register metric {metric.name!r}: the metric registry is frozen (at the "
+                "import of pid_bench.metrics.registry). Custom metrics are named "
+                "'module.path:callable' in a suite or passed to register_named_metric()."
             )
+        if metric.kind not in KINDS:
+            raise ValueError(f"metric {metric.name!r}: kind {metric.kind!r} is not one of {KINDS}")
+        if metric.name in self._registered or metric.name in self._aliases:
+            raise ValueError(f"metric {metric.name!r} is already registered")
+        self._registered[metric.name] = metric
+        return metric
+
+    def freeze(self) -> None:
+        """No more `register`; named metrics still enter through `register_named`."""
+        self._frozen = True
+
+    def register_named(self, name: str) -> Metric:
+        """The metric a ``pyiqa:<name>`` or ``module.path:callable`` name stands for, resolved on
+        the first call and kept (the same object every time); KeyError naming what is wrong."""
+        with self._lock:
+            if name in self._named:
+                return self._named[name]
+        if name.startswith("pyiqa:"):
+            metric = pyiqa_passthrough(name)
+        elif is_custom_name(name):
+            metric = load_custom_metric(name)  # imports: not under the lock
+        else:
+            raise KeyError(f"{name!r} is neither pyiqa:<name> nor module.path:callable")
+        with self._lock:
+            return self._named.setdefault(name, metric)
+
+    def named(self) -> Mapping[str, Metric]:
+        """The pass-through and custom metrics resolved so far."""
+        with self._lock:
+            return MappingProxyType(dict(self._named))
+
+    def with_metrics(self, *metrics: Metric) -> MetricRegistry:
+        """A new frozen registry: this one's metrics, aliases and resolved names plus `metrics`
+        (tests swap it in for a stand-in metric; this registry stays as it is)."""
+        out = MetricRegistry(self._aliases)
+        for metric in [*self._registered.values(), *metrics]:
+            out.register(metric)
+        out._named = dict(self.named())
+        out.freeze()
+        return out
+
+    # ---- lookup -------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Metric:
+        """A registered metric, or a named one (`register_named`); KeyError with "did you mean"
+        for an unknown name. Aliases are not metrics: `expand` them first."""
+        if name in self._registered:
+            return self._registered[name]
+        if name.startswith("pyiqa:") or is_custom_name(name):
+            return self.register_named(name)
+        known = [*sorted(self._registered), *sorted(self._aliases)]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(
+            f"unknown metric {name!r}; {hint}known: {', '.join(known)}, or pyiqa:<name>"
         )
-    set_doc = (
-        "{name} between the run's decodes and references (torchmetrics {cls} on pytorch-fid's "
-        "Inception pool3 features; whole images resized to 299, or, for images >= 2048 px, "
-        f"{PATCHES_PER_IMAGE} random {PATCH_SIZE} px patches per image at seed {PATCH_SEED}); "
-        "set-level: pid_bench.metrics.compute_set_metrics."
-    )
-    metrics += [
-        Metric(
-            name,
-            "set_level",
-            False,
-            _set_level,
-            set_doc.format(name=label, cls=cls),
-            weights=(INCEPTION_WEIGHTS,),
-            backend="torchmetrics",
-        )
-        for name, label, cls in (
-            ("fid", "FID", "FrechetInceptionDistance"),
-            ("kid", "KID (mean over subsets)", "KernelInceptionDistance"),
-        )
-    ]
-    consistency = (
-        "Decode downsampled by PiD's scale to the native size (antialiased bicubic), re-encoded "
-        "with the backbone codec (codec.encode of the image in [-1, 1]) and compared with the "
-        "clean latent (before noise): "
-    )
-    metrics += [
-        Metric(
-            "latent_consistency_mse",
-            "latent",
-            False,
-            _latent_consistency,
-            consistency + "mean squared difference over all latent elements.",
-            group="latent_consistency",
-        ),
-        Metric(
-            "latent_consistency_cos",
-            "latent",
-            True,
-            _latent_consistency,
-            consistency + "cosine similarity of the flattened latents.",
-            group="latent_consistency",
-        ),
-        Metric(
-            "lq_color_de2000",
-            "latent",
-            False,
-            _lq_color_de2000,
-            "Decode resized to the native decode's size (antialiased bicubic, clamped), then the "
-            "mean over pixels of CIEDE2000 (kL=kC=kH=1) against the native decode; sRGB -> "
-            "linear -> XYZ (D65) -> CIELAB with skimage's constants; colour drift from the "
-            "latent's own colours.",
-        ),
-        Metric(
-            "hf_energy_ratio",
-            "latent",
-            None,  # 1 is ideal against a reference; above it can be invented detail or noise
-            _hf_energy_ratio,
-            "E(decode) / E(baseline), E = spectral energy of the Hann-windowed, mean-removed "
-            "BT.709 luma above the radial cutoff 1 / (2 scale) cycles per pixel (the native "
-            "image's Nyquist, i.e. 1/scale of the output's); baseline = the reference, else the "
-            "native decode bicubic-upscaled to the decode's size. 1 = as much fine detail as the "
-            "reference; with the bicubic baseline values are >> 1.",
-        ),
-    ]
-    twin = (
-        "VAE-twin check: the decode downsampled (antialiased bicubic, clamped) to the native "
-        "decode's size and compared with the native decode: "
-    )
-    metrics += [
-        Metric("twin_psnr", "latent", True, _twin_psnr, twin + "PSNR (as psnr), dB."),
-        Metric("twin_ssim", "latent", True, _twin_ssim, twin + "SSIM (as ssim)."),
-        Metric(
-            "twin_pass",
-            "latent",
-            True,
-            _twin_pass,
-            twin + f"1 when SSIM >= {TWIN_SSIM_MIN:g} and PSNR >= {TWIN_PSNR_MIN:g} dB "
-            "(vLLM-Omni's PiD acceptance bar), else 0; its mean is the pass rate.",
-        ),
-        Metric(
-            "twin_lpips",
-            "latent",
-            False,
-            _twin_lpips,
-            twin + "LPIPS (as lpips).",
-            weights=_PYIQA_SPECS["lpips"][2],
-            backend="pyiqa",
-        ),
-        Metric(
-            "midtone_chroma_shift",
-            "latent",
-            False,
-            _midtone_chroma_shift,
-            twin + f"mean sqrt(da*^2 + db*^2) in CIELAB (D65) over the pixels whose native L* "
-            f"is in [{MIDTONE_L[0]:g}, {MIDTONE_L[1]:g}]: midtones turning pink or any tint.",
-        ),
-        Metric(
-            "shadow_green_bias",
-            "latent",
-            None,  # signed: 0 is ideal; the report flags large positive (greener) values
-            _shadow_green_bias,
-            twin + f"mean a*(native) - a*(decode) over the pixels whose native L* < "
-            f"{SHADOW_L_MAX:g}: positive when the decode's shadows are greener.",
-        ),
-    ]
-    return {m.name: m for m in metrics}
+
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """Aliases expanded, order kept, duplicates dropped; KeyError for an unknown name."""
+        out: list[str] = []
+        for name in names:
+            for each in self._aliases.get(name, (name,)):
+                self.lookup(each)
+                if each not in out:
+                    out.append(each)
+        return out
 
 
-METRICS: dict[str, Metric] = _registry()
+# ---- the built-in metrics ---------------------------------------------------------------------
 
-#: Names that stand for several metrics computed together.
-METRIC_ALIASES: dict[str, tuple[str, ...]] = {
-    "latent_consistency": ("latent_consistency_mse", "latent_consistency_cos"),
-    "twin": ("twin_psnr", "twin_ssim", "twin_lpips", "twin_pass"),
+
+def _pyiqa(name: str) -> MetricFn:
+    return pyiqa_fn(name, PYIQA_MODELS[name], BUILTIN_SPECS[name].kind == "full_reference")
+
+
+#: name -> the function computing it; catalog declares the rest.
+_FUNCTIONS: dict[str, MetricFn] = {
+    "psnr": psnr,
+    "ssim": ssim,
+    "ms_ssim": ms_ssim,
+    **{name: _pyiqa(name) for name in PYIQA_MODELS},
+    "fid": not_per_image,
+    "kid": not_per_image,
+    "latent_consistency_mse": latent_consistency,
+    "latent_consistency_cos": latent_consistency,
+    "lq_color_de2000": lq_color_de2000,
+    "hf_energy_ratio": hf_energy_ratio,
+    "twin_psnr": twin_psnr,
+    "twin_ssim": twin_ssim,
+    "twin_pass": twin_pass,
+    "twin_lpips": twin_lpips,
+    "midtone_chroma_shift": midtone_chroma_shift,
+    "shadow_green_bias": shadow_green_bias,
 }
 
-#: Every metric with a per-row value (the schema's `metric_<name>` columns); set-level and
-#: pyiqa pass-through metrics have none.
-ROW_METRICS: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.kind != "set_level")
+
+def _builtin_registry() -> MetricRegistry:
+    if set(_FUNCTIONS) != set(BUILTIN_SPECS):
+        raise AssertionError(f"declared vs computed: {set(_FUNCTIONS) ^ set(BUILTIN_SPECS)}")
+    registry = MetricRegistry(METRIC_ALIASES)
+    for name, spec in BUILTIN_SPECS.items():  # the catalog's order: the schema's column order
+        registry.register(Metric.from_spec(spec, _FUNCTIONS[name]))
+    registry.freeze()
+    return registry
+
+
+#: The registry of this process (built-ins registered, frozen).
+METRICS: MetricRegistry = _builtin_registry()
+
+
+# ---- the functions the rest of pid-bench calls ------------------------------------------------
+# They read the module's METRICS at each call, so a test may swap in `METRICS.with_metrics(...)`.
 
 
 def get_metric(name: str) -> Metric:
-    """A registered metric, or ``pyiqa:<name>`` for any `pyiqa.list_models()` name."""
-    if name in METRICS:
-        return METRICS[name]
-    if name.startswith("pyiqa:"):
-        return _pyiqa_passthrough(name)
-    if is_custom_name(name):
-        return custom_metric(name)
-    known = ", ".join([*sorted(METRICS), *sorted(METRIC_ALIASES)])
-    raise KeyError(f"unknown metric {name!r}; known: {known}, or pyiqa:<name>")
+    """A registered metric, ``pyiqa:<name>`` for any `pyiqa.list_models()` name, or a custom
+    ``module.path:callable``; KeyError (with "did you mean") for an unknown name."""
+    return METRICS.lookup(name)
+
+
+def register_named_metric(name: str) -> Metric:
+    """Resolve and keep a ``pyiqa:<name>`` or custom ``module.path:callable`` metric: the one way
+    a metric enters the frozen registry (`get_metric` calls it for such names)."""
+    return METRICS.register_named(name)
 
 
 def expand_metric_names(names: Iterable[str]) -> list[str]:
     """Aliases expanded, order kept, duplicates dropped; raises KeyError for an unknown name."""
-    out: list[str] = []
-    for name in names:
-        for each in METRIC_ALIASES.get(name, (name,)):
-            get_metric(each)
-            if each not in out:
-                out.append(each)
-    return out
+    return METRICS.expand(names)
 
 
 def is_set_level(name: str) -> bool:
@@ -273,6 +249,7 @@ def is_set_level(name: str) -> bool:
 
 
 def is_known_metric(name: str) -> bool:
+    """A metric or alias `get_metric` / `expand_metric_names` accepts (custom ones importable)."""
     try:
         expand_metric_names([name])
     except KeyError:
@@ -291,99 +268,25 @@ def weight_status(name: str) -> WeightStatus:
             f"{metric.pyiqa_name}', device='cpu')\""
         )
         return WeightStatus("unknown", (), (), hint)
-    if not metric.weights:
-        return WeightStatus("no weights needed", (), (), None)
-    found, searched, missing = [], [], []
-    for weight in metric.weights:
-        candidates = weight.candidates()
-        searched += [str(p) for p in candidates]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            missing.append(weight)
-        else:
-            found.append(str(path))
-    if not missing:
-        return WeightStatus("present", tuple(found), tuple(searched), None)
-    hint = "; ".join(f"download {w.url} to {w.expected()}" for w in missing)
-    return WeightStatus("missing", tuple(found), tuple(searched), hint)
+    return files_status(metric.weights)
 
 
-# ---- the one call the cell makes --------------------------------------------------------------
-
-_warned: set[str] = set()
-_warn_lock = threading.Lock()
-
-
-def _warn_once(name: str, reason: str) -> None:
-    with _warn_lock:
-        if name in _warned:
-            return
-        _warned.add(name)
-    warnings.warn(f"metric {name} left null: {reason}", MetricUnavailableWarning, stacklevel=3)
-
-
-@dataclass
-class Measurement:
-    """Values (None where not computed) and the reason for each None."""
-
-    values: dict[str, float | None]
-    reasons: dict[str, str]
-
-    def columns(self, prefix: str = "metric_") -> dict[str, float | None]:
-        return {f"{prefix}{name}": value for name, value in self.values.items()}
-
-
-def measure(
-    names: Iterable[str], image: torch.Tensor, context: MetricContext | None = None
-) -> Measurement:
-    """Every metric of `names` on one image ``[1, 3, H, W]`` in [0, 1]; never raises for a metric.
-
-    A metric that cannot run (weights missing, input absent, set-level, its own error) is None
-    with a reason; missing weights and failures also warn, once per metric per process. Metrics of one group (latent
-    consistency) share one computation. NaN becomes None ("not finite").
-    """
-    if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"measure takes one image [1, 3, H, W], got {tuple(image.shape)}")
-    context = context or MetricContext()
-    values: dict[str, float | None] = {}
-    reasons: dict[str, str] = {}
-    shared: dict[str, dict[str, torch.Tensor] | Exception] = {}
-    for name in expand_metric_names(names):
-        metric = get_metric(name)
-        try:
-            if metric.group is not None and metric.kind != "set_level":
-                if metric.group not in shared:
-                    try:
-                        shared[metric.group] = metric.fn(image, context)
-                    except Exception as exc:
-                        shared[metric.group] = exc
-                result = shared[metric.group]
-                if isinstance(result, Exception):
-                    raise result
-                value = float(result[name].reshape(-1)[0])
-            else:
-                value = float(metric.evaluate(image, context)[0])
-        except MetricUnavailable as exc:
-            values[name], reasons[name] = None, exc.reason
-        except Exception as exc:  # a metric's own failure leaves it null, not the row
-            values[name], reasons[name] = None, f"failed: {type(exc).__name__}: {exc}"[:500]
-        else:
-            if math.isnan(value):
-                values[name], reasons[name] = None, "not finite (nan)"
-            else:
-                values[name] = value
-        if name in reasons and reasons[name].startswith(("weights missing", "failed")):
-            _warn_once(name, reasons[name])  # absent inputs (no reference...) are no news
-    return Measurement(values, reasons)
+def load_model(name: str, device: Any = "cpu") -> Any:
+    """The pyiqa network behind metric `name` on `device` (str or torch.device), created once
+    per (name, device). Raises `MetricUnavailable` naming the exact path of a missing file."""
+    metric = get_metric(name)
+    if metric.pyiqa_name is None:
+        raise KeyError(f"{name!r} is not a pyiqa metric")
+    declared = PYIQA_MODELS.get(metric.name)
+    model = PyiqaModel(metric.pyiqa_name, declared.options if declared else {}, metric.weights)
+    return load_pyiqa_model(metric.name, model, device)
 
 
 def clear_caches() -> None:
     """Forget created models and issued warnings (tests; a changed TORCH_HOME)."""
-    with _pyiqa_lock:
-        _pyiqa_models.clear()
-        _inception.clear()
-    with _warn_lock:
-        _warned.clear()
+    clear_pyiqa_cache()
+    clear_inception_cache()
+    forget_warnings()
 
 
 def describe(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -402,11 +305,3 @@ def describe(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _check_mapping(mapping: Mapping[str, Metric]) -> None:
-    for name, metric in mapping.items():
-        assert name == metric.name and metric.kind in KINDS, name
-
-
-_check_mapping(METRICS)

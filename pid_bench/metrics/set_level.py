@@ -10,21 +10,24 @@ from typing import Any, Literal
 
 import torch
 
-from pid_bench.metrics.base import INCEPTION_WEIGHTS, MetricContext, MetricUnavailable
-from pid_bench.metrics.pyiqa_backed import _pyiqa_lock, offline_weights, set_hf_offline
+from pid_bench.metrics.base import MetricContext
+from pid_bench.metrics.catalog import (
+    PATCH_SEED,
+    PATCH_SIZE,
+    PATCH_THRESHOLD,
+    PATCHES_PER_IMAGE,
+)
+from pid_bench.metrics.errors import MetricUnavailable
+from pid_bench.metrics.shared import MODEL_LOCK, offline_weights, set_hf_offline, warn_once
+from pid_bench.metrics.weights import INCEPTION_WEIGHTS
 
 # ---- set-level: FID and KID -------------------------------------------------------------------
+# The patch constants (PATCH_*) are in catalog: the fid / kid definitions quote them.
 
 
-def _set_level(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
-    raise MetricUnavailable("set-level metric")  # Metric.evaluate answers first
-
-
-#: Images at least this large (longer side, px) are compared by random patches, not whole.
-PATCH_THRESHOLD = 2048
-PATCH_SIZE = 299
-PATCHES_PER_IMAGE = 16
-PATCH_SEED = 0
+def not_per_image(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    """The per-image function of fid and kid: there is none (`Metric.evaluate` says so first)."""
+    raise MetricUnavailable("set-level metric")
 
 
 @dataclass
@@ -75,13 +78,20 @@ class _Features(torch.nn.Module):
         return x
 
 
+#: device -> the FID Inception on it; guarded by MODEL_LOCK.
 _inception: dict[str, InceptionFeatures] = {}
+
+
+def clear_cache() -> None:
+    """Forget the created Inception networks (a changed TORCH_HOME, tests)."""
+    with MODEL_LOCK:
+        _inception.clear()
 
 
 def load_inception(device: str | torch.device = "cpu") -> InceptionFeatures:
     """The FID Inception on `device` (once per process and device), from local files only."""
     device = torch.device(device)
-    with _pyiqa_lock:
+    with MODEL_LOCK:
         if str(device) not in _inception:
             path = INCEPTION_WEIGHTS.find()
             if path is None:
@@ -100,9 +110,11 @@ def _as_batches(images: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         yield image[None] if image.dim() == 3 else image
 
 
-def _patches(
+def random_patches(
     image: torch.Tensor, size: int, count: int, generator: torch.Generator
 ) -> torch.Tensor:
+    """`count` crops of `size` px from ``[1, 3, H, W]`` at positions drawn from `generator`,
+    stacked ``[count, 3, size, size]``; MetricUnavailable when the image is smaller."""
     h, w = image.shape[-2:]
     if h < size or w < size:
         raise MetricUnavailable(f"image {h}x{w} is smaller than the {size} px patches")
@@ -135,7 +147,7 @@ def _features(
             count += 1
             image = image[None].clamp(0, 1)
             if patch:
-                image = _patches(image, patch["crop_size"], patch["crops_per_image"], generator)
+                image = random_patches(image, patch["crop_size"], patch["crops_per_image"], generator)
             pending.append(image)
             if sum(p.shape[0] for p in pending) >= batch_size:
                 flush()
@@ -200,9 +212,7 @@ def compute_set_metrics(
         fake, n_fake = _features(images, extractor, device, patch_info, batch_size)
         real, n_real = _features(references, extractor, device, patch_info, batch_size)
     except MetricUnavailable as exc:
-        from pid_bench.metrics.registry import _warn_once  # the registry imports this module
-
-        _warn_once("fid/kid", exc.reason)
+        warn_once("fid/kid", exc.reason)
         return null(exc.reason)
     counts = {
         "n_images": n_fake,

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import torch
 
-from pid_bench.metrics.base import MetricContext, MetricUnavailable, resize
-from pid_bench.metrics.full_reference import _psnr, _ssim
+from pid_bench.metrics.base import MetricContext, resize
+from pid_bench.metrics.catalog import (
+    MIDTONE_L,
+    PYIQA_MODELS,
+    SHADOW_L_MAX,
+    TWIN_PSNR_MIN,
+    TWIN_SSIM_MIN,
+)
+from pid_bench.metrics.errors import MetricUnavailable
+from pid_bench.metrics.full_reference import psnr, ssim
 from pid_bench.metrics.pid_specific import srgb_to_lab
-from pid_bench.metrics.pyiqa_backed import _pyiqa_fn
+from pid_bench.metrics.pyiqa_backed import pyiqa_fn
 
-#: vLLM-Omni's PiD acceptance bar: the decode downsampled to the latent image's size vs the
-#: VAE decode must reach SSIM >= 0.90 and PSNR >= 28 dB.
-TWIN_PSNR_MIN = 28.0
-TWIN_SSIM_MIN = 0.90
-#: CIELAB L* bands (of the native decode) the colour QA looks at.
-MIDTONE_L = (30.0, 70.0)
-SHADOW_L_MAX = 25.0
+# The acceptance bar (TWIN_*) and the L* bands are in catalog: the metrics' definitions quote them.
+
 #: QA thresholds the report flags (not calibrated on released models; documented heuristics):
 #: a chromatic shift of 6 (about 2.5 just-noticeable differences) and a green shift of 3.
 MIDTONE_CHROMA_SHIFT_MAX = 6.0
@@ -36,25 +39,26 @@ def twin_pair(image: torch.Tensor, context: MetricContext) -> tuple[torch.Tensor
     return resize(image.float(), size), native.to(image.device, torch.float32)
 
 
-def _twin_psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def twin_psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     down, native = twin_pair(image, context)
-    return _psnr(down, MetricContext(reference=native))
+    return psnr(down, MetricContext(reference=native))
 
 
-def _twin_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def twin_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     down, native = twin_pair(image, context)
-    return _ssim(down, MetricContext(reference=native))
+    return ssim(down, MetricContext(reference=native))
 
 
-def _twin_pass(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
-    psnr, ssim = _twin_psnr(image, context), _twin_ssim(image, context)
+def twin_pass(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+    psnr, ssim = twin_psnr(image, context), twin_ssim(image, context)
     return ((psnr >= TWIN_PSNR_MIN) & (ssim >= TWIN_SSIM_MIN)).double()
 
 
-_lpips = _pyiqa_fn("lpips", True)
+# The same network (and model cache entry) as the lpips metric.
+_lpips = pyiqa_fn("lpips", PYIQA_MODELS["lpips"], full_reference=True)
 
 
-def _twin_lpips(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def twin_lpips(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     down, native = twin_pair(image, context)
     return _lpips(down, MetricContext(reference=native))
 
@@ -71,7 +75,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, what: str) -> torch.T
     return (values * mask).flatten(1).sum(1) / counts
 
 
-def _midtone_chroma_shift(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def midtone_chroma_shift(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     lab, lab_native = _lab_pair(image, context)
     light = lab_native[:, 0]
     mask = ((light >= MIDTONE_L[0]) & (light <= MIDTONE_L[1])).double()
@@ -79,7 +83,7 @@ def _midtone_chroma_shift(image: torch.Tensor, context: MetricContext) -> torch.
     return _masked_mean(shift, mask, f"midtone (L* {MIDTONE_L[0]:g}-{MIDTONE_L[1]:g})")
 
 
-def _shadow_green_bias(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
+def shadow_green_bias(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
     lab, lab_native = _lab_pair(image, context)
     mask = (lab_native[:, 0] < SHADOW_L_MAX).double()
     greener = lab_native[:, 1] - lab[:, 1]  # a* < 0 is green: positive = greener than native
