@@ -1,6 +1,6 @@
 """`pid-bench report RUN RUN ...`: one leaderboard over several runs, with each run's provenance.
 
-Each run is read exactly as its own report reads it (`report.connect`: the cells and decoders
+Each run is read exactly as its own report reads it (`rundb.connect`: the cells and decoders
 of its suite as last run, the latest row per (cell, decoder), its set-level values), with
 `run_id` set to the run's label; the runs' `rows` and `set_values` are then unioned by name in
 one DuckDB, and the same `reports/leaderboard.sql` groups them by setting, decoder and run, so
@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from pid_bench import report
+from pid_bench import report, rundb
 from pid_bench.store import read_run_json
 
 #: Where a cross-run leaderboard goes without --out (relative to the working directory, beside
@@ -40,7 +40,7 @@ class RunInfo:
     status: list[dict[str, Any]]  # reports/status.sql
     provenance: list[dict[str, Any]]  # reports/provenance.sql
     requested: list[str]
-    nulls: list[report.NullMetric]
+    nulls: list[rundb.NullMetric]
 
     @property
     def suite(self) -> str:
@@ -83,7 +83,7 @@ PROVENANCE_COLUMNS = (
 def labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's report label (run.json's run_id, else its folder's name); where two runs share
     one, those runs are named by their folder as given."""
-    names = [report.run_label(d, read_run_json(d)) for d in run_dirs]
+    names = [rundb.run_label(d, read_run_json(d)) for d in run_dirs]
     out = [str(d) if names.count(n) > 1 else n for d, n in zip(run_dirs, names, strict=True)]
     if len(set(out)) < len(out):
         raise MultiRunError("a run directory is given twice; name each run once")
@@ -93,13 +93,13 @@ def labels(run_dirs: Sequence[Path]) -> list[str]:
 def _read_run(con: duckdb.DuckDBPyConnection, index: int, run_dir: Path, label: str) -> RunInfo:
     """Copy one run's report rows into `con` (as rows_<index>, sets_<index>); its RunInfo."""
     meta = read_run_json(run_dir)
-    requested = report.requested_metrics(meta)
-    with report.connect(run_dir, label) as one:
+    requested = rundb.requested_metrics(meta)
+    with rundb.connect(run_dir, label) as one:
         con.register(f"rows_{index}", one.sql("SELECT * FROM rows").to_arrow_table())
         con.register(f"sets_{index}", one.sql("SELECT * FROM set_values").to_arrow_table())
         return RunInfo(
-            label, run_dir, meta, report.query(one, "status"), report.query(one, "provenance"),
-            requested, report.null_metrics(one, requested),
+            label, run_dir, meta, rundb.query(one, "status"), rundb.query(one, "provenance"),
+            requested, rundb.null_metrics(one, requested),
         )  # fmt: skip
 
 
@@ -161,8 +161,8 @@ class MultiReport:
 def build(run_dirs: Sequence[Path]) -> MultiReport:
     con, runs = connect_runs(run_dirs)
     with con:
-        board = report.query(con, "leaderboard")
-        report._fill_set_values(con, board)
+        board = rundb.query(con, "leaderboard")
+        rundb.fill_set_values(con, board)
     numbers = report._footnote_numbers([e for run in runs for e in run.nulls])
     table = report._leaderboard_table(board, _requested(runs), numbers, show_run=True)
     backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in board))

@@ -13,7 +13,6 @@ and draws:
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,21 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_set_level
-from pid_bench.schema import ROW_SCHEMA
-from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
-from pid_bench.store import (
-    foreign_files,
-    listed_parts,
-    quarantined,
-    read_plan,
-    read_run_json,
-    set_aside,
-    writing,
+from pid_bench.metrics import METRICS, get_metric
+from pid_bench.rundb import (
+    NullMetric,
+    connect,
+    fill_set_values,
+    metric_columns,
+    null_metrics,
+    ok_rows,
+    query,
+    reports_dir,
+    requested_metrics,
+    run_label,
 )  # fmt: skip
+from pid_bench.store import foreign_files, quarantined, read_run_json, writing
 from pid_bench.viewer import data_uri
 
 #: Direction of each measure the reports rank; a metric missing here is shown unmarked.
@@ -92,252 +92,6 @@ class ReportPaths:
     leaderboard: Path
     html: Path
     plots: list[Path] = field(default_factory=list)
-
-
-# ---- SQL ---------------------------------------------------------------------------------------
-
-
-def reports_dir() -> Path:
-    """The folder of SQL rollups and templates: $PID_BENCH_REPORTS_DIR or the checkout's reports/."""
-    folder = Path(
-        os.environ.get("PID_BENCH_REPORTS_DIR") or Path(__file__).resolve().parents[1] / "reports"
-    )
-    if not (folder / "leaderboard.sql").is_file():
-        raise FileNotFoundError(
-            f"pid-bench's report queries are not in {folder}: they live in reports/ of the source "
-            "checkout; install it editable (pip install -e .) or set PID_BENCH_REPORTS_DIR"
-        )
-    return folder
-
-
-def sql_names() -> list[str]:
-    """Names (file stems) of every rollup in reports/."""
-    return sorted(p.stem for p in reports_dir().glob("*.sql"))
-
-
-#: Parameters each query binds (none binds any today; Python only binds, never builds, SQL).
-QUERY_PARAMS: dict[str, dict[str, Any]] = {}
-
-
-def run_label(run_dir: Path, meta: dict[str, Any]) -> str:
-    """The report's name of a run: run.json's run_id, else the folder's name."""
-    return str(meta.get("run_id") or Path(run_dir).name)
-
-
-def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB over the run's parts.
-
-    Tables: `all_rows` (every row on disk; `attempt` 1 where a part predates the column),
-    `rows` (the report's scope: the latest attempt per (cell, decoder) among the cells and
-    decoders of the suite as last run, with a `metric_<name>` column for every metric the suite
-    asked for, null where no row has one, and `run_id` = `label`, default `run_label`: one name
-    per run, whatever its rows say); the views `all_attempts` (every row of those cells and
-    decoders, older attempts included, `superseded` true for all but the latest: for audit) and
-    `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one row per
-    requested metric and row, `note` being the row's reason for a null. Every rollup in
-    reports/ reads `rows`, so each counts one row, the latest, per (cell, decoder).
-    """
-    con = duckdb.connect()
-    run_dir = Path(run_dir)
-    con.register("empty_rows", ROW_SCHEMA.empty_table())
-    _load_all_rows(con, run_dir)
-    meta = read_run_json(run_dir)
-    requested = requested_metrics(meta)
-    columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
-    added = [_metric_column(name, columns) for name in requested]
-    label = label or run_label(run_dir, meta)
-    star = f"* REPLACE ({_literal(label)} AS run_id)"
-    select = ", ".join([star, *(expr for expr in added if expr)])
-    con.execute(
-        "CREATE TEMP VIEW all_attempts AS SELECT *, row_number() OVER (PARTITION BY cell_id, "
-        f"decoder ORDER BY {LATEST_FIRST}) > 1 AS superseded FROM all_rows "
-        f"WHERE {_scope(con, run_dir, meta)}"
-    )
-    con.execute(
-        f"CREATE TEMP TABLE rows AS SELECT {select} FROM all_attempts WHERE NOT superseded"
-    )
-    con.execute("ALTER TABLE rows DROP COLUMN superseded")
-    set_level = [n for n in requested if is_set_level(n)]
-    con.execute(_metric_values_view([n for n in requested if n not in set_level]))
-    _load_sets(con, run_dir, label)
-    return con
-
-
-#: Which row of a (cell, decoder) counts: the highest attempt; among equal attempts (rows of
-#: versions before `attempt`, a suite rerun with --force) the newest.
-LATEST_FIRST = "attempt DESC, finished_at DESC NULLS LAST"
-
-
-def _load_all_rows(
-    con: duckdb.DuckDBPyConnection, run_dir: Path, skip: frozenset[Path] = frozenset()
-) -> None:
-    """Table `all_rows` from parts/part-*.parquet. A part that is damaged or another tool's
-    (it reads as rows without a cell or decoder) is quarantined (or, where it cannot be moved,
-    skipped) and the rest loaded."""
-    parts = [str(p) for p in listed_parts(run_dir) if p not in skip]
-    source = "SELECT * FROM empty_rows"
-    if parts:  # parts written before a column existed get it as null
-        source = (
-            "SELECT * FROM read_parquet(?, union_by_name = true, filename = true) "
-            "UNION ALL BY NAME SELECT * FROM empty_rows"
-        )
-    try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE all_rows AS SELECT * REPLACE (coalesce(attempt, 1) AS "
-            f"attempt) FROM ({source})",
-            [parts] if parts else None,
-        )
-        keyless = con.execute(
-            "SELECT DISTINCT filename FROM all_rows WHERE cell_id IS NULL OR decoder IS NULL"
-        ).fetchall() if parts else []  # fmt: skip
-        bad = set_aside(Path(f) for (f,) in keyless if f is not None)
-    except duckdb.Error:
-        bad = set_aside(Path(p) for p in parts)
-        if not bad:
-            raise
-    if bad:
-        return _load_all_rows(con, run_dir, skip | bad)
-    con.execute("ALTER TABLE all_rows DROP COLUMN IF EXISTS filename")
-
-
-def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path, label: str) -> None:
-    """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
-    report's groups (pid_bench.sets), run_id = the run's label as in `rows`."""
-    con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
-    keys = ", ".join((*GROUP_KEYS, "decoder"))
-    con.execute(
-        f"CREATE TEMP TABLE set_values AS SELECT * REPLACE ({_literal(label)} AS run_id) "
-        f"FROM set_rows_in "
-        f"WHERE ({keys}) IN (SELECT ({keys}) FROM rows WHERE status = 'ok') "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1"
-    )
-
-
-def requested_metrics(meta: dict[str, Any]) -> list[str]:
-    """The metrics the suite as last run asked for, aliases expanded, in its order."""
-    names = list((meta.get("suite") or {}).get("metrics") or [])
-    out: list[str] = []
-    for name in names:
-        try:
-            expanded = expand_metric_names([name])
-        except KeyError:  # a name this version of pid-bench no longer knows: still shown
-            expanded = [name]
-        out += [n for n in expanded if n not in out]
-    return out
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _json_path(name: str) -> str:
-    return _literal("$." + json.dumps(name))
-
-
-def _metric_column(name: str, columns: set[str]) -> str | None:
-    """The SELECT expression giving a requested metric a column when the parts have none:
-    pass-through metrics from extra_metrics, the others (set-level, unknown) null."""
-    column = f"metric_{name}"
-    if column in columns:
-        return None
-    if "extra_metrics" in columns:
-        value = f"TRY_CAST(json_extract_string(extra_metrics, {_json_path(name)}) AS DOUBLE)"
-    else:
-        value = "NULL"
-    return f"CAST({value} AS DOUBLE) AS {_ident(column)}"
-
-
-def _scope(con: duckdb.DuckDBPyConnection, run_dir: Path, meta: dict[str, Any]) -> str:
-    """The WHERE clause of the report's rows: cells and decoders of the suite as last run."""
-    clauses = ["true"]
-    plan = read_plan(run_dir)
-    if plan is not None:
-        con.register("planned_cells", pa.table({"cell_id": pa.array(plan, pa.string())}))
-        clauses.append("cell_id IN (SELECT cell_id FROM planned_cells)")
-    decoders = (meta.get("suite") or {}).get("decoders")
-    if decoders:
-        clauses.append(f"decoder IN ({', '.join(_literal(d) for d in decoders)})")
-    return " AND ".join(clauses)
-
-
-def _metric_values_view(requested: list[str]) -> str:
-    if not requested:
-        return (
-            "CREATE TEMP VIEW metric_values AS SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR "
-            "AS decoder, NULL::VARCHAR AS status, NULL::INTEGER AS ordinal, NULL::VARCHAR AS "
-            "metric, NULL::DOUBLE AS value, NULL::VARCHAR AS note WHERE false"
-        )
-    selects = [
-        f"SELECT cell_id, decoder, status, {i} AS ordinal, {_literal(name)} AS metric, "
-        f"{_ident('metric_' + name)} AS value, "
-        f"json_extract_string(metric_notes, {_json_path(name)}) AS note FROM rows"
-        for i, name in enumerate(requested)
-    ]
-    return "CREATE TEMP VIEW metric_values AS " + " UNION ALL ".join(selects)
-
-
-@dataclass(frozen=True)
-class NullMetric:
-    """A requested metric that is null in some ok rows of the report, with every reason."""
-
-    metric: str
-    n_ok: int
-    reasons: list[tuple[str, int]]  # (reason, rows), most rows first
-    unit: str = "rows"  # set-level metrics: "groups" (one value per setting and decoder)
-
-    @property
-    def n_null(self) -> int:
-        return sum(n for _, n in self.reasons)
-
-    def line(self) -> str:
-        if len(self.reasons) == 1:
-            why = self.reasons[0][0]
-        else:
-            why = "; ".join(f"{reason} ({n} {self.unit})" for reason, n in self.reasons)
-        return f"{self.metric}: null in {self.n_null}/{self.n_ok} {self.unit} — {why}"
-
-
-def null_metrics(
-    con: duckdb.DuckDBPyConnection, requested: list[str] | None = None
-) -> list[NullMetric]:
-    """Requested metrics null anywhere among the report's ok rows (reports/metric_nulls.sql),
-    and set-level ones null in a group (reports/set_nulls.sql) or computed for none."""
-    found: dict[str, NullMetric] = {}
-    for r in query(con, "metric_nulls"):
-        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_ok"], []))
-        entry.reasons.append((r["reason"], r["n_null"]))
-    for r in query(con, "set_nulls"):
-        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_groups"], [], "groups"))
-        entry.reasons.append((r["reason"], r["n_null"]))
-    computed = {m for (m,) in con.execute("SELECT DISTINCT metric FROM set_values").fetchall()}
-    keys = ", ".join((*GROUP_KEYS, "decoder"))
-    (groups,) = con.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM rows WHERE status = 'ok')"
-    ).fetchone()
-    for name in requested or []:
-        if is_set_level(name) and name not in computed and groups:
-            reason = "not computed for any group (the run ended before its set-level step; rerun)"
-            found[name] = NullMetric(name, groups, [(reason, groups)], "groups")
-    order = {name: i for i, name in enumerate(requested or [])}
-    return sorted(found.values(), key=lambda entry: order.get(entry.metric, len(order)))
-
-
-def run_null_metrics(run_dir: Path) -> list[NullMetric]:
-    """`null_metrics` of a run directory (the end-of-run summary prints these)."""
-    with connect(Path(run_dir)) as con:
-        return null_metrics(con, requested_metrics(read_run_json(Path(run_dir))))
-
-
-def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
-    """Run reports/<name>.sql with its QUERY_PARAMS; rows as dicts (None for SQL NULL)."""
-    text = (reports_dir() / f"{name}.sql").read_text()
-    cursor = con.execute(text, QUERY_PARAMS.get(name) or None)
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
 
 # ---- the run's data ----------------------------------------------------------------------------
@@ -446,7 +200,7 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         "SELECT count(*), count(*) FILTER (WHERE superseded) FROM all_attempts"
     ).fetchone()
     leaderboard = query(con, "leaderboard")
-    _fill_set_values(con, leaderboard)
+    fill_set_values(con, leaderboard)
     return _RunData(
         run_dir=run_dir,
         meta=meta,
@@ -476,17 +230,6 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def _ok_rows(con: duckdb.DuckDBPyConnection):
-    """The ok rows as a DataFrame (axes, latency, metric columns)."""
-    metric_columns = [c for c in _metric_columns(con) if c != "metric_notes"]
-    columns = ["mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma"]
-    columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
-    columns += ["latency_ms_p50"]
-    select = ", ".join(_ident(c) for c in columns + metric_columns)
-    # `rows` holds one row per (cell, decoder), its latest attempt (connect)
-    return con.execute(f"SELECT {select} FROM rows WHERE status = 'ok'").df(), metric_columns
-
-
 def _measured(frame, columns: list[str]) -> list[str]:
     return [c for c in columns if frame[c].notna().any()]
 
@@ -512,7 +255,7 @@ def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     win rate. The native decode itself is scored at its own size and is not a baseline here."""
     from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
 
-    frame, metric_columns = _ok_rows(con)
+    frame, metric_columns = ok_rows(con)
     metrics = [
         c for c in _measured(frame, metric_columns) if direction(c) is not None
     ]
@@ -639,18 +382,6 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
             f"run.json) was {sum(spans):.0f} ms over {len(spans)} invocation(s): {each} ms."
         )
     return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
-
-
-def _fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
-    """Put each group's set-level value (fid, kid) into its leaderboard row (of its run)."""
-    keys = (*GROUP_KEYS, "decoder", "run_id")
-    cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
-    values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}
-    for row in leaderboard:
-        for column in [c for c in row if c.startswith("metric_")]:
-            key = (*(row[k] for k in keys), column.removeprefix("metric_"))
-            if key in values:
-                row[column] = values[key]
 
 
 def invocation_ms(meta: dict[str, Any]) -> list[float]:
@@ -1144,7 +875,7 @@ def _plot_mfu(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
 
 def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     records = query(con, "quality_vs_sigma")
-    columns = list(records[0]) if records else _metric_columns(con)
+    columns = list(records[0]) if records else metric_columns(con)
     paths = []
     measured = [
         c
@@ -1161,10 +892,6 @@ def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     return paths
 
 
-def _metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [r[0] for r in con.execute("DESCRIBE rows").fetchall() if r[0].startswith("metric_")]
-
-
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
@@ -1174,7 +901,7 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     against latency, one point per (decoder, output size, σ / x_t step); the front is joined."""
     from pid_bench.stats import pareto_front
 
-    frame, metric_columns = _ok_rows(con)
+    frame, metric_columns = ok_rows(con)
     metrics = [
         c for c in _measured(frame, metric_columns) if direction(c) is not None
     ]

@@ -134,7 +134,7 @@ def _tiny_upscale_pipeline(folder):
 def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
     tmp_path, weights, monkeypatch
 ):
-    from pid_bench import report
+    from pid_bench import report, rundb
 
     folder = _tiny_upscale_pipeline(tmp_path / "sd-x4")
     path = write_suite(
@@ -151,7 +151,7 @@ def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
     original = report._plot_pareto
 
     def spy(con, folder):
-        frame, _ = report._ok_rows(con)
+        frame, _ = rundb.ok_rows(con)
         plotted.extend(sorted(set(frame.decoder)))
         return original(con, folder)
 
