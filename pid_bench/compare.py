@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pid_bench.axes import SETTING_KEYS
+from pid_bench.board import direction
 from pid_bench.rundb import connect
 from pid_bench.stats import bootstrap_mean_ci
 
@@ -119,8 +120,6 @@ def ok_rows(run_dir: Path) -> pd.DataFrame:
 def compare(
     run_a: Path, run_b: Path, rules: Sequence[Rule] = (), seed: int = 0, n_resamples: int = 2000
 ) -> Comparison:
-    from pid_bench.report import direction
-
     a, b = ok_rows(run_a), ok_rows(run_b)
     merged = a.merge(b, on=list(MATCH_KEYS), suffixes=("_a", "_b"))
     label_a, label_b = run_labels([Path(run_a), Path(run_b)])

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from pid_bench import report, rundb
+from pid_bench import board, report, rundb
 from pid_bench.store import read_run_json
 
 #: Where a cross-run leaderboard goes without --out (relative to the working directory, beside
@@ -65,7 +65,7 @@ class RunInfo:
         }  # fmt: skip
         lines = []
         for p in self.provenance or [fallback]:
-            line = {k: report._key(p.get(k)) for k in fallback}
+            line = {k: board.fmt_key(p.get(k)) for k in fallback}
             lines.append({"run": self.label, "suite": self.suite, **line,
                           "started_at": str(self.meta.get("started_at") or "–"),
                           "status": self.status_line()})  # fmt: skip
@@ -138,7 +138,7 @@ def _footnotes(runs: list[RunInfo], numbers: dict[str, int]) -> list[str]:
 @dataclass(frozen=True)
 class MultiReport:
     runs: list[RunInfo]
-    table: report._Table
+    table: board.Table
     footnotes: list[str]
     backbones: tuple[str, ...] = ()
 
@@ -161,11 +161,11 @@ class MultiReport:
 def build(run_dirs: Sequence[Path]) -> MultiReport:
     con, runs = connect_runs(run_dirs)
     with con:
-        board = rundb.query(con, "leaderboard")
-        rundb.fill_set_values(con, board)
-    numbers = report._footnote_numbers([e for run in runs for e in run.nulls])
-    table = report._leaderboard_table(board, _requested(runs), numbers, show_run=True)
-    backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in board))
+        records = rundb.query(con, "leaderboard")
+        rundb.fill_set_values(con, records)
+    numbers = board.footnote_numbers([e for run in runs for e in run.nulls])
+    table = board.leaderboard_table(records, _requested(runs), numbers, show_run=True)
+    backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in records))
     return MultiReport(runs, table, _footnotes(runs, numbers), backbones)
 
 
@@ -197,7 +197,7 @@ def html_page(multi: MultiReport) -> str:
         provenance_headers=[t for _, t in PROVENANCE_COLUMNS],
         warning=" ".join(multi.warnings()) or None,
         note=f"{report.LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
-        definitions=report._definitions(multi.table),
+        definitions=board.definitions(multi.table),
     )
 
 

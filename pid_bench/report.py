@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,18 @@ from typing import Any
 import duckdb
 from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS, get_metric
+from pid_bench.board import (
+    MiB,
+    Table,
+    definitions,
+    direction,
+    direction_mark,
+    fmt_key,
+    fmt_value,
+    footnote_numbers,
+    leaderboard_table,
+    safe_name,
+)  # fmt: skip
 from pid_bench.rundb import (
     NullMetric,
     connect,
@@ -37,26 +48,6 @@ from pid_bench.rundb import (
 )  # fmt: skip
 from pid_bench.store import foreign_files, quarantined, read_run_json, writing
 from pid_bench.viewer import data_uri
-
-#: Direction of each measure the reports rank; a metric missing here is shown unmarked.
-#: Which way is better, per measure: the metric registry's declarations plus timing and memory.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    **{name: metric.higher_is_better for name, metric in METRICS.items()},
-    "latency_ms_p50": False,
-    "peak_mem_allocated_bytes": False,
-}
-
-
-def direction(name: str) -> bool | None:
-    """Whether higher is better for a measure or metric (pyiqa:<name> and custom metrics
-    included: the registry resolves them); None when it has no better direction."""
-    name = name.removeprefix("metric_")
-    if name in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[name]
-    try:
-        return get_metric(name).higher_is_better
-    except KeyError:
-        return None
 
 RANDOM_WEIGHTS_WARNING = (
     "The `tiny-random` backbone uses random networks: its quality numbers say nothing about PiD."
@@ -81,8 +72,6 @@ UPSAMPLED_WARNING = (
     "reference_upsampled = true)."
 )
 MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
-_KEYS = ("mode", "backbone", "ckpt_type", "precision", "compile", "out", "sigma", "save_xt_step")
-_MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -285,12 +274,12 @@ def _paired_section(table, baseline: str) -> Section | None:
         if not r.n_pairs:
             continue
         step = "" if _isna(r.save_xt_step) else f" x_t {int(r.save_xt_step)}"
-        setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={_key(float(r.sigma))}{step}"
+        setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={fmt_key(float(r.sigma))}{step}"
         name = str(r.metric).removeprefix("metric_")
         rows.append(
             [
                 setting,
-                name + marker(name),
+                name + direction_mark(name),
                 _ci(r.candidate_mean, r.candidate_low, r.candidate_high),
                 _ci(r.baseline_mean, r.baseline_low, r.baseline_high),
                 _ci(r.diff_mean, r.diff_low, r.diff_high),
@@ -339,7 +328,7 @@ def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     rows = []
     for r in records:
         why = ", ".join(label for i, (_, _, label) in enumerate(checks) if r[7 + i])
-        setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={_key(r[4])}"
+        setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={fmt_key(r[4])}"
         rows.append([setting, str(r[5]), str(r[6]), why])
     note = (
         "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. Timing noisy: "
@@ -369,10 +358,10 @@ def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | Non
     spans = invocation_ms(read_run_json(run_dir))
     share = lambda ms: "–" if not r["wall_ms"] else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
     rows = [
-        ["decoders (timed repeats + warm-up)", _fmt(r["decode_ms"], 0), share(r["decode_ms"])],
-        ["encode + caption", _fmt(r["prepare_ms"], 0), share(r["prepare_ms"])],
-        ["other (I/O, resizes, metrics, PNGs, LDM)", _fmt(r["other_ms"], 0), share(r["other_ms"])],
-        ["all cells on the workers", _fmt(r["wall_ms"], 0), share(r["wall_ms"])],
+        ["decoders (timed repeats + warm-up)", fmt_value(r["decode_ms"], 0), share(r["decode_ms"])],
+        ["encode + caption", fmt_value(r["prepare_ms"], 0), share(r["prepare_ms"])],
+        ["other (I/O, resizes, metrics, PNGs, LDM)", fmt_value(r["other_ms"], 0), share(r["other_ms"])],
+        ["all cells on the workers", fmt_value(r["wall_ms"], 0), share(r["wall_ms"])],
     ]
     note = f"{r['n_cells']} ok cells."
     if spans:
@@ -411,10 +400,10 @@ def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
                 f"{r['backbone']} / {r['ckpt_type']}",
                 f"{r['out_height']}x{r['out_width']}",
                 route,
-                _fmt(r["ldm_ms"], 1),
-                _fmt(r["decode_ms"], 1),
-                _fmt(r["end_to_end_ms"], 1),
-                _fmt(r["ldm_total_ms"], 1),
+                fmt_value(r["ldm_ms"], 1),
+                fmt_value(r["decode_ms"], 1),
+                fmt_value(r["end_to_end_ms"], 1),
+                fmt_value(r["ldm_total_ms"], 1),
                 str(r["n"]),
             ]
         )
@@ -426,132 +415,6 @@ def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
         "Captures read from the latent cache keep the timings of the run that computed them."
     )
     return Section("End-to-end latency (from_ldm)", headers, rows, note)
-
-
-# ---- the leaderboard table ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Cell:
-    text: str
-    best: bool = False
-
-
-def marker(name: str) -> str:
-    """' ↑' / ' ↓' after a measure whose direction is known, '' otherwise."""
-    better = direction(name)
-    return "" if better is None else (" ↑" if better else " ↓")
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A measure: fixed `digits` decimals; '–' for null."""
-    if value is None:
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _key(value: Any) -> str:
-    """An axis value: shortest form (sigma 0.1, not 0.1000); '–' for null."""
-    if value is None:
-        return "–"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _mib(value: int | None) -> str:
-    return _fmt(None if value is None else value / _MiB, 1)
-
-
-#: The leaderboard's header groups, in their order on the page.
-GROUPS = ("setting", "latency", "memory", "quality")
-#: After a latency whose setting has rows with noisy repeats (timing_noisy).
-NOISY_MARK = " †"
-LATENCY_DEFINITION = (
-    "Median over the setting's ok rows of each row's latency_ms_p50: the median of the "
-    "timed repeats of one decode after warm-up (CUDA events on CUDA, perf_counter on CPU; "
-    "docs/protocol.md, Time). † marks a setting with rows whose repeats spread by more "
-    "than 10 % (listed under Flags)."
-)
-MEMORY_DEFINITION = (
-    "Max over the setting's ok rows of peak_mem_allocated_bytes: the CUDA allocator's peak "
-    "over the decoder's calls with only its own modules on the device (docs/protocol.md, "
-    "Memory); null on CPU."
-)
-
-
-@dataclass(frozen=True)
-class _Measure:
-    """A measured column of the leaderboard: where it comes from and how it is shown."""
-
-    column: str  # the leaderboard query's column
-    title: str
-    group: str  # one of GROUPS
-    fmt: Callable[[Any], str]
-    noisy_if: str | None = None  # a count column: when > 0, NOISY_MARK follows the value
-
-    @property
-    def name(self) -> str:
-        return self.column.removeprefix("metric_")
-
-    def text(self, row: dict[str, Any]) -> str:
-        text = self.fmt(row[self.column])
-        return text + NOISY_MARK if self.noisy_if and row.get(self.noisy_if) else text
-
-
-@dataclass(frozen=True)
-class _Column:
-    title: str
-    group: str  # one of GROUPS
-    measure: str | None = None  # a measure's name (latency_ms_p50, psnr, ...): it has a definition
-
-    @property
-    def anchor(self) -> str | None:
-        """The id of its definition on the HTML page."""
-        return None if self.measure is None else "def-" + _safe(self.measure)
-
-
-@dataclass(frozen=True)
-class _Table:
-    """The leaderboard as both renderers see it: columns in header groups, rows of cells."""
-
-    columns: list[_Column]
-    rows: list[list[_Cell]]
-
-    @property
-    def headers(self) -> list[str]:
-        return [c.title for c in self.columns]
-
-    def groups(self) -> list[tuple[str, int]]:
-        """(group, span) of each run of consecutive columns: the first header row."""
-        spans: list[tuple[str, int]] = []
-        for column in self.columns:
-            if spans and spans[-1][0] == column.group:
-                spans[-1] = (column.group, spans[-1][1] + 1)
-            else:
-                spans.append((column.group, 1))
-        return spans
-
-
-def _measures(board: list[dict[str, Any]], requested: list[str]) -> list[_Measure]:
-    """Each measured column of the leaderboard: latency, memory, then every requested metric
-    and every other metric column with a value."""
-    measures = [
-        _Measure("latency_ms_p50", "latency p50 ms", "latency", lambda v: _fmt(v, 2), "n_noisy"),
-        _Measure("peak_mem_allocated_bytes", "peak mem MiB", "memory", _mib),
-    ]
-    wanted = [f"metric_{m}" for m in requested]
-    found = [c for c in (board[0] if board else {}) if c.startswith("metric_")]
-    for column in wanted + [c for c in found if c not in wanted]:
-        if column in wanted or any(r.get(column) is not None for r in board):
-            measures.append(_Measure(column, column.removeprefix("metric_"), "quality", _fmt))
-    return measures
-
-
-def _footnote_numbers(nulls: list[NullMetric]) -> dict[str, int]:
-    """metric name -> its footnote number, for metrics null anywhere in the report."""
-    numbers: dict[str, int] = {}
-    for entry in nulls:
-        numbers.setdefault(entry.metric, len(numbers) + 1)
-    return numbers
 
 
 def footnotes(data: _RunData) -> list[str]:
@@ -594,79 +457,6 @@ def _listed(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
-    """Indexes of the rows holding the best value of `column` within their setting (across
-    decoders, and across runs in a cross-run leaderboard)."""
-    higher = direction(column)
-    if higher is None:
-        return set()
-    groups: dict[tuple, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row[column] is not None:
-            groups.setdefault(tuple(row[k] for k in _KEYS), []).append(i)
-    best: set[int] = set()
-    for members in groups.values():
-        if len(members) > 1:
-            pick = max if higher else min
-            top = pick(rows[i][column] for i in members)
-            best.update(i for i in members if rows[i][column] == top)
-    return best
-
-
-def _leaderboard_table(
-    board: list[dict[str, Any]],
-    requested: list[str],
-    numbers: dict[str, int],
-    show_run: bool = False,
-) -> _Table:
-    """The leaderboard's columns and cells; `numbers` gives each null metric's footnote, and
-    `show_run` adds the run each row came from (cross-run leaderboards)."""
-    rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in board]
-    keys = [k for k in _KEYS if any(r[k] is not None for r in rows)] + ["decoder"]
-    keys += ["run_id"] if show_run else []
-    measures = _measures(board, requested)
-
-    def title(m: _Measure) -> str:
-        number = numbers.get(m.name)
-        return m.title + marker(m.column) + (f" [{number}]" if number else "")
-
-    columns = [_Column("run" if k == "run_id" else k, "setting") for k in keys]
-    columns.append(_Column("ok / rows", "setting"))
-    columns += [_Column(title(m), m.group, m.name) for m in measures]
-    best = {m.column: _best(rows, m.column) for m in measures}
-    table = []
-    for i, row in enumerate(rows):
-        cells = [_Cell(_key(row[k])) for k in keys] + [_Cell(f"{row['n_ok']} / {row['n_rows']}")]
-        cells += [_Cell(m.text(row), i in best[m.column]) for m in measures]
-        table.append(cells)
-    return _Table(columns, table)
-
-
-def _definitions(table: _Table) -> list[dict[str, str]]:
-    """What each measured column of the table means (the registry's docs for metrics), for the
-    page's Definitions section that the headers link to."""
-    return [
-        {"anchor": c.anchor, "title": c.title, "text": _definition(c.measure)}
-        for c in table.columns
-        if c.measure is not None
-    ]
-
-
-def _definition(name: str) -> str:
-    if name == "latency_ms_p50":
-        return LATENCY_DEFINITION
-    if name == "peak_mem_allocated_bytes":
-        return MEMORY_DEFINITION
-    if name in METRICS:
-        return f"{METRICS[name].doc} Mean over the setting's ok rows. ({METRICS[name].kind})"
-    if name.startswith("pyiqa:"):
-        return f"pyiqa's {name.removeprefix('pyiqa:')!r} metric, as pyiqa defines it; mean over ok rows."
-    return (
-        "Not in this pid-bench's metric registry (a custom metric, or a column written by "
-        "another version); mean over the setting's ok rows."
-    )
-
-
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -691,11 +481,11 @@ DEFINITIONS_MD = (
 )
 
 
-def _run_table(data: _RunData) -> _Table:
-    return _leaderboard_table(data.leaderboard, data.requested, _footnote_numbers(data.nulls))
+def _run_table(data: _RunData) -> Table:
+    return leaderboard_table(data.leaderboard, data.requested, footnote_numbers(data.nulls))
 
 
-def _md_leaderboard(table: _Table) -> list[str]:
+def _md_leaderboard(table: Table) -> list[str]:
     cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table.rows]
     return _md_table(table.headers, cells) + [""]
 
@@ -852,7 +642,7 @@ def _plot_memory(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
     for r in records:
         r["x"] = index[(r["out_height"], r["out_width"])]
         r["mib"] = (
-            None if r["peak_mem_allocated_bytes"] is None else r["peak_mem_allocated_bytes"] / _MiB
+            None if r["peak_mem_allocated_bytes"] is None else r["peak_mem_allocated_bytes"] / MiB
         )
     fig, ax = _new_figure("Peak GPU memory", "output resolution (H x W)", "peak allocated (MiB) ↓")
     series = _series(records, "x", "mib")
@@ -886,14 +676,10 @@ def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     ]
     for column in measured:
         name = column.removeprefix("metric_")
-        fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{marker(name)}")
+        fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{direction_mark(name)}")
         _draw(ax, _series(records, "sigma", column), "no data")
-        paths.append(_save(fig, folder / f"quality_vs_sigma_{_safe(name)}.png"))
+        paths.append(_save(fig, folder / f"quality_vs_sigma_{safe_name(name)}.png"))
     return paths
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
 def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
@@ -921,7 +707,7 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
         fig, ax = _new_figure(
             f"{backbone}: {name} vs latency",
             "median latency p50 (ms) ↓",
-            f"mean {name}{marker(name)}",
+            f"mean {name}{direction_mark(name)}",
         )
         for decoder, sub in group.groupby("decoder"):
             ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder),
@@ -932,7 +718,7 @@ def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
         )
         ax.set_xscale("log")
         ax.legend()
-        paths.append(_save(fig, folder / f"pareto_{_safe(str(backbone))}_{_safe(name)}.png"))
+        paths.append(_save(fig, folder / f"pareto_{safe_name(str(backbone))}_{safe_name(name)}.png"))
     return paths
 
 
@@ -994,7 +780,7 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
         table=table,
         leaderboard_note=LEADERBOARD_NOTE,
         dodge_caption=DODGE_CAPTION,
-        definitions=_definitions(table),
+        definitions=definitions(table),
         plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
         viewer=viewer,
         viewer_json=json_for_html(viewer),

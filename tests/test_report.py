@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pid_bench import report, rundb
+from pid_bench import board, report, rundb
 from pid_bench.cli import app
 from pid_bench.schema import to_table
 
@@ -277,7 +277,7 @@ def test_noisy_timing_is_marked_and_flagged(tmp_path):
     paths = report.write_report(tmp_path)
     text = paths.leaderboard.read_text()
     line = next(ln for ln in text.splitlines() if "| 32x32 | 0 | pid |" in ln)
-    assert report.NOISY_MARK.strip() in line
+    assert board.NOISY_MARK.strip() in line
     assert "| noisy | pid | timing noisy (spread > 0.1) |" in text
     html = paths.html.read_text()
     assert "Flags (1 rows)" in html and "timing noisy (spread &gt; 0.1)" in html
