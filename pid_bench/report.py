@@ -13,17 +13,14 @@ and draws:
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from matplotlib.figure import Figure
 
 from pid_bench.board import (
-    MiB,
     Table,
     definitions,
     direction,
@@ -32,13 +29,13 @@ from pid_bench.board import (
     fmt_value,
     footnote_numbers,
     leaderboard_table,
-    safe_name,
 )  # fmt: skip
+from pid_bench.plots import DODGE_CAPTION, plot_caption, write_plots
 from pid_bench.rundb import (
     NullMetric,
     connect,
     fill_set_values,
-    metric_columns,
+    measured,
     null_metrics,
     ok_rows,
     query,
@@ -219,10 +216,6 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def _measured(frame, columns: list[str]) -> list[str]:
-    return [c for c in columns if frame[c].notna().any()]
-
-
 def _isna(value: Any) -> bool:
     import pandas as pd
 
@@ -244,10 +237,8 @@ def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     win rate. The native decode itself is scored at its own size and is not a baseline here."""
     from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
 
-    frame, metric_columns = ok_rows(con)
-    metrics = [
-        c for c in _measured(frame, metric_columns) if direction(c) is not None
-    ]
+    frame, columns = ok_rows(con)
+    metrics = [c for c in measured(frame, columns) if direction(c) is not None]
     if frame.empty or not metrics or "pid" not in set(frame.decoder):
         return []
     # pid-teacher too: what the 4-step distillation costs against the undistilled teacher
@@ -536,204 +527,6 @@ def leaderboard_text(run_dir: Path) -> str:
         return _markdown(_load(run_dir, con))
 
 
-# ---- plots -------------------------------------------------------------------------------------
-
-
-def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
-    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(True, alpha=0.3)
-    return fig, ax
-
-
-def _no_data(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _series(records: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[list, list]]:
-    """decoder -> (xs, ys) of the records with a value of y."""
-    out: dict[str, tuple[list, list]] = {}
-    for r in records:
-        if r[y] is not None and r[x] is not None:
-            xs, ys = out.setdefault(r["decoder"], ([], []))
-            xs.append(r[x])
-            ys.append(r[y])
-    return out
-
-
-#: One colour and one marker per decoder in every plot; another decoder gets them from its
-#: name's hash, so two decoders on one line still differ by shape.
-_COLORS = {"pid": "C2", "native": "C0", "native+bicubic": "C1", "native+lanczos": "C3"}
-_MARKERS = {"pid": "o", "native": "s", "native+bicubic": "^", "native+lanczos": "v",
-            "pid-teacher": "D"}  # fmt: skip
-_OTHER_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")
-#: Horizontal offset between neighbouring decoders, as a fraction of the x range: lines that
-#: coincide (twin metrics of native+bicubic and native+lanczos, say) stay apart.
-DODGE = 0.015
-DODGE_CAPTION = (
-    f"Each decoder has its own marker and colour. In the line plots its points are dodged "
-    f"horizontally by {100 * DODGE:g} % of the x range per decoder, so coinciding lines stay "
-    "visible: the true x of a point is the centre of its group."
-)
-PARETO_CAPTION = (
-    "Each decoder has its own marker and colour; points are semi-transparent and not dodged "
-    "(latencies are exact); the dashed line joins the Pareto front."
-)
-
-
-def _color(decoder: str) -> str:
-    return _COLORS.get(decoder) or f"C{4 + zlib.crc32(decoder.encode()) % 6}"
-
-
-def _marker(decoder: str) -> str:
-    found = _MARKERS.get(decoder)
-    return found or _OTHER_MARKERS[zlib.crc32(decoder.encode()) % len(_OTHER_MARKERS)]
-
-
-def _dodge(series: dict[str, tuple[list, list]]) -> dict[str, float]:
-    """decoder -> its horizontal offset: DODGE of the x range per decoder, centred on 0."""
-    xs = [x for values, _ in series.values() for x in values]
-    span = (max(xs) - min(xs)) or abs(xs[0]) or 1.0
-    names = sorted(series)
-    middle = (len(names) - 1) / 2
-    return {name: (i - middle) * DODGE * span for i, name in enumerate(names)}
-
-
-def _draw(ax: Any, series: dict[str, tuple[list, list]], empty: str) -> None:
-    if not series:
-        _no_data(ax, empty)
-        return
-    offsets = _dodge(series)
-    for decoder, (xs, ys) in sorted(series.items()):
-        shifted = [x + offsets[decoder] for x in xs]
-        ax.plot(shifted, ys, marker=_marker(decoder), label=decoder, color=_color(decoder),
-                alpha=0.85, markersize=6)  # fmt: skip
-    if len(series) > 1:
-        ax.set_xlabel(f"{ax.get_xlabel()} (decoders dodged, {100 * DODGE:g} % of range each)")
-    ax.legend()
-
-
-def plot_caption(path: Path) -> str:
-    """What the page says under a plot beyond DODGE_CAPTION, which it states once for all."""
-    return PARETO_CAPTION if path.stem.startswith("pareto_") else ""
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with writing(path):
-        fig.savefig(path, format="png")
-    return path
-
-
-def _plot_latency(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    fig, ax = _new_figure("Decode latency", "output megapixels", "median latency p50 (ms) ↓")
-    _draw(ax, _series(query(con, "latency"), "out_megapixels", "latency_ms_p50"), "no data")
-    return _save(fig, folder / "latency_vs_megapixels.png")
-
-
-def _plot_memory(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    records = query(con, "memory")
-    sizes = sorted(
-        {(r["out_height"], r["out_width"]) for r in records}, key=lambda s: (s[0] * s[1], s)
-    )
-    index = {size: i for i, size in enumerate(sizes)}
-    for r in records:
-        r["x"] = index[(r["out_height"], r["out_width"])]
-        r["mib"] = (
-            None if r["peak_mem_allocated_bytes"] is None else r["peak_mem_allocated_bytes"] / MiB
-        )
-    fig, ax = _new_figure("Peak GPU memory", "output resolution (H x W)", "peak allocated (MiB) ↓")
-    series = _series(records, "x", "mib")
-    empty = "no GPU memory readings (CPU run)" if records else "no data"
-    _draw(ax, series, empty)
-    if series:
-        ax.set_xticks(range(len(sizes)), [f"{h}x{w}" for h, w in sizes])
-    return _save(fig, folder / "memory_vs_resolution.png")
-
-
-def _plot_mfu(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    fig, ax = _new_figure(
-        "PiD model FLOPs utilisation", "output megapixels", "median MFU (dense bf16 peak) ↑"
-    )
-    records = query(con, "mfu")
-    empty = "no MFU (CPU run, or a GPU without a peak in pid_models.flops)"
-    _draw(ax, _series([r for r in records if r["mfu"] is not None], "out_megapixels", "mfu"), empty)
-    return _save(fig, folder / "mfu_vs_megapixels.png")
-
-
-def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    records = query(con, "quality_vs_sigma")
-    columns = list(records[0]) if records else metric_columns(con)
-    paths = []
-    measured = [
-        c
-        for c in columns
-        if c.startswith("metric_")
-        and c != "metric_notes"
-        and any(r[c] is not None for r in records)
-    ]
-    for column in measured:
-        name = column.removeprefix("metric_")
-        fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{direction_mark(name)}")
-        _draw(ax, _series(records, "sigma", column), "no data")
-        paths.append(_save(fig, folder / f"quality_vs_sigma_{safe_name(name)}.png"))
-    return paths
-
-
-def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    """Per backbone: quality (the first measured metric with a direction, PSNR if present)
-    against latency, one point per (decoder, output size, σ / x_t step); the front is joined."""
-    from pid_bench.stats import pareto_front
-
-    frame, metric_columns = ok_rows(con)
-    metrics = [
-        c for c in _measured(frame, metric_columns) if direction(c) is not None
-    ]
-    if frame.empty or not metrics:
-        return []
-    metric = "metric_psnr" if "metric_psnr" in metrics else metrics[0]
-    name = metric.removeprefix("metric_")
-    higher = direction(name)
-    keys = ["backbone", "ckpt_type", "decoder", "out_height", "out_width", "sigma", "save_xt_step"]
-    points = (
-        frame.groupby(keys, dropna=False)
-        .agg(latency_ms_p50=("latency_ms_p50", "median"), quality=(metric, "mean"))
-        .reset_index()
-    )
-    paths = []
-    for backbone, group in points.groupby("backbone"):
-        fig, ax = _new_figure(
-            f"{backbone}: {name} vs latency",
-            "median latency p50 (ms) ↓",
-            f"mean {name}{direction_mark(name)}",
-        )
-        for decoder, sub in group.groupby("decoder"):
-            ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder),
-                       marker=_marker(decoder), alpha=0.75)  # fmt: skip
-        front = pareto_front(group, y="quality", higher_is_better=higher)
-        ax.plot(
-            front.latency_ms_p50, front.quality, color="0.3", linestyle="--", label="Pareto front"
-        )
-        ax.set_xscale("log")
-        ax.legend()
-        paths.append(_save(fig, folder / f"pareto_{safe_name(str(backbone))}_{safe_name(name)}.png"))
-    return paths
-
-
-def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-    return [
-        _plot_latency(con, folder),
-        _plot_memory(con, folder),
-        _plot_mfu(con, folder),
-        *_plot_quality(con, folder),
-        *_plot_pareto(con, folder),
-    ]
-
-
 # ---- the HTML page -----------------------------------------------------------------------------
 
 
@@ -793,7 +586,7 @@ def write_report(run_dir: Path) -> ReportPaths:
     run_dir = Path(run_dir)
     with connect(run_dir) as con:
         data = _load(run_dir, con)
-        plots = _plots(con, run_dir / "plots")
+        plots = write_plots(con, run_dir / "plots")
         leaderboard = run_dir / "leaderboard.md"
         with writing(leaderboard):
             leaderboard.write_text(_markdown(data), encoding="utf-8")

@@ -259,6 +259,11 @@ def ok_rows(con: duckdb.DuckDBPyConnection) -> tuple[Any, list[str]]:
     return con.execute(f"SELECT {select} FROM rows WHERE status = 'ok'").df(), metrics
 
 
+def measured(frame: Any, columns: list[str]) -> list[str]:
+    """The `columns` of a DataFrame with a value in some row."""
+    return [c for c in columns if frame[c].notna().any()]
+
+
 # ---- set-level values --------------------------------------------------------------------------
 
 

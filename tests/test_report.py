@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pid_bench import board, report, rundb
+from pid_bench import board, plots, report, rundb
 from pid_bench.cli import app
 from pid_bench.schema import to_table
 
@@ -285,10 +285,10 @@ def test_noisy_timing_is_marked_and_flagged(tmp_path):
 
 def test_plots_tell_decoders_apart():
     names = ["pid", "native", "native+bicubic", "native+lanczos", "pid-teacher", "native+esrgan"]
-    assert len({report._marker(n) for n in names}) == len(names)
-    offsets = report._dodge({n: ([0.0, 1.0], [1.0, 1.0]) for n in names[:3]})
-    assert sorted(offsets.values()) == pytest.approx([-report.DODGE, 0.0, report.DODGE])
-    assert "dodged" in report.DODGE_CAPTION
+    assert len({plots.marker(n) for n in names}) == len(names)
+    offsets = plots.dodge({n: ([0.0, 1.0], [1.0, 1.0]) for n in names[:3]})
+    assert sorted(offsets.values()) == pytest.approx([-plots.DODGE, 0.0, plots.DODGE])
+    assert "dodged" in plots.DODGE_CAPTION
 
 
 def test_extra_metric_column_in_one_part(tmp_path):
