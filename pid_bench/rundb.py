@@ -117,6 +117,18 @@ def run_label(run_dir: Path, meta: dict[str, Any]) -> str:
     return str(meta.get("run_id") or Path(run_dir).name)
 
 
+def suite_name(meta: dict[str, Any]) -> str:
+    """run.json's suite name."""
+    suite = meta.get("suite")
+    name = suite.get("name") if isinstance(suite, dict) else suite
+    return str(name or "unnamed suite")
+
+
+def ran_random_weights(meta: dict[str, Any], provenance: list[dict[str, Any]]) -> bool:
+    """Whether run.json or any row (reports/provenance.sql) says random networks ran."""
+    return bool(meta.get("random_weights")) or any(p["random_weights"] for p in provenance)
+
+
 def requested_metrics(meta: dict[str, Any]) -> list[str]:
     """The metrics the suite as last run asked for, aliases expanded, in its order."""
     names = list((meta.get("suite") or {}).get("metrics") or [])
