@@ -4,7 +4,9 @@
 `rows` (the report's scope: the latest attempt per (cell, decoder) of the suite as last run),
 the views `all_attempts` and `metric_values`, and `set_values` (the set-level rows of
 ``RUN_DIR/sets/``, whose schema and reader live here too). `query` runs the rollups in
-`reports/*.sql`; `null_metrics` says which requested metrics are null and why.
+`reports/*.sql`, filling in their placeholders (`{{setting_keys}}`, `{{setting_order}}`: the
+setting columns of pid_bench.axes, never input) and binding values as parameters;
+`null_metrics` says which requested metrics are null and why.
 
 Only duckdb, pyarrow and pandas: no plotting or templating, so the end of a run and
 `pid_bench.sets` can import it cheaply.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +90,48 @@ def sql_names() -> list[str]:
 #: Parameters each query binds (none binds any today; Python only binds, never builds, SQL).
 QUERY_PARAMS: dict[str, dict[str, Any]] = {}
 
+#: How a setting column sorts where it differs from itself: the output size by area, then
+#: height (the width follows from both), and x0 (no x_t step) before the steps.
+_SORT_AS: dict[str, str | None] = {
+    "out_height": '"out_height" * "out_width", "out_height"',
+    "out_width": None,
+    "save_xt_step": '"save_xt_step" NULLS FIRST',
+}
+
+
+def sql_placeholders() -> dict[str, str]:
+    """What the placeholders of reports/*.sql stand for. They are filled from code, never from
+    input: `{{setting_keys}}` is pid_bench.axes.SETTING_KEYS as quoted identifiers, comma
+    separated; `{{setting_order}}` the settings' sort order (those columns, the output size by
+    area then height, x0 first), for an ORDER BY."""
+    order = [_SORT_AS.get(k, ident(k)) for k in SETTING_KEYS]
+    return {
+        "setting_keys": ", ".join(ident(k) for k in SETTING_KEYS),
+        "setting_order": ", ".join(o for o in order if o),
+    }
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def sql_text(name: str) -> str:
+    """reports/<name>.sql with its placeholders (`sql_placeholders`) filled in; an unknown one
+    is a KeyError naming the file."""
+    text = (reports_dir() / f"{name}.sql").read_text()
+    values = sql_placeholders()
+
+    def fill(match: re.Match) -> str:
+        if match.group(1) not in values:
+            raise KeyError(f"reports/{name}.sql: unknown placeholder {match.group(0)}")
+        return values[match.group(1)]
+
+    return _PLACEHOLDER.sub(fill, text)
+
 
 def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
-    """Run reports/<name>.sql with its QUERY_PARAMS; rows as dicts (None for SQL NULL)."""
-    text = (reports_dir() / f"{name}.sql").read_text()
-    cursor = con.execute(text, QUERY_PARAMS.get(name) or None)
+    """Run reports/<name>.sql (placeholders filled: `sql_text`) with its QUERY_PARAMS; rows as
+    dicts (None for SQL NULL)."""
+    cursor = con.execute(sql_text(name), QUERY_PARAMS.get(name) or None)
     columns = [d[0] for d in cursor.description]
     return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
@@ -263,8 +303,7 @@ def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
 def ok_rows(con: duckdb.DuckDBPyConnection) -> tuple[Any, list[str]]:
     """The ok rows as a pandas DataFrame (axes, latency, metric columns), and its metric columns."""
     metrics = [c for c in metric_columns(con) if c != "metric_notes"]
-    columns = ["mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma"]
-    columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
+    columns = [*SETTING_KEYS, "pid_steps", "decoder", "image_id", "seed", "status"]
     columns += ["latency_ms_p50"]
     select = ", ".join(ident(c) for c in columns + metrics)
     # `rows` holds one row per (cell, decoder), its latest attempt (connect)

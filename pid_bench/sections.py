@@ -8,12 +8,14 @@ nothing to show.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from pid_bench.axes import SETTING_KEYS
 from pid_bench.board import direction, direction_mark, fmt_key, fmt_value
 from pid_bench.rundb import measured, ok_rows, query
 from pid_bench.store import read_run_json
@@ -33,6 +35,25 @@ class Section:
 #: Bootstrap settings of the paired comparison (recorded in the report's note).
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 2000
+
+
+def _apart(
+    records: list[dict[str, Any]], shown: tuple[str, ...], hidden: Iterable[str]
+) -> list[str]:
+    """Those `hidden` keys (setting keys a section's labels leave out) that tell apart records
+    whose `shown` keys are equal: each label then names its own, or two rows would read alike."""
+    apart = []
+    for key in hidden:
+        values: dict[tuple, set[str]] = {}
+        for r in records:
+            values.setdefault(tuple(str(r[k]) for k in shown), set()).add(str(r[key]))
+        if any(len(found) > 1 for found in values.values()):
+            apart.append(key)
+    return apart
+
+
+def _named(record: dict[str, Any], keys: list[str]) -> str:
+    return "".join(f" · {key} {fmt_key(record[key])}" for key in keys)
 
 
 def _isna(value: Any) -> bool:
@@ -82,6 +103,10 @@ def paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
 def paired_section(table: Any, baseline: str) -> Section | None:
     """The section of one baseline from its pid_bench.stats.comparison_table; None when no
     setting has a pair."""
+    # precision and compile split the settings (stats.DEFAULT_GROUP_BY) but are not in the label
+    shown = ("backbone", "ckpt_type", "out_height", "out_width", "sigma", "save_xt_step", "metric")
+    paired = table[table["n_pairs"] > 0].to_dict("records")
+    apart = _apart(paired, shown, ("precision", "compile"))
     rows = []
     for r in table.itertuples():
         if not r.n_pairs:
@@ -89,6 +114,7 @@ def paired_section(table: Any, baseline: str) -> Section | None:
         step = "" if _isna(r.save_xt_step) else f" x_t {int(r.save_xt_step)}"
         sigma = fmt_key(float(r.sigma))
         setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={sigma}{step}"
+        setting += _named(r._asdict(), apart)
         name = str(r.metric).removeprefix("metric_")
         rows.append(
             [
@@ -202,6 +228,8 @@ def end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
     records = query(con, "end_to_end")
     if not records:
         return None
+    shown = ("backbone", "ckpt_type", "out_height", "out_width", "save_xt_step", "decoder")
+    apart = _apart(records, shown, [k for k in SETTING_KEYS if k not in shown])
     rows = []
     for r in records:
         step = r["save_xt_step"]
@@ -209,7 +237,7 @@ def end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
         route = f"{ldm} + {r['decoder']}"
         rows.append(
             [
-                f"{r['backbone']} / {r['ckpt_type']}",
+                f"{r['backbone']} / {r['ckpt_type']}{_named(r, apart)}",
                 f"{r['out_height']}x{r['out_width']}",
                 route,
                 fmt_value(r["ldm_ms"], 1),
