@@ -2,14 +2,16 @@
 
 `connect` loads the parts of a run into an in-memory DuckDB: `all_rows` (every row on disk),
 `rows` (the report's scope: the latest attempt per (cell, decoder) of the suite as last run),
-the views `all_attempts` and `metric_values`, and `set_values` (the set-level rows of
+the view `all_attempts`, `metric_values`, and `set_values` (the set-level rows of
 ``RUN_DIR/sets/``, whose schema and reader live here too). `query` runs the rollups in
 `reports/*.sql`, filling in their placeholders (`{{setting_keys}}`, `{{setting_order}}`: the
 setting columns of pid_bench.axes, never input) and binding values as parameters;
 `null_metrics` says which requested metrics are null and why.
 
-Only duckdb, pyarrow and pandas: no plotting or templating, so the end of a run and
-`pid_bench.sets` can import it cheaply.
+Values (labels, metric names, JSON paths, decoders, cell ids) reach SQL as parameters or
+registered tables, never as text; column names are spliced only through `ident`. Only duckdb,
+pyarrow and pandas: no plotting or templating, so the end of a run and `pid_bench.sets` can
+import it cheaply.
 """
 
 from __future__ import annotations
@@ -141,12 +143,9 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _json_path(name: str) -> str:
-    return _literal("$." + json.dumps(name))
+    """The JSON path of key `name` (quoted: metric names hold ':' and '-'), a query parameter."""
+    return "$." + json.dumps(name)
 
 
 # ---- the run's tables --------------------------------------------------------------------------
@@ -189,11 +188,11 @@ def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnectio
     `rows` (the report's scope: the latest attempt per (cell, decoder) among the cells and
     decoders of the suite as last run, with a `metric_<name>` column for every metric the suite
     asked for, null where no row has one, and `run_id` = `label`, default `run_label`: one name
-    per run, whatever its rows say); the views `all_attempts` (every row of those cells and
-    decoders, older attempts included, `superseded` true for all but the latest: for audit) and
-    `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one row per
-    requested metric and row, `note` being the row's reason for a null. Every rollup in
-    reports/ reads `rows`, so each counts one row, the latest, per (cell, decoder).
+    per run, whatever its rows say), `metric_values` (cell_id, decoder, status, ordinal, metric,
+    value, note): one row per requested metric and row, `note` being the row's reason for a
+    null; the view `all_attempts` (every row of those cells and decoders, older attempts
+    included, `superseded` true for all but the latest: for audit). Every rollup in reports/ reads `rows`, so each counts one row,
+    the latest, per (cell, decoder).
     """
     con = duckdb.connect()
     run_dir = Path(run_dir)
@@ -204,19 +203,21 @@ def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnectio
     columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
     added = [_metric_column(name, columns) for name in requested]
     label = label or run_label(run_dir, meta)
-    star = f"* REPLACE ({_literal(label)} AS run_id)"
-    select = ", ".join([star, *(expr for expr in added if expr)])
+    select = ", ".join(["* REPLACE (? AS run_id)", *(expr for expr, _ in filter(None, added))])
+    params = [label, *(p for _, params in filter(None, added) for p in params)]
+    # a view takes no parameters: the scope's values come in as registered tables
     con.execute(
         "CREATE TEMP VIEW all_attempts AS SELECT *, row_number() OVER (PARTITION BY cell_id, "
         f"decoder ORDER BY {LATEST_FIRST}) > 1 AS superseded FROM all_rows "
         f"WHERE {_scope(con, run_dir, meta)}"
     )
     con.execute(
-        f"CREATE TEMP TABLE rows AS SELECT {select} FROM all_attempts WHERE NOT superseded"
+        f"CREATE TEMP TABLE rows AS SELECT {select} FROM all_attempts WHERE NOT superseded",
+        params,
     )
     con.execute("ALTER TABLE rows DROP COLUMN superseded")
     set_level = [n for n in requested if is_set_level(n)]
-    con.execute(_metric_values_view([n for n in requested if n not in set_level]))
+    _metric_values(con, [n for n in requested if n not in set_level])
     _load_sets(con, run_dir, label)
     return con
 
@@ -253,17 +254,17 @@ def _load_all_rows(
     con.execute("ALTER TABLE all_rows DROP COLUMN IF EXISTS filename")
 
 
-def _metric_column(name: str, columns: set[str]) -> str | None:
-    """The SELECT expression giving a requested metric a column when the parts have none:
-    pass-through metrics from extra_metrics, the others (set-level, unknown) null."""
+def _metric_column(name: str, columns: set[str]) -> tuple[str, list[Any]] | None:
+    """The SELECT expression (and its parameters) giving a requested metric a column when the
+    parts have none: pass-through metrics from extra_metrics, the others (set-level, unknown)
+    null."""
     column = f"metric_{name}"
     if column in columns:
         return None
     if "extra_metrics" in columns:
-        value = f"TRY_CAST(json_extract_string(extra_metrics, {_json_path(name)}) AS DOUBLE)"
-    else:
-        value = "NULL"
-    return f"CAST({value} AS DOUBLE) AS {ident(column)}"
+        value = "TRY_CAST(json_extract_string(extra_metrics, ?) AS DOUBLE)"
+        return f"CAST({value} AS DOUBLE) AS {ident(column)}", [_json_path(name)]
+    return f"CAST(NULL AS DOUBLE) AS {ident(column)}", []
 
 
 def _scope(con: duckdb.DuckDBPyConnection, run_dir: Path, meta: dict[str, Any]) -> str:
@@ -275,24 +276,27 @@ def _scope(con: duckdb.DuckDBPyConnection, run_dir: Path, meta: dict[str, Any]) 
         clauses.append("cell_id IN (SELECT cell_id FROM planned_cells)")
     decoders = (meta.get("suite") or {}).get("decoders")
     if decoders:
-        clauses.append(f"decoder IN ({', '.join(_literal(d) for d in decoders)})")
+        con.register("suite_decoders", pa.table({"decoder": pa.array(decoders, pa.string())}))
+        clauses.append("decoder IN (SELECT decoder FROM suite_decoders)")
     return " AND ".join(clauses)
 
 
-def _metric_values_view(requested: list[str]) -> str:
+def _metric_values(con: duckdb.DuckDBPyConnection, requested: list[str]) -> None:
+    """Table `metric_values`: one row per requested (row-level) metric and row of `rows`."""
     if not requested:
-        return (
-            "CREATE TEMP VIEW metric_values AS SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR "
+        con.execute(
+            "CREATE TEMP TABLE metric_values AS SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR "
             "AS decoder, NULL::VARCHAR AS status, NULL::INTEGER AS ordinal, NULL::VARCHAR AS "
             "metric, NULL::DOUBLE AS value, NULL::VARCHAR AS note WHERE false"
         )
-    selects = [
-        f"SELECT cell_id, decoder, status, {i} AS ordinal, {_literal(name)} AS metric, "
-        f"{ident('metric_' + name)} AS value, "
-        f"json_extract_string(metric_notes, {_json_path(name)}) AS note FROM rows"
-        for i, name in enumerate(requested)
-    ]
-    return "CREATE TEMP VIEW metric_values AS " + " UNION ALL ".join(selects)
+        return
+    select = (
+        "SELECT cell_id, decoder, status, CAST(? AS INTEGER) AS ordinal, CAST(? AS VARCHAR) AS "
+        "metric, {value} AS value, json_extract_string(metric_notes, ?) AS note FROM rows"
+    )
+    selects = [select.format(value=ident("metric_" + name)) for name in requested]
+    params = [p for i, name in enumerate(requested) for p in (i, name, _json_path(name))]
+    con.execute("CREATE TEMP TABLE metric_values AS " + " UNION ALL ".join(selects), params)
 
 
 def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -334,19 +338,19 @@ def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path, label: str) -> Non
     """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
     report's groups (pid_bench.sets), run_id = the run's label as in `rows`."""
     con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
-    keys = ", ".join((*SETTING_KEYS, "decoder"))
+    keys = ", ".join(ident(k) for k in (*SETTING_KEYS, "decoder"))
     con.execute(
-        f"CREATE TEMP TABLE set_values AS SELECT * REPLACE ({_literal(label)} AS run_id) "
-        f"FROM set_rows_in "
+        "CREATE TEMP TABLE set_values AS SELECT * REPLACE (? AS run_id) FROM set_rows_in "
         f"WHERE ({keys}) IN (SELECT ({keys}) FROM rows WHERE status = 'ok') "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1"
+        f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1",
+        [label],
     )
 
 
 def fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
     """Put each group's set-level value (fid, kid) into its leaderboard row (of its run)."""
     keys = (*SETTING_KEYS, "decoder", "run_id")
-    cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
+    cursor = con.execute(f"SELECT {', '.join(map(ident, keys))}, metric, value FROM set_values")
     values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}
     for row in leaderboard:
         for column in [c for c in row if c.startswith("metric_")]:
@@ -392,7 +396,7 @@ def null_metrics(
         entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_groups"], [], "groups"))
         entry.reasons.append((r["reason"], r["n_null"]))
     computed = {m for (m,) in con.execute("SELECT DISTINCT metric FROM set_values").fetchall()}
-    keys = ", ".join((*SETTING_KEYS, "decoder"))
+    keys = ", ".join(ident(k) for k in (*SETTING_KEYS, "decoder"))
     (groups,) = con.execute(
         f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM rows WHERE status = 'ok')"
     ).fetchone()

@@ -17,7 +17,7 @@ import duckdb
 
 from pid_bench.axes import SETTING_KEYS
 from pid_bench.board import direction, direction_mark, fmt_key, fmt_value
-from pid_bench.rundb import measured, ok_rows, query
+from pid_bench.rundb import ident, measured, ok_rows, query
 from pid_bench.store import read_run_json
 from pid_bench.timing import NOISY_SPREAD
 
@@ -145,20 +145,24 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
 
     columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
-    checks = [("outside_envelope", "coalesce(outside_envelope, false)", "outside the trained size")]
-    noisy = f"timing noisy (spread > {NOISY_SPREAD:g})"
-    checks.append(("timing_noisy", "coalesce(timing_noisy, false)", noisy))
+    # (expression, its parameters, label); a threshold is a parameter, a column an identifier
+    checks: list[tuple[str, list[Any], str]] = [
+        ("coalesce(outside_envelope, false)", [], "outside the trained size"),
+        ("coalesce(timing_noisy, false)", [], f"timing noisy (spread > {NOISY_SPREAD:g})"),
+    ]
     for column, bound, label in (
         ("metric_midtone_chroma_shift", MIDTONE_CHROMA_SHIFT_MAX, "midtone chroma shift"),
         ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX, "shadow green bias"),
     ):
         if column in columns:
-            checks.append((column, f"coalesce({column} > {bound}, false)", f"{label} > {bound:g}"))
-    flagged = " OR ".join(expr for _, expr, _ in checks)
-    picks = ", ".join(f"{expr} AS flag_{i}" for i, (_, expr, _) in enumerate(checks))
+            checks.append((f"coalesce({ident(column)} > ?, false)", [bound], f"{label} > {bound:g}"))
+    flagged = " OR ".join(expr for expr, _, _ in checks)
+    picks = ", ".join(f"{expr} AS flag_{i}" for i, (expr, _, _) in enumerate(checks))
+    params = [p for _, values, _ in checks for p in values]
     records = con.execute(
         f"SELECT backbone, ckpt_type, out_height, out_width, sigma, image_id, decoder, {picks} "
-        f"FROM rows WHERE status = 'ok' AND ({flagged}) ORDER BY ALL"
+        f"FROM rows WHERE status = 'ok' AND ({flagged}) ORDER BY ALL",
+        params + params,  # once for the picks, once for the filter
     ).fetchall()
     if not records:
         return None
