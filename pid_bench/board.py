@@ -164,11 +164,15 @@ class Table:
         return spans
 
 
+def _fmt_latency(value: Any) -> str:
+    return fmt_value(value, 2)
+
+
 def measures(board: list[dict[str, Any]], requested: list[str]) -> list[Measure]:
     """Each measured column of the leaderboard: latency, memory, then every requested metric
     and every other metric column with a value."""
     out = [
-        Measure("latency_ms_p50", "latency p50 ms", "latency", lambda v: fmt_value(v, 2), "n_noisy"),
+        Measure("latency_ms_p50", "latency p50 ms", "latency", _fmt_latency, "n_noisy"),
         Measure("peak_mem_allocated_bytes", "peak mem MiB", "memory", fmt_mib),
     ]
     wanted = [f"metric_{m}" for m in requested]

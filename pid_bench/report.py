@@ -66,6 +66,8 @@ class ReportPaths:
 
 @dataclass
 class _RunData:
+    """Everything a run's pages show, read once from its DuckDB (`_load`)."""
+
     run_dir: Path
     meta: dict[str, Any]
     status: list[dict[str, Any]]

@@ -35,19 +35,12 @@ from pid_bench.store import listed_parts, read_plan, read_run_json, set_aside
 #: Folder of a run directory holding the set-level rows (pid_bench.sets writes them).
 SETS_DIR = "sets"
 
-#: One set-level value (fid, kid) of a (setting, decoder) group, as stored in sets/set-*.parquet.
+#: One set-level value (fid, kid) of a (setting, decoder) group, as stored in sets/set-*.parquet;
+#: the setting columns are pid_bench.axes.SETTING_KEYS, typed as in the row schema.
 SET_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
-        ("mode", pa.string()),
-        ("backbone", pa.string()),
-        ("ckpt_type", pa.string()),
-        ("precision", pa.string()),
-        ("compile", pa.string()),
-        ("out_height", pa.int64()),
-        ("out_width", pa.int64()),
-        ("sigma", pa.float64()),
-        ("save_xt_step", pa.int64()),
+        *((key, ROW_SCHEMA.field(key).type) for key in SETTING_KEYS),
         ("decoder", pa.string()),
         ("metric", pa.string()),
         ("value", pa.float64()),
@@ -89,7 +82,8 @@ def sql_names() -> list[str]:
     return sorted(p.stem for p in reports_dir().glob("*.sql"))
 
 
-#: Parameters each query binds (none binds any today; Python only binds, never builds, SQL).
+#: Parameters each query binds (none binds any today): values go in as parameters, never as
+#: SQL text; the only text filled in is the placeholders' (`sql_placeholders`).
 QUERY_PARAMS: dict[str, dict[str, Any]] = {}
 
 #: How a setting column sorts where it differs from itself: the output size by area, then
@@ -191,8 +185,8 @@ def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnectio
     per run, whatever its rows say), `metric_values` (cell_id, decoder, status, ordinal, metric,
     value, note): one row per requested metric and row, `note` being the row's reason for a
     null; the view `all_attempts` (every row of those cells and decoders, older attempts
-    included, `superseded` true for all but the latest: for audit). Every rollup in reports/ reads `rows`, so each counts one row,
-    the latest, per (cell, decoder).
+    included, `superseded` true for all but the latest: for audit). Every rollup in reports/
+    reads `rows`, so each counts one row, the latest, per (cell, decoder).
     """
     con = duckdb.connect()
     run_dir = Path(run_dir)

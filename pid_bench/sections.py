@@ -113,7 +113,8 @@ def paired_section(table: Any, baseline: str) -> Section | None:
             continue
         step = "" if _isna(r.save_xt_step) else f" x_t {int(r.save_xt_step)}"
         sigma = fmt_key(float(r.sigma))
-        setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={sigma}{step}"
+        size = f"{r.out_height}x{r.out_width}"
+        setting = f"{r.backbone} / {r.ckpt_type} · {size} · σ={sigma}{step}"
         setting += _named(r._asdict(), apart)
         name = str(r.metric).removeprefix("metric_")
         rows.append(
@@ -155,7 +156,8 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
         ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX, "shadow green bias"),
     ):
         if column in columns:
-            checks.append((f"coalesce({ident(column)} > ?, false)", [bound], f"{label} > {bound:g}"))
+            expr = f"coalesce({ident(column)} > ?, false)"
+            checks.append((expr, [bound], f"{label} > {bound:g}"))
     flagged = " OR ".join(expr for expr, _, _ in checks)
     picks = ", ".join(f"{expr} AS flag_{i}" for i, (expr, _, _) in enumerate(checks))
     params = [p for _, values, _ in checks for p in values]

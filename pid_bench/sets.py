@@ -1,8 +1,9 @@
 """Set-level metrics of a run (fid, kid): one value per (setting, decoder) group.
 
 After the cells of a run, the driver computes each set-level metric the suite names for every
-group of ok rows sharing the leaderboard's setting (pid_bench.axes.SETTING_KEYS: mode, backbone,
-ckpt_type, precision, compile, output size, σ, save_xt step) and decoder, from the PNGs the cells saved:
+group of ok rows sharing the leaderboard's setting (pid_bench.axes.SETTING_KEYS: mode,
+backbone, ckpt_type, precision, compile, output size, σ, save_xt step) and decoder, from the
+PNGs the cells saved:
 
 - from_clean: the decodes against the references of the same cells (at the decode's size);
 - from_ldm: there is no reference; the decodes against the native decodes of the same cells
@@ -10,8 +11,9 @@ ckpt_type, precision, compile, output size, σ, save_xt step) and decoder, from 
   distribution, not a quality score.
 
 Results are rows of `SET_SCHEMA` (pid_bench.rundb, which reads them back) in
-``RUN_DIR/sets/set-*.parquet`` (written atomically). Each row carries the digest of its members (cell ids and image files), so a resumed or grown run
-recomputes a group only when its members changed. A value that cannot be computed is null with
+``RUN_DIR/sets/set-*.parquet`` (written atomically). Each row carries the digest of its members
+(cell ids and image files), so a resumed or grown run recomputes a group only when its members
+changed. A value that cannot be computed is null with
 its reason (weights missing, images not saved, too few images).
 """
 
@@ -67,8 +69,8 @@ def compute_run_sets(
         return []
     with connect(run_dir) as con:
         cursor = con.execute(
-            f"SELECT {', '.join(ident(k) for k in GROUP_KEYS)}, decoder, cell_id, image_path, reference_path, "
-            "run_id FROM rows WHERE status = 'ok' ORDER BY cell_id"
+            f"SELECT {', '.join(map(ident, GROUP_KEYS))}, decoder, cell_id, image_path, "
+            "reference_path, run_id FROM rows WHERE status = 'ok' ORDER BY cell_id"
         )
         columns = [d[0] for d in cursor.description]
         members = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
