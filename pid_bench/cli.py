@@ -363,7 +363,7 @@ def _summary_line(summary, run_dir: Path) -> str:
 
 def _print_null_metrics(run_dir: Path) -> int:
     """One line per requested metric that is null in any row of the report; their count."""
-    from pid_bench.report import run_null_metrics
+    from pid_bench.rundb import run_null_metrics
 
     nulls = run_null_metrics(run_dir)
     for entry in nulls:

@@ -33,14 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pid_bench.sets import GROUP_KEYS
+from pid_bench.axes import SETTING_KEYS
+from pid_bench.board import direction
+from pid_bench.rundb import connect
 from pid_bench.stats import bootstrap_mean_ci
 
 MATCH_KEYS = ("cell_id", "decoder")
 #: A gate judges a setting only with at least this many matched cells: the bootstrap interval
 #: of two values says little, and CPU timing noise alone moves a tiny decode by 5-15 %.
 MIN_PAIRS = 3
-SETTING_KEYS = (*GROUP_KEYS, "decoder")
+#: What one comparison record is of: a setting (pid_bench.axes) and a decoder.
+GROUP_KEYS = (*SETTING_KEYS, "decoder")
 _RULE = re.compile(r"^\s*([A-Za-z0-9_:.\-]+)\s*=\s*([+-])\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
 
@@ -108,28 +111,24 @@ def run_labels(run_dirs: Sequence[Path]) -> list[str]:
 
 def ok_rows(run_dir: Path) -> pd.DataFrame:
     """The report's rows of a run (latest per cell and decoder), ok ones only."""
-    from pid_bench.report import connect
-
     if not (Path(run_dir) / "run.json").is_file():
         raise CompareError(f"{run_dir}: not a run directory (no run.json); pass RUN_DIR paths")
-    con = connect(Path(run_dir))
-    return con.execute("SELECT * FROM rows WHERE status = 'ok'").df()
+    with connect(Path(run_dir)) as con:
+        return con.execute("SELECT * FROM rows WHERE status = 'ok'").df()
 
 
 def compare(
     run_a: Path, run_b: Path, rules: Sequence[Rule] = (), seed: int = 0, n_resamples: int = 2000
 ) -> Comparison:
-    from pid_bench.report import direction
-
     a, b = ok_rows(run_a), ok_rows(run_b)
     merged = a.merge(b, on=list(MATCH_KEYS), suffixes=("_a", "_b"))
     label_a, label_b = run_labels([Path(run_a), Path(run_b)])
     result = Comparison(label_a, label_b, matched=len(merged))
     result.only_a, result.only_b = len(a) - len(merged), len(b) - len(merged)
     metrics = [c for c in a.columns if c.startswith("metric_") and c != "metric_notes" and c in b]
-    keys = [f"{k}_a" if f"{k}_a" in merged else k for k in SETTING_KEYS]
+    keys = [f"{k}_a" if f"{k}_a" in merged else k for k in GROUP_KEYS]
     for setting, group in merged.groupby(keys, dropna=False, sort=True):
-        label = _setting_label(dict(zip(SETTING_KEYS, setting, strict=True)))
+        label = _setting_label(dict(zip(GROUP_KEYS, setting, strict=True)))
         for record in _measures(group, metrics, direction, seed, n_resamples):
             result.records.append({"setting": label, **record})
     gated = [(r, rule) for r in result.records for rule in rules if r["measure"] == rule.name]

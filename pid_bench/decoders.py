@@ -470,6 +470,11 @@ def style(name: str) -> tuple[str, str]:
     """(colour, marker) of a decoder in every plot: its class's, else from its name's hash, so
     two decoders on one line still differ by shape."""
     cls = BUILTIN.get(name)
+    if cls is None and is_class_name(name):
+        try:
+            cls = user_class(name)
+        except ValueError:  # a report read where the decoder's module is not importable
+            cls = None
     color = cls.color if cls is not None else None
     marker = cls.marker if cls is not None else None
     digest = zlib.crc32(name.encode())

@@ -1,7 +1,7 @@
 """`pid-bench report RUN RUN ...`: one leaderboard over several runs, with each run's provenance.
 
-Each run is read exactly as its own report reads it (`report.connect`: the cells and decoders
-of its suite as last run, the latest row per (cell, decoder), its set-level values), with
+Each run is read exactly as its own report reads it (`pid_bench.rundb.connect`: the cells and
+decoders of its suite as last run, the latest row per (cell, decoder), its set-level values), with
 `run_id` set to the run's label; the runs' `rows` and `set_values` are then unioned by name in
 one DuckDB, and the same `reports/leaderboard.sql` groups them by setting, decoder and run, so
 the rows of one setting and decoder from several machines sit next to each other. Writes
@@ -17,7 +17,30 @@ from typing import Any
 
 import duckdb
 
-from pid_bench import report
+from pid_bench.board import Table, definitions, fmt_key, footnote_numbers, leaderboard_table
+from pid_bench.render import (
+    DEFINITIONS_MD,
+    EMBEDDED_WARNING,
+    LEADERBOARD_NOTE,
+    RANDOM_WEIGHTS_WARNING,
+    jinja,
+    md_cell,
+    md_leaderboard,
+    md_table,
+    status_line,
+    uses_trained_embedded,
+)  # fmt: skip
+from pid_bench.rundb import (
+    NullMetric,
+    connect,
+    fill_set_values,
+    null_metrics,
+    query,
+    ran_random_weights,
+    requested_metrics,
+    run_label,
+    suite_name,
+)  # fmt: skip
 from pid_bench.store import read_run_json
 
 #: Where a cross-run leaderboard goes without --out (relative to the working directory, beside
@@ -40,18 +63,18 @@ class RunInfo:
     status: list[dict[str, Any]]  # reports/status.sql
     provenance: list[dict[str, Any]]  # reports/provenance.sql
     requested: list[str]
-    nulls: list[report.NullMetric]
+    nulls: list[NullMetric]
 
     @property
     def suite(self) -> str:
-        return report.suite_name(self.meta)
+        return suite_name(self.meta)
 
     @property
     def random_weights(self) -> bool:
-        return report.ran_random_weights(self.meta, self.provenance)
+        return ran_random_weights(self.meta, self.provenance)
 
     def status_line(self) -> str:
-        return report.status_line(self.status)
+        return status_line(self.status)
 
     def provenance_rows(self) -> list[dict[str, str]]:
         """One line per provenance tuple of its rows (a run resumed elsewhere has several); a
@@ -65,7 +88,7 @@ class RunInfo:
         }  # fmt: skip
         lines = []
         for p in self.provenance or [fallback]:
-            line = {k: report._key(p.get(k)) for k in fallback}
+            line = {k: fmt_key(p.get(k)) for k in fallback}
             lines.append({"run": self.label, "suite": self.suite, **line,
                           "started_at": str(self.meta.get("started_at") or "–"),
                           "status": self.status_line()})  # fmt: skip
@@ -83,7 +106,7 @@ PROVENANCE_COLUMNS = (
 def labels(run_dirs: Sequence[Path]) -> list[str]:
     """Each run's report label (run.json's run_id, else its folder's name); where two runs share
     one, those runs are named by their folder as given."""
-    names = [report.run_label(d, read_run_json(d)) for d in run_dirs]
+    names = [run_label(d, read_run_json(d)) for d in run_dirs]
     out = [str(d) if names.count(n) > 1 else n for d, n in zip(run_dirs, names, strict=True)]
     if len(set(out)) < len(out):
         raise MultiRunError("a run directory is given twice; name each run once")
@@ -93,13 +116,13 @@ def labels(run_dirs: Sequence[Path]) -> list[str]:
 def _read_run(con: duckdb.DuckDBPyConnection, index: int, run_dir: Path, label: str) -> RunInfo:
     """Copy one run's report rows into `con` (as rows_<index>, sets_<index>); its RunInfo."""
     meta = read_run_json(run_dir)
-    requested = report.requested_metrics(meta)
-    with report.connect(run_dir, label) as one:
+    requested = requested_metrics(meta)
+    with connect(run_dir, label) as one:
         con.register(f"rows_{index}", one.sql("SELECT * FROM rows").to_arrow_table())
         con.register(f"sets_{index}", one.sql("SELECT * FROM set_values").to_arrow_table())
         return RunInfo(
-            label, run_dir, meta, report.query(one, "status"), report.query(one, "provenance"),
-            requested, report.null_metrics(one, requested),
+            label, run_dir, meta, query(one, "status"), query(one, "provenance"),
+            requested, null_metrics(one, requested),
         )  # fmt: skip
 
 
@@ -138,7 +161,7 @@ def _footnotes(runs: list[RunInfo], numbers: dict[str, int]) -> list[str]:
 @dataclass(frozen=True)
 class MultiReport:
     runs: list[RunInfo]
-    table: report._Table
+    table: Table
     footnotes: list[str]
     backbones: tuple[str, ...] = ()
 
@@ -148,9 +171,9 @@ class MultiReport:
 
     def warnings(self) -> list[str]:
         """The banners of the runs' own reports: random or trained-here embedded networks."""
-        out = [report.RANDOM_WEIGHTS_WARNING] if self.random_weights else []
-        if report.uses_trained_embedded(self.backbones):
-            out.append(report.EMBEDDED_WARNING)
+        out = [RANDOM_WEIGHTS_WARNING] if self.random_weights else []
+        if uses_trained_embedded(self.backbones):
+            out.append(EMBEDDED_WARNING)
         return out
 
     def provenance(self) -> list[list[str]]:
@@ -161,11 +184,11 @@ class MultiReport:
 def build(run_dirs: Sequence[Path]) -> MultiReport:
     con, runs = connect_runs(run_dirs)
     with con:
-        board = report.query(con, "leaderboard")
-        report._fill_set_values(con, board)
-    numbers = report._footnote_numbers([e for run in runs for e in run.nulls])
-    table = report._leaderboard_table(board, _requested(runs), numbers, show_run=True)
-    backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in board))
+        records = query(con, "leaderboard")
+        fill_set_values(con, records)
+    numbers = footnote_numbers([e for run in runs for e in run.nulls])
+    table = leaderboard_table(records, _requested(runs), numbers, show_run=True)
+    backbones = tuple(dict.fromkeys(str(r["backbone"]) for r in records))
     return MultiReport(runs, table, _footnotes(runs, numbers), backbones)
 
 
@@ -174,14 +197,14 @@ def markdown(multi: MultiReport) -> str:
     for warning in multi.warnings():
         lines += [f"**{warning}**", ""]
     lines += ["## Runs", ""]
-    lines += report._md_table([t for _, t in PROVENANCE_COLUMNS], multi.provenance()) + [""]
+    lines += md_table([t for _, t in PROVENANCE_COLUMNS], multi.provenance()) + [""]
     lines += ["## Leaderboard", ""]
     if multi.table.rows:
-        lines += report._md_leaderboard(multi.table)
-        lines += [f"{report.LEADERBOARD_NOTE} {CROSS_RUN_NOTE} {report.DEFINITIONS_MD}", ""]
+        lines += md_leaderboard(multi.table)
+        lines += [f"{LEADERBOARD_NOTE} {CROSS_RUN_NOTE} {DEFINITIONS_MD}", ""]
     else:
         lines += ["No rows in these runs yet.", ""]
-    lines += [f"- {report._md_cell(note)}" for note in multi.footnotes]
+    lines += [f"- {md_cell(note)}" for note in multi.footnotes]
     return "\n".join(lines) + "\n"
 
 
@@ -192,12 +215,12 @@ CROSS_RUN_NOTE = (
 
 
 def html_page(multi: MultiReport) -> str:
-    return report._jinja().get_template("leaderboard.html.j2").render(
+    return jinja().get_template("leaderboard.html.j2").render(
         multi=multi,
         provenance_headers=[t for _, t in PROVENANCE_COLUMNS],
         warning=" ".join(multi.warnings()) or None,
-        note=f"{report.LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
-        definitions=report._definitions(multi.table),
+        note=f"{LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
+        definitions=definitions(multi.table),
     )
 
 

@@ -1,88 +1,55 @@
 """Reports of a run directory: DuckDB rollups -> leaderboard.md, report.html, plots/*.png.
 
 The rollups are the SQL files in `reports/` (one query per file, each headed by its grain and
-inputs); this module only loads the parts into a table named `rows`, binds parameters, formats
-and draws:
+inputs), run by pid_bench.rundb over a table named `rows`; this module gathers a run's data
+(`_load`) and writes its pages, from the table model of pid_bench.board, the sections of
+pid_bench.sections, the plots of pid_bench.plots and the renderers of pid_bench.render:
 
   RUN_DIR/leaderboard.md   title, provenance, status counts, leaderboard table, failures
   RUN_DIR/report.html      one self-contained page (plots and images inlined as data URIs)
   RUN_DIR/plots/*.png      latency_vs_megapixels, memory_vs_resolution, mfu_vs_megapixels,
-                           quality_vs_sigma_<metric>
+                           quality_vs_sigma_<metric>, pareto_<backbone>_<metric>
 """
 
 from __future__ import annotations
 
-import json
-import os
-import zlib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
-from matplotlib.figure import Figure
 
-from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_set_level
-from pid_bench.schema import ROW_SCHEMA
-from pid_bench.sets import GROUP_KEYS, SET_SCHEMA, read_sets
-from pid_bench.store import (
-    foreign_files,
-    listed_parts,
-    quarantined,
-    read_plan,
-    read_run_json,
-    set_aside,
-    writing,
+from pid_bench.board import Table, definitions, footnote_numbers, leaderboard_table
+from pid_bench.plots import DODGE_CAPTION, plot_caption, write_plots
+from pid_bench.render import (
+    DEFINITIONS_MD,
+    EMBEDDED_WARNING,
+    LEADERBOARD_NOTE,
+    RANDOM_WEIGHTS_WARNING,
+    UPSAMPLED_WARNING,
+    environment_items,
+    jinja,
+    md_cell,
+    md_failures,
+    md_leaderboard,
+    md_section,
+    status_line,
+    uses_trained_embedded,
 )  # fmt: skip
+from pid_bench.rundb import (
+    NullMetric,
+    connect,
+    fill_set_values,
+    null_metrics,
+    query,
+    ran_random_weights,
+    requested_metrics,
+    run_label,
+    suite_name,
+)  # fmt: skip
+from pid_bench.sections import Section, run_sections
+from pid_bench.store import foreign_files, quarantined, read_run_json, writing
 from pid_bench.viewer import data_uri
-
-#: Direction of each measure the reports rank; a metric missing here is shown unmarked.
-#: Which way is better, per measure: the metric registry's declarations plus timing and memory.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    **{name: metric.higher_is_better for name, metric in METRICS.items()},
-    "latency_ms_p50": False,
-    "peak_mem_allocated_bytes": False,
-}
-
-
-def direction(name: str) -> bool | None:
-    """Whether higher is better for a measure or metric (pyiqa:<name> and custom metrics
-    included: the registry resolves them); None when it has no better direction."""
-    name = name.removeprefix("metric_")
-    if name in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[name]
-    try:
-        return get_metric(name).higher_is_better
-    except KeyError:
-        return None
-
-RANDOM_WEIGHTS_WARNING = (
-    "The `tiny-random` backbone uses random networks: its quality numbers say nothing about PiD."
-)
-def uses_trained_embedded(backbones: Iterable[str]) -> bool:
-    """Whether any of `backbones` is an embedded backbone trained here (`tiny`, not
-    `tiny-random`): its report carries `EMBEDDED_WARNING`."""
-    from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
-
-    trained = {b for b, _ in EMBEDDED_PAIRS} - RANDOM_BACKBONES
-    return any(b in trained for b in backbones)
-
-
-EMBEDDED_WARNING = (
-    "The embedded `tiny` backbone is a pair of small networks trained here on CPU "
-    "(pid_models.tiny_training): enough to show a wiring mistake, but its numbers say nothing "
-    "about NVIDIA's PiD."
-)
-UPSAMPLED_WARNING = (
-    "This suite says `reference: upsampled`: some full-reference metrics compare with a "
-    "reference upsampled from a smaller source, which rewards blur (rows with "
-    "reference_upsampled = true)."
-)
-MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
-_KEYS = ("mode", "backbone", "ckpt_type", "precision", "compile", "out", "sigma", "save_xt_step")
-_MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -94,267 +61,13 @@ class ReportPaths:
     plots: list[Path] = field(default_factory=list)
 
 
-# ---- SQL ---------------------------------------------------------------------------------------
-
-
-def reports_dir() -> Path:
-    """The folder of SQL rollups and templates: $PID_BENCH_REPORTS_DIR or the checkout's reports/."""
-    folder = Path(
-        os.environ.get("PID_BENCH_REPORTS_DIR") or Path(__file__).resolve().parents[1] / "reports"
-    )
-    if not (folder / "leaderboard.sql").is_file():
-        raise FileNotFoundError(
-            f"pid-bench's report queries are not in {folder}: they live in reports/ of the source "
-            "checkout; install it editable (pip install -e .) or set PID_BENCH_REPORTS_DIR"
-        )
-    return folder
-
-
-def sql_names() -> list[str]:
-    """Names (file stems) of every rollup in reports/."""
-    return sorted(p.stem for p in reports_dir().glob("*.sql"))
-
-
-#: Parameters each query binds (none binds any today; Python only binds, never builds, SQL).
-QUERY_PARAMS: dict[str, dict[str, Any]] = {}
-
-
-def run_label(run_dir: Path, meta: dict[str, Any]) -> str:
-    """The report's name of a run: run.json's run_id, else the folder's name."""
-    return str(meta.get("run_id") or Path(run_dir).name)
-
-
-def connect(run_dir: Path, label: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB over the run's parts.
-
-    Tables: `all_rows` (every row on disk; `attempt` 1 where a part predates the column),
-    `rows` (the report's scope: the latest attempt per (cell, decoder) among the cells and
-    decoders of the suite as last run, with a `metric_<name>` column for every metric the suite
-    asked for, null where no row has one, and `run_id` = `label`, default `run_label`: one name
-    per run, whatever its rows say); the views `all_attempts` (every row of those cells and
-    decoders, older attempts included, `superseded` true for all but the latest: for audit) and
-    `metric_values` (cell_id, decoder, status, ordinal, metric, value, note): one row per
-    requested metric and row, `note` being the row's reason for a null. Every rollup in
-    reports/ reads `rows`, so each counts one row, the latest, per (cell, decoder).
-    """
-    con = duckdb.connect()
-    run_dir = Path(run_dir)
-    con.register("empty_rows", ROW_SCHEMA.empty_table())
-    _load_all_rows(con, run_dir)
-    meta = read_run_json(run_dir)
-    requested = requested_metrics(meta)
-    columns = {r[0] for r in con.execute("DESCRIBE all_rows").fetchall()}
-    added = [_metric_column(name, columns) for name in requested]
-    label = label or run_label(run_dir, meta)
-    star = f"* REPLACE ({_literal(label)} AS run_id)"
-    select = ", ".join([star, *(expr for expr in added if expr)])
-    con.execute(
-        "CREATE TEMP VIEW all_attempts AS SELECT *, row_number() OVER (PARTITION BY cell_id, "
-        f"decoder ORDER BY {LATEST_FIRST}) > 1 AS superseded FROM all_rows "
-        f"WHERE {_scope(con, run_dir, meta)}"
-    )
-    con.execute(
-        f"CREATE TEMP TABLE rows AS SELECT {select} FROM all_attempts WHERE NOT superseded"
-    )
-    con.execute("ALTER TABLE rows DROP COLUMN superseded")
-    set_level = [n for n in requested if is_set_level(n)]
-    con.execute(_metric_values_view([n for n in requested if n not in set_level]))
-    _load_sets(con, run_dir, label)
-    return con
-
-
-#: Which row of a (cell, decoder) counts: the highest attempt; among equal attempts (rows of
-#: versions before `attempt`, a suite rerun with --force) the newest.
-LATEST_FIRST = "attempt DESC, finished_at DESC NULLS LAST"
-
-
-def _load_all_rows(
-    con: duckdb.DuckDBPyConnection, run_dir: Path, skip: frozenset[Path] = frozenset()
-) -> None:
-    """Table `all_rows` from parts/part-*.parquet. A part that is damaged or another tool's
-    (it reads as rows without a cell or decoder) is quarantined (or, where it cannot be moved,
-    skipped) and the rest loaded."""
-    parts = [str(p) for p in listed_parts(run_dir) if p not in skip]
-    source = "SELECT * FROM empty_rows"
-    if parts:  # parts written before a column existed get it as null
-        source = (
-            "SELECT * FROM read_parquet(?, union_by_name = true, filename = true) "
-            "UNION ALL BY NAME SELECT * FROM empty_rows"
-        )
-    try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE all_rows AS SELECT * REPLACE (coalesce(attempt, 1) AS "
-            f"attempt) FROM ({source})",
-            [parts] if parts else None,
-        )
-        keyless = con.execute(
-            "SELECT DISTINCT filename FROM all_rows WHERE cell_id IS NULL OR decoder IS NULL"
-        ).fetchall() if parts else []  # fmt: skip
-        bad = set_aside(Path(f) for (f,) in keyless if f is not None)
-    except duckdb.Error:
-        bad = set_aside(Path(p) for p in parts)
-        if not bad:
-            raise
-    if bad:
-        return _load_all_rows(con, run_dir, skip | bad)
-    con.execute("ALTER TABLE all_rows DROP COLUMN IF EXISTS filename")
-
-
-def _load_sets(con: duckdb.DuckDBPyConnection, run_dir: Path, label: str) -> None:
-    """Table `set_values`: the newest set-level row per (setting, decoder, metric) of the
-    report's groups (pid_bench.sets), run_id = the run's label as in `rows`."""
-    con.register("set_rows_in", pa.Table.from_pylist(read_sets(run_dir), schema=SET_SCHEMA))
-    keys = ", ".join((*GROUP_KEYS, "decoder"))
-    con.execute(
-        f"CREATE TEMP TABLE set_values AS SELECT * REPLACE ({_literal(label)} AS run_id) "
-        f"FROM set_rows_in "
-        f"WHERE ({keys}) IN (SELECT ({keys}) FROM rows WHERE status = 'ok') "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys}, metric ORDER BY computed_at DESC) = 1"
-    )
-
-
-def requested_metrics(meta: dict[str, Any]) -> list[str]:
-    """The metrics the suite as last run asked for, aliases expanded, in its order."""
-    names = list((meta.get("suite") or {}).get("metrics") or [])
-    out: list[str] = []
-    for name in names:
-        try:
-            expanded = expand_metric_names([name])
-        except KeyError:  # a name this version of pid-bench no longer knows: still shown
-            expanded = [name]
-        out += [n for n in expanded if n not in out]
-    return out
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _json_path(name: str) -> str:
-    return _literal("$." + json.dumps(name))
-
-
-def _metric_column(name: str, columns: set[str]) -> str | None:
-    """The SELECT expression giving a requested metric a column when the parts have none:
-    pass-through metrics from extra_metrics, the others (set-level, unknown) null."""
-    column = f"metric_{name}"
-    if column in columns:
-        return None
-    if "extra_metrics" in columns:
-        value = f"TRY_CAST(json_extract_string(extra_metrics, {_json_path(name)}) AS DOUBLE)"
-    else:
-        value = "NULL"
-    return f"CAST({value} AS DOUBLE) AS {_ident(column)}"
-
-
-def _scope(con: duckdb.DuckDBPyConnection, run_dir: Path, meta: dict[str, Any]) -> str:
-    """The WHERE clause of the report's rows: cells and decoders of the suite as last run."""
-    clauses = ["true"]
-    plan = read_plan(run_dir)
-    if plan is not None:
-        con.register("planned_cells", pa.table({"cell_id": pa.array(plan, pa.string())}))
-        clauses.append("cell_id IN (SELECT cell_id FROM planned_cells)")
-    decoders = (meta.get("suite") or {}).get("decoders")
-    if decoders:
-        clauses.append(f"decoder IN ({', '.join(_literal(d) for d in decoders)})")
-    return " AND ".join(clauses)
-
-
-def _metric_values_view(requested: list[str]) -> str:
-    if not requested:
-        return (
-            "CREATE TEMP VIEW metric_values AS SELECT NULL::VARCHAR AS cell_id, NULL::VARCHAR "
-            "AS decoder, NULL::VARCHAR AS status, NULL::INTEGER AS ordinal, NULL::VARCHAR AS "
-            "metric, NULL::DOUBLE AS value, NULL::VARCHAR AS note WHERE false"
-        )
-    selects = [
-        f"SELECT cell_id, decoder, status, {i} AS ordinal, {_literal(name)} AS metric, "
-        f"{_ident('metric_' + name)} AS value, "
-        f"json_extract_string(metric_notes, {_json_path(name)}) AS note FROM rows"
-        for i, name in enumerate(requested)
-    ]
-    return "CREATE TEMP VIEW metric_values AS " + " UNION ALL ".join(selects)
-
-
-@dataclass(frozen=True)
-class NullMetric:
-    """A requested metric that is null in some ok rows of the report, with every reason."""
-
-    metric: str
-    n_ok: int
-    reasons: list[tuple[str, int]]  # (reason, rows), most rows first
-    unit: str = "rows"  # set-level metrics: "groups" (one value per setting and decoder)
-
-    @property
-    def n_null(self) -> int:
-        return sum(n for _, n in self.reasons)
-
-    def line(self) -> str:
-        if len(self.reasons) == 1:
-            why = self.reasons[0][0]
-        else:
-            why = "; ".join(f"{reason} ({n} {self.unit})" for reason, n in self.reasons)
-        return f"{self.metric}: null in {self.n_null}/{self.n_ok} {self.unit} — {why}"
-
-
-def null_metrics(
-    con: duckdb.DuckDBPyConnection, requested: list[str] | None = None
-) -> list[NullMetric]:
-    """Requested metrics null anywhere among the report's ok rows (reports/metric_nulls.sql),
-    and set-level ones null in a group (reports/set_nulls.sql) or computed for none."""
-    found: dict[str, NullMetric] = {}
-    for r in query(con, "metric_nulls"):
-        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_ok"], []))
-        entry.reasons.append((r["reason"], r["n_null"]))
-    for r in query(con, "set_nulls"):
-        entry = found.setdefault(r["metric"], NullMetric(r["metric"], r["n_groups"], [], "groups"))
-        entry.reasons.append((r["reason"], r["n_null"]))
-    computed = {m for (m,) in con.execute("SELECT DISTINCT metric FROM set_values").fetchall()}
-    keys = ", ".join((*GROUP_KEYS, "decoder"))
-    (groups,) = con.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM rows WHERE status = 'ok')"
-    ).fetchone()
-    for name in requested or []:
-        if is_set_level(name) and name not in computed and groups:
-            reason = "not computed for any group (the run ended before its set-level step; rerun)"
-            found[name] = NullMetric(name, groups, [(reason, groups)], "groups")
-    order = {name: i for i, name in enumerate(requested or [])}
-    return sorted(found.values(), key=lambda entry: order.get(entry.metric, len(order)))
-
-
-def run_null_metrics(run_dir: Path) -> list[NullMetric]:
-    """`null_metrics` of a run directory (the end-of-run summary prints these)."""
-    with connect(Path(run_dir)) as con:
-        return null_metrics(con, requested_metrics(read_run_json(Path(run_dir))))
-
-
-def query(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
-    """Run reports/<name>.sql with its QUERY_PARAMS; rows as dicts (None for SQL NULL)."""
-    text = (reports_dir() / f"{name}.sql").read_text()
-    cursor = con.execute(text, QUERY_PARAMS.get(name) or None)
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
-
-
 # ---- the run's data ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Section:
-    """An extra table of the report (markdown and HTML render it the same way)."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    note: str = ""
 
 
 @dataclass
 class _RunData:
+    """Everything a run's pages show, read once from its DuckDB (`_load`)."""
+
     run_dir: Path
     meta: dict[str, Any]
     status: list[dict[str, Any]]
@@ -416,25 +129,6 @@ class _RunData:
         return status_line(self.status)
 
 
-def suite_name(meta: dict[str, Any]) -> str:
-    """run.json's suite name."""
-    suite = meta.get("suite")
-    name = suite.get("name") if isinstance(suite, dict) else suite
-    return str(name or "unnamed suite")
-
-
-def ran_random_weights(meta: dict[str, Any], provenance: list[dict[str, Any]]) -> bool:
-    """Whether run.json or any row (reports/provenance.sql) says random networks ran."""
-    return bool(meta.get("random_weights")) or any(p["random_weights"] for p in provenance)
-
-
-def status_line(status: list[dict[str, Any]]) -> str:
-    """'24 ok, 1 error (25 rows)' from reports/status.sql."""
-    total = sum(s["n"] for s in status)
-    counts = ", ".join(f"{s['n']} {s['status']}" for s in status)
-    return f"{counts} ({total} rows)" if total else "no rows"
-
-
 def _distinct(records: list[dict[str, Any]], key: str) -> str:
     return ", ".join(dict.fromkeys(str(r[key]) for r in records if r.get(key)))
 
@@ -446,7 +140,7 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         "SELECT count(*), count(*) FILTER (WHERE superseded) FROM all_attempts"
     ).fetchone()
     leaderboard = query(con, "leaderboard")
-    _fill_set_values(con, leaderboard)
+    fill_set_values(con, leaderboard)
     return _RunData(
         run_dir=run_dir,
         meta=meta,
@@ -460,367 +154,8 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         leaderboard=leaderboard,
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
-        sections=[
-            s
-            for s in [
-                *_paired(con), _flags(con), _not_measured(con), _end_to_end(con),
-                _time_budget(con, run_dir),
-            ]  # fmt: skip
-            if s is not None
-        ],
+        sections=run_sections(con, run_dir),
     )
-
-
-#: Bootstrap settings of the paired comparison (recorded in the report's note).
-BOOTSTRAP_SEED = 0
-BOOTSTRAP_RESAMPLES = 2000
-
-
-def _ok_rows(con: duckdb.DuckDBPyConnection):
-    """The ok rows as a DataFrame (axes, latency, metric columns)."""
-    metric_columns = [c for c in _metric_columns(con) if c != "metric_notes"]
-    columns = ["mode", "backbone", "ckpt_type", "out_height", "out_width", "sigma"]
-    columns += ["save_xt_step", "pid_steps", "decoder", "image_id", "seed", "status"]
-    columns += ["latency_ms_p50"]
-    select = ", ".join(_ident(c) for c in columns + metric_columns)
-    # `rows` holds one row per (cell, decoder), its latest attempt (connect)
-    return con.execute(f"SELECT {select} FROM rows WHERE status = 'ok'").df(), metric_columns
-
-
-def _measured(frame, columns: list[str]) -> list[str]:
-    return [c for c in columns if frame[c].notna().any()]
-
-
-def _isna(value: Any) -> bool:
-    import pandas as pd
-
-    return value is None or bool(pd.isna(value))
-
-
-def _ci(mean: float, low: float, high: float, digits: int = 4) -> str:
-    if mean != mean:  # NaN: no value
-        return "–"
-    if low != low:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
-    """One section per baseline at the output size (native+bicubic, native+lanczos, each
-    learned SR baseline, the undistilled teacher): per setting and metric, PiD's and the baseline's means with 95 %
-    bootstrap CIs over images, the paired difference PiD − baseline with its CI, and PiD's
-    win rate. The native decode itself is scored at its own size and is not a baseline here."""
-    from pid_bench.stats import DEFAULT_GROUP_BY, comparison_table
-
-    frame, metric_columns = _ok_rows(con)
-    metrics = [
-        c for c in _measured(frame, metric_columns) if direction(c) is not None
-    ]
-    if frame.empty or not metrics or "pid" not in set(frame.decoder):
-        return []
-    # pid-teacher too: what the 4-step distillation costs against the undistilled teacher
-    baselines = sorted(
-        d for d in set(frame.decoder) if d.startswith("native+") or d == "pid-teacher"
-    )
-    baselines.sort(key=lambda d: d != "native+bicubic")  # the common baseline first
-    directions = {m: direction(m) for m in metrics}
-    sections = []
-    for baseline in baselines:
-        table = comparison_table(
-            frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
-            baseline=baseline, seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
-        )  # fmt: skip
-        section = _paired_section(table, baseline)
-        if section is not None:
-            sections.append(section)
-    return sections
-
-
-def _paired_section(table, baseline: str) -> Section | None:
-    rows = []
-    for r in table.itertuples():
-        if not r.n_pairs:
-            continue
-        step = "" if _isna(r.save_xt_step) else f" x_t {int(r.save_xt_step)}"
-        setting = f"{r.backbone} / {r.ckpt_type} · {r.out_height}x{r.out_width} · σ={_key(float(r.sigma))}{step}"
-        name = str(r.metric).removeprefix("metric_")
-        rows.append(
-            [
-                setting,
-                name + marker(name),
-                _ci(r.candidate_mean, r.candidate_low, r.candidate_high),
-                _ci(r.baseline_mean, r.baseline_low, r.baseline_high),
-                _ci(r.diff_mean, r.diff_low, r.diff_high),
-                f"{100 * r.win_rate:.0f} %",
-                str(r.n_pairs),
-            ]
-        )
-    if not rows:
-        return None
-    headers = ["setting", "metric", "pid [95 % CI]", f"{baseline} [95 % CI]"]
-    headers += [f"pid − {baseline} [95 % CI]", "pid wins", "pairs"]
-    note = (
-        f"Means over images with percentile-bootstrap 95 % intervals ({BOOTSTRAP_RESAMPLES} "
-        f"resamples, seed {BOOTSTRAP_SEED}); the difference is paired by (image, seed); a win "
-        "follows the metric's direction (↑ higher is better, ↓ lower), ties count half. One "
-        "image gives no interval."
-    )
-    return Section(f"PiD vs {baseline}, paired", headers, rows, note)
-
-
-def _flags(con: duckdb.DuckDBPyConnection) -> Section | None:
-    """Rows outside the checkpoint's trained envelope, or past a colour-QA threshold."""
-    from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
-
-    columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
-    from pid_bench.timing import NOISY_SPREAD
-
-    checks = [("outside_envelope", "coalesce(outside_envelope, false)", "outside the trained size")]
-    checks.append(
-        ("timing_noisy", "coalesce(timing_noisy, false)", f"timing noisy (spread > {NOISY_SPREAD:g})")
-    )
-    for column, bound, label in (
-        ("metric_midtone_chroma_shift", MIDTONE_CHROMA_SHIFT_MAX, "midtone chroma shift"),
-        ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX, "shadow green bias"),
-    ):
-        if column in columns:
-            checks.append((column, f"coalesce({column} > {bound}, false)", f"{label} > {bound:g}"))
-    flagged = " OR ".join(expr for _, expr, _ in checks)
-    picks = ", ".join(f"{expr} AS flag_{i}" for i, (_, expr, _) in enumerate(checks))
-    records = con.execute(
-        f"SELECT backbone, ckpt_type, out_height, out_width, sigma, image_id, decoder, {picks} "
-        f"FROM rows WHERE status = 'ok' AND ({flagged}) ORDER BY ALL"
-    ).fetchall()
-    if not records:
-        return None
-    rows = []
-    for r in records:
-        why = ", ".join(label for i, (_, _, label) in enumerate(checks) if r[7 + i])
-        setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={_key(r[4])}"
-        rows.append([setting, str(r[5]), str(r[6]), why])
-    note = (
-        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. Timing noisy: "
-        "(p90 - p10) / p50 of the repeats above the bound; its latency is not a steady figure. "
-        "The colour "
-        "thresholds are heuristics (about 2.5 just-noticeable differences), not calibrated; "
-        "docs/protocol.md."
-    )
-    return Section(f"Flags ({len(rows)} rows)", ["setting", "image", "decoder", "flag"], rows, note)
-
-
-def _not_measured(con: duckdb.DuckDBPyConnection) -> Section | None:
-    """Timing, memory and compute columns left null, each with its reason and row count."""
-    records = query(con, "measure_nulls")
-    if not records:
-        return None
-    rows = [[r["decoder"], r["column_name"], r["reason"], str(r["n"])] for r in records]
-    note = "A null is never a zero: each reason is the row's own (measure_notes)."
-    return Section("Not measured", ["decoder", "column", "reason", "rows"], rows, note)
-
-
-def _time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
-    """Harness overhead: how much of the workers' and the run's wall time the decoders use."""
-    (r,) = query(con, "time_budget")
-    if not r["n_cells"]:
-        return None
-    spans = invocation_ms(read_run_json(run_dir))
-    share = lambda ms: "–" if not r["wall_ms"] else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
-    rows = [
-        ["decoders (timed repeats + warm-up)", _fmt(r["decode_ms"], 0), share(r["decode_ms"])],
-        ["encode + caption", _fmt(r["prepare_ms"], 0), share(r["prepare_ms"])],
-        ["other (I/O, resizes, metrics, PNGs, LDM)", _fmt(r["other_ms"], 0), share(r["other_ms"])],
-        ["all cells on the workers", _fmt(r["wall_ms"], 0), share(r["wall_ms"])],
-    ]
-    note = f"{r['n_cells']} ok cells."
-    if spans:
-        each = ", ".join(f"{ms:.0f}" for ms in spans)
-        note += (
-            f" The run's own wall time (driver, Ray start-up, model loading, all workers; from "
-            f"run.json) was {sum(spans):.0f} ms over {len(spans)} invocation(s): {each} ms."
-        )
-    return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
-
-
-def _fill_set_values(con: duckdb.DuckDBPyConnection, leaderboard: list[dict[str, Any]]) -> None:
-    """Put each group's set-level value (fid, kid) into its leaderboard row (of its run)."""
-    keys = (*GROUP_KEYS, "decoder", "run_id")
-    cursor = con.execute(f"SELECT {', '.join(keys)}, metric, value FROM set_values")
-    values = {tuple(r[: len(keys) + 1]): r[-1] for r in cursor.fetchall()}
-    for row in leaderboard:
-        for column in [c for c in row if c.startswith("metric_")]:
-            key = (*(row[k] for k in keys), column.removeprefix("metric_"))
-            if key in values:
-                row[column] = values[key]
-
-
-def invocation_ms(meta: dict[str, Any]) -> list[float]:
-    """Wall time of each invocation that recorded its start and end (run.json), in ms."""
-    from datetime import datetime
-
-    spans = []
-    for record in meta.get("invocations") or []:
-        if record.get("started_at") and record.get("finished_at"):
-            start, end = (datetime.fromisoformat(record[k]) for k in ("started_at", "finished_at"))
-            spans.append((end - start).total_seconds() * 1000)
-    return spans
-
-
-def _end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
-    """from_ldm: "LDM to step K + decoder" against "full LDM + decoder" (x0), per setting."""
-    records = query(con, "end_to_end")
-    if not records:
-        return None
-    rows = []
-    for r in records:
-        step = r["save_xt_step"]
-        ldm = f"LDM to step {step}" if step is not None else "full LDM (x0)"
-        route = f"{ldm} + {r['decoder']}"
-        rows.append(
-            [
-                f"{r['backbone']} / {r['ckpt_type']}",
-                f"{r['out_height']}x{r['out_width']}",
-                route,
-                _fmt(r["ldm_ms"], 1),
-                _fmt(r["decode_ms"], 1),
-                _fmt(r["end_to_end_ms"], 1),
-                _fmt(r["ldm_total_ms"], 1),
-                str(r["n"]),
-            ]
-        )
-    headers = ["pair", "out", "route", "LDM ms", "decode ms", "end-to-end ms ↓"]
-    headers += ["full LDM ms", "n"]
-    note = (
-        "Medians over prompts. LDM ms is the wall time from the pipeline call to the captured "
-        "step (x0: to its return); decode ms the decoder's p50; end-to-end their sum per row. "
-        "Captures read from the latent cache keep the timings of the run that computed them."
-    )
-    return Section("End-to-end latency (from_ldm)", headers, rows, note)
-
-
-# ---- the leaderboard table ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Cell:
-    text: str
-    best: bool = False
-
-
-def marker(name: str) -> str:
-    """' ↑' / ' ↓' after a measure whose direction is known, '' otherwise."""
-    better = direction(name)
-    return "" if better is None else (" ↑" if better else " ↓")
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A measure: fixed `digits` decimals; '–' for null."""
-    if value is None:
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _key(value: Any) -> str:
-    """An axis value: shortest form (sigma 0.1, not 0.1000); '–' for null."""
-    if value is None:
-        return "–"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _mib(value: int | None) -> str:
-    return _fmt(None if value is None else value / _MiB, 1)
-
-
-#: The leaderboard's header groups, in their order on the page.
-GROUPS = ("setting", "latency", "memory", "quality")
-#: After a latency whose setting has rows with noisy repeats (timing_noisy).
-NOISY_MARK = " †"
-LATENCY_DEFINITION = (
-    "Median over the setting's ok rows of each row's latency_ms_p50: the median of the "
-    "timed repeats of one decode after warm-up (CUDA events on CUDA, perf_counter on CPU; "
-    "docs/protocol.md, Time). † marks a setting with rows whose repeats spread by more "
-    "than 10 % (listed under Flags)."
-)
-MEMORY_DEFINITION = (
-    "Max over the setting's ok rows of peak_mem_allocated_bytes: the CUDA allocator's peak "
-    "over the decoder's calls with only its own modules on the device (docs/protocol.md, "
-    "Memory); null on CPU."
-)
-
-
-@dataclass(frozen=True)
-class _Measure:
-    """A measured column of the leaderboard: where it comes from and how it is shown."""
-
-    column: str  # the leaderboard query's column
-    title: str
-    group: str  # one of GROUPS
-    fmt: Callable[[Any], str]
-    noisy_if: str | None = None  # a count column: when > 0, NOISY_MARK follows the value
-
-    @property
-    def name(self) -> str:
-        return self.column.removeprefix("metric_")
-
-    def text(self, row: dict[str, Any]) -> str:
-        text = self.fmt(row[self.column])
-        return text + NOISY_MARK if self.noisy_if and row.get(self.noisy_if) else text
-
-
-@dataclass(frozen=True)
-class _Column:
-    title: str
-    group: str  # one of GROUPS
-    measure: str | None = None  # a measure's name (latency_ms_p50, psnr, ...): it has a definition
-
-    @property
-    def anchor(self) -> str | None:
-        """The id of its definition on the HTML page."""
-        return None if self.measure is None else "def-" + _safe(self.measure)
-
-
-@dataclass(frozen=True)
-class _Table:
-    """The leaderboard as both renderers see it: columns in header groups, rows of cells."""
-
-    columns: list[_Column]
-    rows: list[list[_Cell]]
-
-    @property
-    def headers(self) -> list[str]:
-        return [c.title for c in self.columns]
-
-    def groups(self) -> list[tuple[str, int]]:
-        """(group, span) of each run of consecutive columns: the first header row."""
-        spans: list[tuple[str, int]] = []
-        for column in self.columns:
-            if spans and spans[-1][0] == column.group:
-                spans[-1] = (column.group, spans[-1][1] + 1)
-            else:
-                spans.append((column.group, 1))
-        return spans
-
-
-def _measures(board: list[dict[str, Any]], requested: list[str]) -> list[_Measure]:
-    """Each measured column of the leaderboard: latency, memory, then every requested metric
-    and every other metric column with a value."""
-    measures = [
-        _Measure("latency_ms_p50", "latency p50 ms", "latency", lambda v: _fmt(v, 2), "n_noisy"),
-        _Measure("peak_mem_allocated_bytes", "peak mem MiB", "memory", _mib),
-    ]
-    wanted = [f"metric_{m}" for m in requested]
-    found = [c for c in (board[0] if board else {}) if c.startswith("metric_")]
-    for column in wanted + [c for c in found if c not in wanted]:
-        if column in wanted or any(r.get(column) is not None for r in board):
-            measures.append(_Measure(column, column.removeprefix("metric_"), "quality", _fmt))
-    return measures
-
-
-def _footnote_numbers(nulls: list[NullMetric]) -> dict[str, int]:
-    """metric name -> its footnote number, for metrics null anywhere in the report."""
-    numbers: dict[str, int] = {}
-    for entry in nulls:
-        numbers.setdefault(entry.metric, len(numbers) + 1)
-    return numbers
 
 
 def footnotes(data: _RunData) -> list[str]:
@@ -863,110 +198,11 @@ def _listed(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _best(rows: list[dict[str, Any]], column: str) -> set[int]:
-    """Indexes of the rows holding the best value of `column` within their setting (across
-    decoders, and across runs in a cross-run leaderboard)."""
-    higher = direction(column)
-    if higher is None:
-        return set()
-    groups: dict[tuple, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row[column] is not None:
-            groups.setdefault(tuple(row[k] for k in _KEYS), []).append(i)
-    best: set[int] = set()
-    for members in groups.values():
-        if len(members) > 1:
-            pick = max if higher else min
-            top = pick(rows[i][column] for i in members)
-            best.update(i for i in members if rows[i][column] == top)
-    return best
+# ---- the pages ---------------------------------------------------------------------------------
 
 
-def _leaderboard_table(
-    board: list[dict[str, Any]],
-    requested: list[str],
-    numbers: dict[str, int],
-    show_run: bool = False,
-) -> _Table:
-    """The leaderboard's columns and cells; `numbers` gives each null metric's footnote, and
-    `show_run` adds the run each row came from (cross-run leaderboards)."""
-    rows = [{**r, "out": f"{r['out_height']}x{r['out_width']}"} for r in board]
-    keys = [k for k in _KEYS if any(r[k] is not None for r in rows)] + ["decoder"]
-    keys += ["run_id"] if show_run else []
-    measures = _measures(board, requested)
-
-    def title(m: _Measure) -> str:
-        number = numbers.get(m.name)
-        return m.title + marker(m.column) + (f" [{number}]" if number else "")
-
-    columns = [_Column("run" if k == "run_id" else k, "setting") for k in keys]
-    columns.append(_Column("ok / rows", "setting"))
-    columns += [_Column(title(m), m.group, m.name) for m in measures]
-    best = {m.column: _best(rows, m.column) for m in measures}
-    table = []
-    for i, row in enumerate(rows):
-        cells = [_Cell(_key(row[k])) for k in keys] + [_Cell(f"{row['n_ok']} / {row['n_rows']}")]
-        cells += [_Cell(m.text(row), i in best[m.column]) for m in measures]
-        table.append(cells)
-    return _Table(columns, table)
-
-
-def _definitions(table: _Table) -> list[dict[str, str]]:
-    """What each measured column of the table means (the registry's docs for metrics), for the
-    page's Definitions section that the headers link to."""
-    return [
-        {"anchor": c.anchor, "title": c.title, "text": _definition(c.measure)}
-        for c in table.columns
-        if c.measure is not None
-    ]
-
-
-def _definition(name: str) -> str:
-    if name == "latency_ms_p50":
-        return LATENCY_DEFINITION
-    if name == "peak_mem_allocated_bytes":
-        return MEMORY_DEFINITION
-    if name in METRICS:
-        return f"{METRICS[name].doc} Mean over the setting's ok rows. ({METRICS[name].kind})"
-    if name.startswith("pyiqa:"):
-        return f"pyiqa's {name.removeprefix('pyiqa:')!r} metric, as pyiqa defines it; mean over ok rows."
-    return (
-        "Not in this pid-bench's metric registry (a custom metric, or a column written by "
-        "another version); mean over the setting's ok rows."
-    )
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-LEADERBOARD_NOTE = (
-    "↑ higher is better, ↓ lower is better; bold: best of its setting. Metrics are means "
-    "over ok rows; latency is the median of the rows' p50 († some rows' repeats are noisy: "
-    "see Flags); memory the max; – no value. `native` is scored at its own size (the codec's "
-    "reconstruction, against the source at that size); the other decoders at the output size; "
-    "twin_* compare a decode, downsampled to the native size, with the native decode."
-)
-DEFINITIONS_MD = (
-    "Metric definitions: docs/metrics.md (\"Definitions\") in the pid-bench checkout, and the "
-    "Definitions section of the HTML page."
-)
-
-
-def _run_table(data: _RunData) -> _Table:
-    return _leaderboard_table(data.leaderboard, data.requested, _footnote_numbers(data.nulls))
-
-
-def _md_leaderboard(table: _Table) -> list[str]:
-    cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table.rows]
-    return _md_table(table.headers, cells) + [""]
+def _run_table(data: _RunData) -> Table:
+    return leaderboard_table(data.leaderboard, data.requested, footnote_numbers(data.nulls))
 
 
 def _markdown(data: _RunData) -> str:
@@ -981,31 +217,16 @@ def _markdown(data: _RunData) -> str:
     lines += [f"Status: {data.status_line()}", ""]
     table = _run_table(data)
     if table.rows:
-        lines += _md_leaderboard(table) + [f"{LEADERBOARD_NOTE} {DEFINITIONS_MD}", ""]
+        lines += md_leaderboard(table) + [f"{LEADERBOARD_NOTE} {DEFINITIONS_MD}", ""]
     else:
         lines += ["No rows in this run yet.", ""]
     notes = footnotes(data)
     if notes:
-        lines += [f"- {_md_cell(note)}" for note in notes] + [""]
+        lines += [f"- {md_cell(note)}" for note in notes] + [""]
     for section in data.sections:
-        lines += [f"## {section.title}", ""] + _md_table(section.headers, section.rows) + [""]
-        lines += [section.note, ""] if section.note else []
-    lines += _failures_md(data.failures)
+        lines += md_section(section)
+    lines += md_failures(data.failures)
     return "\n".join(lines)
-
-
-def _failures_md(failures: list[dict[str, Any]]) -> list[str]:
-    if not failures:
-        return []
-    shown = failures[:MAX_FAILURES_MD]
-    rows = [
-        [f["decoder"] or "", f["cell_id"] or "", f["status"], f["error_first_line"]] for f in shown
-    ]
-    lines = [f"## Failures ({len(failures)})", ""]
-    lines += _md_table(["decoder", "cell_id", "status", "error"], rows)
-    if len(failures) > len(shown):
-        lines.append(f"\n… and {len(failures) - len(shown)} more (see report.html)")
-    return lines + [""]
 
 
 def leaderboard_text(run_dir: Path) -> str:
@@ -1015,259 +236,22 @@ def leaderboard_text(run_dir: Path) -> str:
         return _markdown(_load(run_dir, con))
 
 
-# ---- plots -------------------------------------------------------------------------------------
-
-
-def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
-    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(True, alpha=0.3)
-    return fig, ax
-
-
-def _no_data(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _series(records: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[list, list]]:
-    """decoder -> (xs, ys) of the records with a value of y."""
-    out: dict[str, tuple[list, list]] = {}
-    for r in records:
-        if r[y] is not None and r[x] is not None:
-            xs, ys = out.setdefault(r["decoder"], ([], []))
-            xs.append(r[x])
-            ys.append(r[y])
-    return out
-
-
-#: One colour and one marker per decoder in every plot; another decoder gets them from its
-#: name's hash, so two decoders on one line still differ by shape.
-_COLORS = {"pid": "C2", "native": "C0", "native+bicubic": "C1", "native+lanczos": "C3"}
-_MARKERS = {"pid": "o", "native": "s", "native+bicubic": "^", "native+lanczos": "v",
-            "pid-teacher": "D"}  # fmt: skip
-_OTHER_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")
-#: Horizontal offset between neighbouring decoders, as a fraction of the x range: lines that
-#: coincide (twin metrics of native+bicubic and native+lanczos, say) stay apart.
-DODGE = 0.015
-DODGE_CAPTION = (
-    f"Each decoder has its own marker and colour. In the line plots its points are dodged "
-    f"horizontally by {100 * DODGE:g} % of the x range per decoder, so coinciding lines stay "
-    "visible: the true x of a point is the centre of its group."
-)
-PARETO_CAPTION = (
-    "Each decoder has its own marker and colour; points are semi-transparent and not dodged "
-    "(latencies are exact); the dashed line joins the Pareto front."
-)
-
-
-def _color(decoder: str) -> str:
-    return _COLORS.get(decoder) or f"C{4 + zlib.crc32(decoder.encode()) % 6}"
-
-
-def _marker(decoder: str) -> str:
-    found = _MARKERS.get(decoder)
-    return found or _OTHER_MARKERS[zlib.crc32(decoder.encode()) % len(_OTHER_MARKERS)]
-
-
-def _dodge(series: dict[str, tuple[list, list]]) -> dict[str, float]:
-    """decoder -> its horizontal offset: DODGE of the x range per decoder, centred on 0."""
-    xs = [x for values, _ in series.values() for x in values]
-    span = (max(xs) - min(xs)) or abs(xs[0]) or 1.0
-    names = sorted(series)
-    middle = (len(names) - 1) / 2
-    return {name: (i - middle) * DODGE * span for i, name in enumerate(names)}
-
-
-def _draw(ax: Any, series: dict[str, tuple[list, list]], empty: str) -> None:
-    if not series:
-        _no_data(ax, empty)
-        return
-    offsets = _dodge(series)
-    for decoder, (xs, ys) in sorted(series.items()):
-        shifted = [x + offsets[decoder] for x in xs]
-        ax.plot(shifted, ys, marker=_marker(decoder), label=decoder, color=_color(decoder),
-                alpha=0.85, markersize=6)  # fmt: skip
-    if len(series) > 1:
-        ax.set_xlabel(f"{ax.get_xlabel()} (decoders dodged, {100 * DODGE:g} % of range each)")
-    ax.legend()
-
-
-def plot_caption(path: Path) -> str:
-    """What the page says under a plot beyond DODGE_CAPTION, which it states once for all."""
-    return PARETO_CAPTION if path.stem.startswith("pareto_") else ""
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with writing(path):
-        fig.savefig(path, format="png")
-    return path
-
-
-def _plot_latency(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    fig, ax = _new_figure("Decode latency", "output megapixels", "median latency p50 (ms) ↓")
-    _draw(ax, _series(query(con, "latency"), "out_megapixels", "latency_ms_p50"), "no data")
-    return _save(fig, folder / "latency_vs_megapixels.png")
-
-
-def _plot_memory(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    records = query(con, "memory")
-    sizes = sorted(
-        {(r["out_height"], r["out_width"]) for r in records}, key=lambda s: (s[0] * s[1], s)
-    )
-    index = {size: i for i, size in enumerate(sizes)}
-    for r in records:
-        r["x"] = index[(r["out_height"], r["out_width"])]
-        r["mib"] = (
-            None if r["peak_mem_allocated_bytes"] is None else r["peak_mem_allocated_bytes"] / _MiB
-        )
-    fig, ax = _new_figure("Peak GPU memory", "output resolution (H x W)", "peak allocated (MiB) ↓")
-    series = _series(records, "x", "mib")
-    empty = "no GPU memory readings (CPU run)" if records else "no data"
-    _draw(ax, series, empty)
-    if series:
-        ax.set_xticks(range(len(sizes)), [f"{h}x{w}" for h, w in sizes])
-    return _save(fig, folder / "memory_vs_resolution.png")
-
-
-def _plot_mfu(con: duckdb.DuckDBPyConnection, folder: Path) -> Path:
-    fig, ax = _new_figure(
-        "PiD model FLOPs utilisation", "output megapixels", "median MFU (dense bf16 peak) ↑"
-    )
-    records = query(con, "mfu")
-    empty = "no MFU (CPU run, or a GPU without a peak in pid_models.flops)"
-    _draw(ax, _series([r for r in records if r["mfu"] is not None], "out_megapixels", "mfu"), empty)
-    return _save(fig, folder / "mfu_vs_megapixels.png")
-
-
-def _plot_quality(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    records = query(con, "quality_vs_sigma")
-    columns = list(records[0]) if records else _metric_columns(con)
-    paths = []
-    measured = [
-        c
-        for c in columns
-        if c.startswith("metric_")
-        and c != "metric_notes"
-        and any(r[c] is not None for r in records)
-    ]
-    for column in measured:
-        name = column.removeprefix("metric_")
-        fig, ax = _new_figure(f"{name} vs latent noise", "sigma", f"mean {name}{marker(name)}")
-        _draw(ax, _series(records, "sigma", column), "no data")
-        paths.append(_save(fig, folder / f"quality_vs_sigma_{_safe(name)}.png"))
-    return paths
-
-
-def _metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [r[0] for r in con.execute("DESCRIBE rows").fetchall() if r[0].startswith("metric_")]
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-
-
-def _plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    """Per backbone: quality (the first measured metric with a direction, PSNR if present)
-    against latency, one point per (decoder, output size, σ / x_t step); the front is joined."""
-    from pid_bench.stats import pareto_front
-
-    frame, metric_columns = _ok_rows(con)
-    metrics = [
-        c for c in _measured(frame, metric_columns) if direction(c) is not None
-    ]
-    if frame.empty or not metrics:
-        return []
-    metric = "metric_psnr" if "metric_psnr" in metrics else metrics[0]
-    name = metric.removeprefix("metric_")
-    higher = direction(name)
-    keys = ["backbone", "ckpt_type", "decoder", "out_height", "out_width", "sigma", "save_xt_step"]
-    points = (
-        frame.groupby(keys, dropna=False)
-        .agg(latency_ms_p50=("latency_ms_p50", "median"), quality=(metric, "mean"))
-        .reset_index()
-    )
-    paths = []
-    for backbone, group in points.groupby("backbone"):
-        fig, ax = _new_figure(
-            f"{backbone}: {name} vs latency",
-            "median latency p50 (ms) ↓",
-            f"mean {name}{marker(name)}",
-        )
-        for decoder, sub in group.groupby("decoder"):
-            ax.scatter(sub.latency_ms_p50, sub.quality, label=decoder, color=_color(decoder),
-                       marker=_marker(decoder), alpha=0.75)  # fmt: skip
-        front = pareto_front(group, y="quality", higher_is_better=higher)
-        ax.plot(
-            front.latency_ms_p50, front.quality, color="0.3", linestyle="--", label="Pareto front"
-        )
-        ax.set_xscale("log")
-        ax.legend()
-        paths.append(_save(fig, folder / f"pareto_{_safe(str(backbone))}_{_safe(name)}.png"))
-    return paths
-
-
-def _plots(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
-    with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-    return [
-        _plot_latency(con, folder),
-        _plot_memory(con, folder),
-        _plot_mfu(con, folder),
-        *_plot_quality(con, folder),
-        *_plot_pareto(con, folder),
-    ]
-
-
-# ---- the HTML page -----------------------------------------------------------------------------
-
-
-def _environment(meta: dict[str, Any]) -> list[tuple[str, str]]:
-    """run.json's environment and times, flattened to (key, value) strings."""
-    items: list[tuple[str, str]] = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in sorted(value.items()):
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            items.append((prefix, value if isinstance(value, str) else json.dumps(value)))
-
-    walk("", meta.get("environment") or {})
-    for key in ("started_at", "finished_at", "random_weights"):
-        if key in meta:
-            items.append((key, str(meta[key])))
-    return items
-
-
-def _jinja() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(reports_dir()),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-
-
 def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> str:
     from pid_bench.viewer import json_for_html, viewer_data
 
     table = _run_table(data)
     viewer = viewer_data(data.run_dir, query(con, "grid"))
-    return _jinja().get_template("report.html.j2").render(
+    return jinja().get_template("report.html.j2").render(
         data=data,
         footnotes=footnotes(data),
         warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
         embedded_warning=EMBEDDED_WARNING if data.trained_embedded else None,
         upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
-        environment=_environment(data.meta),
+        environment=environment_items(data.meta),
         table=table,
         leaderboard_note=LEADERBOARD_NOTE,
         dodge_caption=DODGE_CAPTION,
-        definitions=_definitions(table),
+        definitions=definitions(table),
         plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
         viewer=viewer,
         viewer_json=json_for_html(viewer),
@@ -1280,7 +264,7 @@ def write_report(run_dir: Path) -> ReportPaths:
     run_dir = Path(run_dir)
     with connect(run_dir) as con:
         data = _load(run_dir, con)
-        plots = _plots(con, run_dir / "plots")
+        plots = write_plots(con, run_dir / "plots")
         leaderboard = run_dir / "leaderboard.md"
         with writing(leaderboard):
             leaderboard.write_text(_markdown(data), encoding="utf-8")

@@ -1,17 +1,19 @@
 """Set-level metrics of a run (fid, kid): one value per (setting, decoder) group.
 
 After the cells of a run, the driver computes each set-level metric the suite names for every
-group of ok rows sharing the leaderboard's setting (mode, backbone, ckpt_type, output size, σ,
-save_xt step) and decoder, from the PNGs the cells saved:
+group of ok rows sharing the leaderboard's setting (pid_bench.axes.SETTING_KEYS: mode,
+backbone, ckpt_type, precision, compile, output size, σ, save_xt step) and decoder, from the
+PNGs the cells saved:
 
 - from_clean: the decodes against the references of the same cells (at the decode's size);
 - from_ldm: there is no reference; the decodes against the native decodes of the same cells
   (bicubic to the decode's size), so the value is a distance from the VAE decode's
   distribution, not a quality score.
 
-Results are rows of `SET_SCHEMA` in ``RUN_DIR/sets/set-*.parquet`` (written atomically). Each
-row carries the digest of its members (cell ids and image files), so a resumed or grown run
-recomputes a group only when its members changed. A value that cannot be computed is null with
+Results are rows of `SET_SCHEMA` (pid_bench.rundb, which reads them back) in
+``RUN_DIR/sets/set-*.parquet`` (written atomically). Each row carries the digest of its members
+(cell ids and image files), so a resumed or grown run recomputes a group only when its members
+changed. A value that cannot be computed is null with
 its reason (weights missing, images not saved, too few images).
 """
 
@@ -26,46 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from pid_bench.axes import SETTING_KEYS
 from pid_bench.metrics.custom import add_search_path
+from pid_bench.rundb import SET_SCHEMA, SETS_DIR, connect, ident, read_sets
 from pid_bench.store import write_table_atomic
 
-SETS_DIR = "sets"
-GROUP_KEYS = (
-    "mode", "backbone", "ckpt_type", "precision", "compile", "out_height", "out_width", "sigma",
-    "save_xt_step",
-)  # fmt: skip
+#: A set-level group is one setting (pid_bench.axes) of one decoder.
+GROUP_KEYS = SETTING_KEYS
 #: What identifies the default feature extractor in a row.
 INCEPTION_NAME = "pytorch-fid InceptionV3 pool3 (2048)"
-
-SET_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("mode", pa.string()),
-        ("backbone", pa.string()),
-        ("ckpt_type", pa.string()),
-        ("precision", pa.string()),
-        ("compile", pa.string()),
-        ("out_height", pa.int64()),
-        ("out_width", pa.int64()),
-        ("sigma", pa.float64()),
-        ("save_xt_step", pa.int64()),
-        ("decoder", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("reason", pa.string()),
-        ("n_images", pa.int64()),
-        ("n_reference", pa.int64()),
-        ("reference_set", pa.string()),
-        ("feature_extractor", pa.string()),
-        ("patch", pa.string()),
-        ("extra", pa.string()),
-        ("members_digest", pa.string()),
-        ("computed_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 def load_feature_extractor(spec: str, base_dir: Path | None = None) -> torch.nn.Module:
@@ -92,14 +65,12 @@ def compute_run_sets(
 ) -> list[dict[str, Any]]:
     """Compute (or reuse) every set-level metric of `names` for every group of the run's
     report scope; returns the current rows, after writing the new ones to RUN_DIR/sets/."""
-    from pid_bench.report import connect
-
     if not names:
         return []
     with connect(run_dir) as con:
         cursor = con.execute(
-            f"SELECT {', '.join(GROUP_KEYS)}, decoder, cell_id, image_path, reference_path, "
-            "run_id FROM rows WHERE status = 'ok' ORDER BY cell_id"
+            f"SELECT {', '.join(map(ident, GROUP_KEYS))}, decoder, cell_id, image_path, "
+            "reference_path, run_id FROM rows WHERE status = 'ok' ORDER BY cell_id"
         )
         columns = [d[0] for d in cursor.description]
         members = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
@@ -208,16 +179,4 @@ def write_sets(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     name = f"set-{uuid.uuid4().hex[:16]}.parquet"
     table = pa.Table.from_pylist(rows, schema=SET_SCHEMA)
     return write_table_atomic(table, Path(run_dir) / SETS_DIR / name)
-
-
-def read_sets(run_dir: Path) -> list[dict[str, Any]]:
-    """Every set-level row on disk; the newest per (members digest, metric)."""
-    files = sorted((Path(run_dir) / SETS_DIR).glob("set-*.parquet"))
-    if not files:
-        return []
-    rows = pa.concat_tables([pq.read_table(f, schema=SET_SCHEMA) for f in files]).to_pylist()
-    latest: dict[tuple, dict] = {}
-    for row in sorted(rows, key=lambda r: r["computed_at"]):
-        latest[(row["members_digest"], row["metric"])] = row
-    return list(latest.values())
 

@@ -21,17 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: Columns a comparison is grouped by by default: the leaderboard's grain, less the decoder.
-#: `mode` is in it because from_clean rows and from_ldm x0 rows both have a null save_xt_step.
-DEFAULT_GROUP_BY: tuple[str, ...] = (
-    "mode",
-    "backbone",
-    "ckpt_type",
-    "out_height",
-    "out_width",
-    "sigma",
-    "save_xt_step",
-)
+from pid_bench.axes import SETTING_KEYS
+
+#: Columns a comparison is grouped by by default: the leaderboard's grain, less the decoder
+#: (pid_bench.axes.SETTING_KEYS). `mode` is in it because from_clean rows and from_ldm x0 rows
+#: both have a null save_xt_step.
+DEFAULT_GROUP_BY: tuple[str, ...] = SETTING_KEYS
 #: Columns that pair a candidate row with its baseline row inside a group.
 PAIR_KEYS: tuple[str, ...] = ("image_id", "seed")
 #: Axes that, if they vary inside a group, make a (image_id, seed) key ambiguous.

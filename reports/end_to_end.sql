@@ -1,15 +1,16 @@
--- grain:   one row per (backbone, ckpt_type, out_height, out_width, save_xt_step, decoder) of the
---          from_ldm rows (save_xt_step null: the final latent x0)
--- inputs:  table `rows`, ok from_ldm rows; no parameters
--- returns: ldm_ms (median LDM time to the captured step; x0: the whole LDM call), decode_ms
---          (median of the rows' p50), end_to_end_ms (median over rows of ldm_ms_to_step +
---          latency_ms_p50: "LDM to step K + decoder"), ldm_total_ms (median whole LDM call), n
+-- grain:   one row per (setting, decoder) of the from_ldm rows, the setting being
+--          {{setting_keys}} (pid_bench.axes.SETTING_KEYS; save_xt_step null: the final latent
+--          x0). mode is constant here; precision and compile keep apart rows that an earlier
+--          version of this query merged (it grouped by backbone, ckpt_type, size and step only)
+-- inputs:  table `rows`, ok from_ldm rows; no parameters. Placeholder, filled in from code by
+--          pid_bench.rundb.sql_text: {{setting_keys}} the setting columns
+-- returns: the setting columns, decoder, ldm_ms (median LDM time to the captured step; x0: the
+--          whole LDM call), decode_ms (median of the rows' p50), end_to_end_ms (median over rows
+--          of ldm_ms_to_step + latency_ms_p50: "LDM to step K + decoder"), ldm_total_ms (median
+--          whole LDM call), n; ordered by pair, size, step (x0 last) and decoder, the other
+--          setting columns breaking ties
 SELECT
-    backbone,
-    ckpt_type,
-    out_height,
-    out_width,
-    save_xt_step,
+    {{setting_keys}},
     decoder,
     median(ldm_ms_to_step) AS ldm_ms,
     median(latency_ms_p50) AS decode_ms,
@@ -18,5 +19,7 @@ SELECT
     count(*) AS n
 FROM rows
 WHERE status = 'ok' AND mode = 'from_ldm' AND ldm_ms_to_step IS NOT NULL
-GROUP BY backbone, ckpt_type, out_height, out_width, save_xt_step, decoder
-ORDER BY backbone, ckpt_type, out_height * out_width, out_height, save_xt_step NULLS LAST, decoder
+GROUP BY {{setting_keys}}, decoder
+ORDER BY
+    backbone, ckpt_type, out_height * out_width, out_height, save_xt_step NULLS LAST, decoder,
+    {{setting_keys}}

@@ -1,6 +1,9 @@
 -- grain:   one row per cell of the report with at least one saved image: every setting of the
 --          image viewer, in the leaderboard's order of settings, then image and seed
--- inputs:  table `rows`, ok rows; no parameters
+-- inputs:  table `rows`, ok rows; no parameters. Placeholders, filled in from code by
+--          pid_bench.rundb.sql_text: {{setting_keys}} the setting columns
+--          (pid_bench.axes.SETTING_KEYS); {{setting_order}} their sort order (the output size by
+--          area then height, x0 first). A viewer setting is a setting and its pid_steps
 -- returns: cell_id, the cell's axes, image_id, seed, caption, reference_path, images (a list of
 --          {decoder, path}: each ok decoder row's image_path, by decoder; paths relative to the
 --          run directory), and embed_rank: the order in which the viewer embeds previews up to
@@ -9,15 +12,7 @@
 WITH cells AS (
     SELECT
         cell_id,
-        mode,
-        backbone,
-        ckpt_type,
-        precision,
-        compile,
-        out_height,
-        out_width,
-        sigma,
-        save_xt_step,
+        {{setting_keys}},
         pid_steps,
         image_id,
         seed,
@@ -33,8 +28,7 @@ WITH cells AS (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY mode, backbone, ckpt_type, precision, compile, out_height, out_width,
-                sigma, save_xt_step, pid_steps
+            PARTITION BY {{setting_keys}}, pid_steps
             ORDER BY image_id, seed, cell_id
         ) AS nth_of_setting
     FROM cells
@@ -42,11 +36,7 @@ WITH cells AS (
 SELECT
     * EXCLUDE (nth_of_setting),
     row_number() OVER (
-        ORDER BY nth_of_setting, mode, backbone, ckpt_type, precision, compile,
-            out_height * out_width, out_height, sigma, save_xt_step NULLS FIRST, pid_steps,
-            image_id, seed, cell_id
+        ORDER BY nth_of_setting, {{setting_order}}, pid_steps, image_id, seed, cell_id
     ) - 1 AS embed_rank
 FROM ordered
-ORDER BY
-    mode, backbone, ckpt_type, precision, compile, out_height * out_width, out_height, sigma,
-    save_xt_step NULLS FIRST, pid_steps, image_id, seed, cell_id
+ORDER BY {{setting_order}}, pid_steps, image_id, seed, cell_id

@@ -1,7 +1,7 @@
 -- grain:   one row per (metric, reason) for each metric the suite asked for that is null in
 --          some ok row of the report
--- inputs:  view `metric_values` (cell_id, decoder, status, ordinal, metric, value, note); no
---          parameters
+-- inputs:  table `metric_values` (cell_id, decoder, status, ordinal, metric, value, note);
+--          no parameters
 -- returns: metric, reason (the row's note; rows without one predate the request), n_null
 --          (ok rows null for that reason), n_ok (ok rows in the report), in the suite's order
 WITH ok AS (

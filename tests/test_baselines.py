@@ -134,7 +134,7 @@ def _tiny_upscale_pipeline(folder):
 def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
     tmp_path, weights, monkeypatch
 ):
-    from pid_bench import report
+    from pid_bench import plots, rundb
 
     folder = _tiny_upscale_pipeline(tmp_path / "sd-x4")
     path = write_suite(
@@ -148,14 +148,14 @@ def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
                    "swinir": {"path": str(weights / "swinir_x4.safetensors")}},
     )  # fmt: skip
     plotted: list[str] = []  # the decoders the Pareto plot is drawn from
-    original = report._plot_pareto
+    original = plots.plot_pareto
 
     def spy(con, folder):
-        frame, _ = report._ok_rows(con)
+        frame, _ = rundb.ok_rows(con)
         plotted.extend(sorted(set(frame.decoder)))
         return original(con, folder)
 
-    monkeypatch.setattr(report, "_plot_pareto", spy)
+    monkeypatch.setattr(plots, "plot_pareto", spy)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(path), "--output", str(run_dir)])
     assert result.exit_code == 0, result.output

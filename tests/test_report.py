@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pid_bench import report
+from pid_bench import board, plots, report, rundb
 from pid_bench.cli import app
 from pid_bench.schema import to_table
 
@@ -122,22 +122,22 @@ def run(tmp_path_factory) -> tuple[Path, list[dict], report.ReportPaths]:
 
 def test_every_sql_file_runs_and_has_a_header(run):
     run_dir, _, _ = run
-    names = report.sql_names()
+    names = rundb.sql_names()
     assert {"leaderboard", "latency", "memory", "quality_vs_sigma", "status", "grid"} <= set(names)
-    with report.connect(run_dir) as con:
+    with rundb.connect(run_dir) as con:
         for name in names:
-            text = (report.reports_dir() / f"{name}.sql").read_text()
+            text = (rundb.reports_dir() / f"{name}.sql").read_text()
             assert text.startswith("-- grain:"), name
-            assert isinstance(report.query(con, name), list), name
+            assert isinstance(rundb.query(con, name), list), name
 
 
 def test_rollups_aggregate_as_expected(run):
     run_dir, rows, _ = run
-    with report.connect(run_dir) as con:
-        status = {r["status"]: r["n"] for r in report.query(con, "status")}
-        board = report.query(con, "leaderboard")
-        grid = report.query(con, "grid")
-        memory = report.query(con, "memory")
+    with rundb.connect(run_dir) as con:
+        status = {r["status"]: r["n"] for r in rundb.query(con, "status")}
+        board = rundb.query(con, "leaderboard")
+        grid = rundb.query(con, "grid")
+        memory = rundb.query(con, "memory")
     assert status == {"ok": len(rows), "error": 1}
     # (32x32, sigma 0, pid) holds both images' ok rows and the error row
     cell = next(r for r in board if (r["out_height"], r["sigma"], r["decoder"]) == (32, 0.0, "pid"))
@@ -277,7 +277,7 @@ def test_noisy_timing_is_marked_and_flagged(tmp_path):
     paths = report.write_report(tmp_path)
     text = paths.leaderboard.read_text()
     line = next(ln for ln in text.splitlines() if "| 32x32 | 0 | pid |" in ln)
-    assert report.NOISY_MARK.strip() in line
+    assert board.NOISY_MARK.strip() in line
     assert "| noisy | pid | timing noisy (spread > 0.1) |" in text
     html = paths.html.read_text()
     assert "Flags (1 rows)" in html and "timing noisy (spread &gt; 0.1)" in html
@@ -285,10 +285,10 @@ def test_noisy_timing_is_marked_and_flagged(tmp_path):
 
 def test_plots_tell_decoders_apart():
     names = ["pid", "native", "native+bicubic", "native+lanczos", "pid-teacher", "native+esrgan"]
-    assert len({report._marker(n) for n in names}) == len(names)
-    offsets = report._dodge({n: ([0.0, 1.0], [1.0, 1.0]) for n in names[:3]})
-    assert sorted(offsets.values()) == pytest.approx([-report.DODGE, 0.0, report.DODGE])
-    assert "dodged" in report.DODGE_CAPTION
+    assert len({plots.marker(n) for n in names}) == len(names)
+    offsets = plots.dodge({n: ([0.0, 1.0], [1.0, 1.0]) for n in names[:3]})
+    assert sorted(offsets.values()) == pytest.approx([-plots.DODGE, 0.0, plots.DODGE])
+    assert "dodged" in plots.DODGE_CAPTION
 
 
 def test_extra_metric_column_in_one_part(tmp_path):
@@ -305,8 +305,8 @@ def test_extra_metric_column_in_one_part(tmp_path):
     text = paths.leaderboard.read_text()
     assert "| future |" in text or "| future" in text
     assert "quality_vs_sigma_future.png" in {p.name for p in paths.plots}
-    with report.connect(tmp_path) as con:
-        board = report.query(con, "leaderboard")
+    with rundb.connect(tmp_path) as con:
+        board = rundb.query(con, "leaderboard")
     with_lpips = [r for r in board if r["metric_future"] is not None]
     assert {r["decoder"] for r in with_lpips} == set(DECODERS)
 

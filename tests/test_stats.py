@@ -152,6 +152,8 @@ _AXES = {
     "mode": "from_clean",
     "backbone": "flux",
     "ckpt_type": "2k",
+    "precision": "bf16",  # result rows carry every setting key (pid_bench.axes.SETTING_KEYS)
+    "compile": "eager",
     "out_height": 1024,
     "out_width": 1024,
     "save_xt_step": None,

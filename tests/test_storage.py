@@ -24,7 +24,8 @@ from pid_bench import runner, store
 from pid_bench.cell import run_cell
 from pid_bench.cli import app
 from pid_bench.models import load_models
-from pid_bench.report import connect, leaderboard_text
+from pid_bench.report import leaderboard_text
+from pid_bench.rundb import connect
 from pid_bench.schema import ROW_SCHEMA, STORAGE_SCHEMA
 from pid_bench.suite import load_suite
 from tests.test_run import write_suite

@@ -1,0 +1,135 @@
+"""How the reports are written out: markdown tables and the jinja2 pages, and the texts (notes,
+warnings) both a run's report and the cross-run leaderboard show.
+
+The HTML templates are reports/*.html.j2 (autoescaped, strict about undefined names); jinja2 is
+imported only when a page is rendered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pid_bench.board import Table
+from pid_bench.rundb import reports_dir
+
+if TYPE_CHECKING:
+    from pid_bench.sections import Section
+
+RANDOM_WEIGHTS_WARNING = (
+    "The `tiny-random` backbone uses random networks: its quality numbers say nothing about PiD."
+)
+EMBEDDED_WARNING = (
+    "The embedded `tiny` backbone is a pair of small networks trained here on CPU "
+    "(pid_models.tiny_training): enough to show a wiring mistake, but its numbers say nothing "
+    "about NVIDIA's PiD."
+)
+UPSAMPLED_WARNING = (
+    "This suite says `reference: upsampled`: some full-reference metrics compare with a "
+    "reference upsampled from a smaller source, which rewards blur (rows with "
+    "reference_upsampled = true)."
+)
+LEADERBOARD_NOTE = (
+    "↑ higher is better, ↓ lower is better; bold: best of its setting. Metrics are means "
+    "over ok rows; latency is the median of the rows' p50 († some rows' repeats are noisy: "
+    "see Flags); memory the max; – no value. `native` is scored at its own size (the codec's "
+    "reconstruction, against the source at that size); the other decoders at the output size; "
+    "twin_* compare a decode, downsampled to the native size, with the native decode."
+)
+DEFINITIONS_MD = (
+    "Metric definitions: docs/metrics.md (\"Definitions\") in the pid-bench checkout, and the "
+    "Definitions section of the HTML page."
+)
+MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)
+
+
+def uses_trained_embedded(backbones: Iterable[str]) -> bool:
+    """Whether any of `backbones` is an embedded backbone trained here (`tiny`, not
+    `tiny-random`): its report carries `EMBEDDED_WARNING`."""
+    from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
+
+    trained = {b for b, _ in EMBEDDED_PAIRS} - RANDOM_BACKBONES
+    return any(b in trained for b in backbones)
+
+
+def status_line(status: list[dict[str, Any]]) -> str:
+    """'24 ok, 1 error (25 rows)' from reports/status.sql."""
+    total = sum(s["n"] for s in status)
+    counts = ", ".join(f"{s['n']} {s['status']}" for s in status)
+    return f"{counts} ({total} rows)" if total else "no rows"
+
+
+# ---- markdown ----------------------------------------------------------------------------------
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside one markdown table cell (pipes escaped, one line)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def md_leaderboard(table: Table) -> list[str]:
+    """The leaderboard's lines, each setting's best value in bold, then a blank line."""
+    cells = [[f"**{c.text}**" if c.best else c.text for c in row] for row in table.rows]
+    return md_table(table.headers, cells) + [""]
+
+
+def md_section(section: Section) -> list[str]:
+    """An extra table as a titled markdown section, its note below."""
+    lines = [f"## {section.title}", ""] + md_table(section.headers, section.rows) + [""]
+    return lines + ([section.note, ""] if section.note else [])
+
+
+def md_failures(failures: list[dict[str, Any]]) -> list[str]:
+    """The Failures section (reports/failures.sql), at most MAX_FAILURES_MD rows."""
+    if not failures:
+        return []
+    shown = failures[:MAX_FAILURES_MD]
+    rows = [
+        [f["decoder"] or "", f["cell_id"] or "", f["status"], f["error_first_line"]] for f in shown
+    ]
+    lines = [f"## Failures ({len(failures)})", ""]
+    lines += md_table(["decoder", "cell_id", "status", "error"], rows)
+    if len(failures) > len(shown):
+        lines.append(f"\n… and {len(failures) - len(shown)} more (see report.html)")
+    return lines + [""]
+
+
+# ---- HTML --------------------------------------------------------------------------------------
+
+
+def jinja() -> Any:
+    """The jinja2 environment of reports/ (autoescaped; an undefined name is an error)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(reports_dir()),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def environment_items(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """run.json's environment and times, flattened to (key, value) strings."""
+    items: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in sorted(value.items()):
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            items.append((prefix, value if isinstance(value, str) else json.dumps(value)))
+
+    walk("", meta.get("environment") or {})
+    for key in ("started_at", "finished_at", "random_weights"):
+        if key in meta:
+            items.append((key, str(meta[key])))
+    return items
