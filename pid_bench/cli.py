@@ -2,74 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-if TYPE_CHECKING:
-    from pid_bench.store import StorageError
+from pid_bench import cli_tools
+from pid_bench.console import (
+    ExitCode,
+    err,
+    exits,
+    load_suite_or_exit,
+    storage_exit,
+    warnings_to_stderr,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-err = Console(stderr=True, soft_wrap=True)
-
-
-class ExitCode(IntEnum):
-    """Exit codes of every command, defined once; each command's --help lists its own."""
-
-    OK = 0
-    FAILED = 1  # a row failed, a regression, a check that did not pass
-    BAD_INPUT = 2  # refused before anything ran or was written
-    STORAGE = 74  # sysexits.h EX_IOERR: the run directory's storage refused a write
-    SIGINT = 130  # 128 + the signal's number, as shells report a signalled process
-    SIGTERM = 143
-
-
-_F = TypeVar("_F", bound=Callable)
-
-
-def _exits(meanings: dict[ExitCode, str]) -> Callable[[_F], _F]:
-    """Append 'Exit code: 0 ...; 2 ...' to a command's docstring (its --help)."""
-
-    def add(command: _F) -> _F:
-        codes = "; ".join(f"{int(code)} {text}" for code, text in meanings.items())
-        command.__doc__ = f"{inspect.cleandoc(command.__doc__ or '')}\n\nExit code: {codes}."
-        return command
-
-    return add
-
-
-@contextmanager
-def _warnings_to_stderr() -> Iterator[None]:
-    """StorageWarnings (a part set aside, a disk that may fill) as `warning:` lines on stderr."""
-    from pid_bench.store import StorageWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", StorageWarning)
-        others = warnings.showwarning
-
-        def show(message: Warning | str, category: type[Warning], *where, **more) -> None:
-            if not issubclass(category, StorageWarning):
-                return others(message, category, *where, **more)
-            err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
-
-        warnings.showwarning = show
-        yield
-
-
-def _storage_exit(exc: StorageError, safe: str, again: str) -> typer.Exit:
-    """Print a refused write as one error line: what could not be written, what is safe, the
-    fix and the command to rerun; the exit to raise."""
-    err.print(f"[red]error:[/red] {escape(f'{exc.what()}. {safe}; {exc.fix} and rerun `{again}`')}")
-    return typer.Exit(ExitCode.STORAGE)
 
 
 @app.callback()
@@ -77,61 +29,7 @@ def main() -> None:
     """Benchmark and evaluate NVIDIA's PiD decoder against native decoders."""
 
 
-#: Where `parity` looks for the oracle when no folder is given and PID_REFERENCE_DIR is unset.
-DEFAULT_REFERENCE_DIR = Path("../shared/pid_reference")
-
-
-@app.command()
-def parity(
-    root: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A folder in the pid_reference layout (golden/INDEX.json, keys/*.json); "
-            f"default $PID_REFERENCE_DIR, else {DEFAULT_REFERENCE_DIR}.",
-            envvar="PID_REFERENCE_DIR",
-            show_envvar=True,
-        ),
-    ] = None,
-) -> None:
-    """Check our PiD against the reference oracle: golden forward/sampler vectors and key manifests.
-
-    Prints one line per case, then `N/M cases pass`; exits 1 if any case fails, 2 when the
-    folder is not an oracle.
-    """
-    from pid_bench.parity import run_parity
-
-    root = root or DEFAULT_REFERENCE_DIR
-    if not root.is_dir():
-        err.print(
-            f"[red]error:[/red] {escape(str(root))}: not a folder. Give the oracle's folder (the "
-            "pid_reference layout: golden/INDEX.json, keys/*.json) as DIR, or set "
-            "PID_REFERENCE_DIR to it."
-        )
-        raise typer.Exit(2)
-    results = []
-    for result in run_parity(root):
-        typer.echo(result.line())
-        results.append(result)
-    counted = [r for r in results if r.kind != "skipped"]
-    if not counted:
-        err.print(
-            f"[red]error:[/red] {root}: no golden/INDEX.json cases and no keys/*.json manifests"
-        )
-        raise typer.Exit(2)
-    passed = sum(r.passed for r in counted)
-    typer.echo(f"{passed}/{len(counted)} cases pass")
-    if passed != len(counted):
-        raise typer.Exit(1)
-
-
-def _load_suite_or_exit(path: Path):
-    from pid_bench.suite import SuiteError, load_suite
-
-    try:
-        return load_suite(path)
-    except (SuiteError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+app.command()(cli_tools.parity)
 
 
 @app.command()
@@ -159,7 +57,7 @@ def plan(
     if fmt not in FORMATS:
         err.print(f"[red]error:[/red] --format {escape(fmt)}: use one of {', '.join(FORMATS)}")
         raise typer.Exit(ExitCode.BAD_INPUT)
-    suite = _load_suite_or_exit(suite_path)
+    suite = load_suite_or_exit(suite_path)
     planned = plan_cells(suite)
     rows = [(cid, plan_values(cell)) for cid, cell in planned]
     if fmt != "table":
@@ -186,7 +84,6 @@ def manifest(
 
     Exit code: 0 written; 2 bad input.
     """
-    import warnings
 
     from pid_bench.manifests import ManifestError, write_manifest
 
@@ -247,7 +144,7 @@ def _retry_statuses(text: str | None) -> frozenset[str]:
 
 
 @app.command(cls=_RunCommand)
-@_exits({
+@exits({
     ExitCode.OK: "all ok",
     ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null)",
     ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json)",
@@ -302,13 +199,14 @@ def run(
     failed ones only with --retry-failed. A damaged or foreign part is moved to
     parts/quarantine/ with a warning, and its cells are recomputed.
     """
-    from pid_bench.runner import PreflightError, RayAddressError, RunStorageError, run_suite
+    from pid_bench.pool import RayAddressError
+    from pid_bench.runner import PreflightError, RunStorageError, run_suite
     from pid_bench.store import RunDirError, StorageError
 
-    suite = _load_suite_or_exit(suite_path)
+    suite = load_suite_or_exit(suite_path)
     retry = _retry_statuses(retry_failed)
     run_dir = output or Path("runs") / suite.name
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         try:
             summary = run_suite(
                 suite,
@@ -333,7 +231,7 @@ def run(
             nulls = _print_null_metrics(run_dir)
         except StorageError as exc:
             safe = f"Every cell is safe in {run_dir}; only the report is missing"
-            raise _storage_exit(exc, safe, f"pid-bench report {run_dir}") from exc
+            raise storage_exit(exc, safe, f"pid-bench report {run_dir}") from exc
     if summary.interrupted_by:
         err.print(
             f"[yellow]interrupted by {summary.interrupted_by}:[/yellow] {summary.cells_remaining} "
@@ -408,7 +306,6 @@ def score(
         err.print("[red]error:[/red] --metrics names no metric")
         raise typer.Exit(2)
     import json
-    import warnings
 
     from pid_bench.metrics import MetricUnavailableWarning
 
@@ -437,7 +334,7 @@ def score(
 
 
 @app.command("report")
-@_exits({
+@exits({
     ExitCode.OK: "written",
     ExitCode.BAD_INPUT: "not a run directory, or a damaged run.json",
     ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, ...)",
@@ -474,7 +371,7 @@ def report_cmd(
                 "directory)"
             )
             raise typer.Exit(ExitCode.BAD_INPUT)
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         try:
             if len(run_dirs) == 1 and out is None:
                 _report(run_dirs[0], print_leaderboard=True)
@@ -486,7 +383,7 @@ def report_cmd(
         except StorageError as exc:
             where = ", ".join(str(r) for r in run_dirs)
             safe = f"The parts in {where} are untouched"
-            raise _storage_exit(exc, safe, "pid-bench report " + " ".join(map(str, run_dirs))) from exc
+            raise storage_exit(exc, safe, "pid-bench report " + " ".join(map(str, run_dirs))) from exc
     typer.echo(md.read_text(encoding="utf-8"))
     typer.echo(f"leaderboard: {md} and {html}")
 
@@ -501,7 +398,7 @@ def _report(run_dir: Path, print_leaderboard: bool) -> None:
 
 
 @app.command("compare")
-@_exits({
+@exits({
     ExitCode.OK: "no regression past the gate",
     ExitCode.FAILED: "a regression",
     ExitCode.BAD_INPUT: "bad input (a --fail-on rule, a run directory, a damaged run.json)",
@@ -548,7 +445,7 @@ def compare_cmd(
         err.print("[red]error:[/red] compare needs at least two run directories (RUN_A RUN_B)")
         raise typer.Exit(ExitCode.BAD_INPUT)
     try:
-        with _warnings_to_stderr():
+        with warnings_to_stderr():
             rules = parse_rules(fail_on)
             results = [compare(runs[0], other, rules) for other in runs[1:]]
     except (CompareError, RunDirError) as exc:
@@ -582,14 +479,14 @@ def compare_cmd(
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_text(text(results, rules), encoding="utf-8")
     except StorageError as exc:
-        raise _storage_exit(exc, "The runs are untouched", "pid-bench compare ...") from exc
+        raise storage_exit(exc, "The runs are untouched", "pid-bench compare ...") from exc
     typer.echo(f"wrote {folder / 'compare.md'} and compare.html")
     if any(r.regressions for r in results):
         raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()
-@_exits({
+@exits({
     ExitCode.OK: "done",
     ExitCode.BAD_INPUT: "not a run directory, or another driver is writing it",
     ExitCode.STORAGE: "the merged part could not be written (disk full, read-only, ...): the "
@@ -609,7 +506,7 @@ def compact(
         err.print(f"[red]error:[/red] {escape(str(run_dir))}: no parts/ folder; pass a RUN_DIR")
         raise typer.Exit(ExitCode.BAD_INPUT)
     try:
-        with _warnings_to_stderr(), run_lock(run_dir):
+        with warnings_to_stderr(), run_lock(run_dir):
             before = len(part_files(run_dir))
             compact(run_dir)
             typer.echo(f"{before} parts -> {len(part_files(run_dir))}")
@@ -618,7 +515,7 @@ def compact(
         raise typer.Exit(ExitCode.BAD_INPUT) from exc
     except StorageError as exc:
         safe = "The parts stand as they were"
-        raise _storage_exit(exc, safe, f"pid-bench compact {run_dir}") from exc
+        raise storage_exit(exc, safe, f"pid-bench compact {run_dir}") from exc
 
 
 @app.command()
@@ -645,91 +542,11 @@ def doctor(
     from pid_bench.doctor import print_doctor
 
     if suite_path is not None:
-        _load_suite_or_exit(suite_path)
+        load_suite_or_exit(suite_path)
     raise typer.Exit(print_doctor(suite_path, checkpoints, Console(soft_wrap=True)))
 
 
-@app.command()
-def decode(
-    out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],
-    backbone: Annotated[
-        str,
-        typer.Option(
-            help="'tiny' (embedded, trained here), 'tiny-random' (random weights) or a released "
-            "backbone."
-        ),
-    ] = "tiny",
-    ckpt_type: Annotated[str, typer.Option(help="2k, 2kto4k or 2kto4k_v1pt5.")] = "2k",
-    latent: Annotated[
-        Path | None,
-        typer.Option(
-            help="safetensors file with a 'latent' tensor [B, C, h, w] or [C, h, w] (PiD convention)."
-        ),
-    ] = None,
-    latent_size: Annotated[
-        int, typer.Option(help="Random latent grid size when no --latent (tiny backbones only).")
-    ] = 8,
-    sigma: Annotated[float, typer.Option(help="Noise level of the latent (0 = clean).")] = 0.0,
-    caption: Annotated[str, typer.Option(help="Caption for PiD's text conditioning.")] = "",
-    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
-    steps: Annotated[int, typer.Option(help="Sampler steps, 1..4.")] = 4,
-    checkpoints: Annotated[
-        Path | None, typer.Option(help="PiD download root (else $PID_BENCH_CHECKPOINTS).")
-    ] = None,
-    text_encoder: Annotated[
-        str | None, typer.Option(help="Gemma-2-2b-it folder or HF-cache repo id.")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
-    ] = None,
-) -> None:
-    """Decode one latent with PiD and write the image; the tiny default needs no download."""
-    import time
-
-    import torch
-    from safetensors.torch import load_file
-
-    from pid_models.decoder import PiDDecoder
-    from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES, UnknownCheckpointError
-
-    EMBEDDED_BACKBONES = {b for b, _ in EMBEDDED_PAIRS}  # noqa: N806
-
-    try:
-        if backbone in EMBEDDED_BACKBONES:
-            trained = backbone not in RANDOM_BACKBONES
-            decoder = PiDDecoder.tiny(seed=0, device=device or "cpu", trained=trained)
-        else:
-            decoder = PiDDecoder.from_pretrained(
-                backbone, ckpt_type, checkpoints, text_encoder, device
-            )
-        if latent is not None:
-            z = load_file(latent)["latent"]
-        elif backbone in EMBEDDED_BACKBONES:
-            gen = torch.Generator().manual_seed(seed)
-            z = torch.randn(1, 16, latent_size, latent_size, generator=gen)
-        else:
-            raise ValueError("--latent is required for a released backbone")
-        started = time.perf_counter()
-        y = decoder.encode_captions(caption, z.shape[0] if z.dim() == 4 else 1)
-        caption_s = time.perf_counter() - started
-        started = time.perf_counter()
-        image = decoder.decode(z, sigma=sigma, y=y, seed=seed, steps=steps)
-        if image.is_cuda:
-            torch.cuda.synchronize()
-        decode_s = time.perf_counter() - started
-    except (UnknownCheckpointError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-    from pid_bench.images import write_png
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_png(image[0], out)
-    typer.echo(
-        f"{backbone}/{ckpt_type}: latent {tuple(z.shape)} -> image {tuple(image.shape)} in "
-        f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
-    )
-    if backbone in EMBEDDED_BACKBONES:
-        typer.echo(f"note: {backbone} is a small embedded network; it says nothing about PiD's quality")
+app.command()(cli_tools.decode)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,12 @@ def shared_local_ray():
     opt in with `pytestmark = pytest.mark.usefixtures("shared_local_ray")`."""
     import ray
 
-    from pid_bench.runner import _init_ray
+    from pid_bench.pool import init_ray
 
     if ray.is_initialized():
         yield
         return
-    _init_ray(None, cpu_workers=2)
+    init_ray(None, cpu_workers=2)
     try:
         yield
     finally:

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pid_bench.cli import app
-from pid_bench.runner import WORKER_DEVICE_ENV, _ActorPool, plan, run_suite
+from pid_bench.pool import WORKER_DEVICE_ENV, ActorPool
+from pid_bench.runner import plan, run_suite
 from pid_bench.schema import ROW_SCHEMA
 from pid_bench.suite import Cell, load_suite
 from pid_models.ldm import PIPELINES  # noqa: F401  (imports diffusers once, outside timing)
@@ -99,7 +100,7 @@ def test_actors_take_whole_model_groups_and_load_each_model_once(two_node_cluste
         for model in ("m1", "m2", "m3", "m4", "m5", "m6")
         for n in range(3)
     ]
-    pool = _ActorPool(None, 1, todo, worker=_RecordingWorker)
+    pool = ActorPool(None, 1, todo, worker=_RecordingWorker)
     results = []
     while pool.busy:
         for rows in pool.next_results(max_retries=0):

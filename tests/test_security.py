@@ -53,12 +53,12 @@ def test_no_unsafe_deserialisation(forbidden):
 def test_local_ray_binds_loopback_without_dashboard(monkeypatch):
     import ray
 
-    from pid_bench import runner
+    from pid_bench import pool
 
     seen = {}
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    runner._init_ray(None, 2)
+    pool.init_ray(None, 2)
     assert seen["_node_ip_address"] == "127.0.0.1" and seen["dashboard_host"] == "127.0.0.1"
     assert seen["include_dashboard"] is False
     assert seen["address"] == "local"  # never joins a `ray start` cluster found in /tmp/ray

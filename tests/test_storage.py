@@ -40,7 +40,7 @@ def tiny():
 
 
 class _Inline:
-    """runner._execute computing the cells here, in order, with the worker's `run_cell`."""
+    """runner.execute computing the cells here, in order, with the worker's `run_cell`."""
 
     def __init__(self, models) -> None:
         self.models = models
@@ -67,7 +67,7 @@ def _computing(inline: _Inline, result_of):
 @pytest.fixture
 def inline(monkeypatch, tiny) -> _Inline:
     execute = _Inline(tiny)
-    monkeypatch.setattr(runner, "_execute", execute)
+    monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.delenv(runner.FAULTS_ENV, raising=False)
     return execute
 
@@ -90,7 +90,7 @@ def finished(suite, tiny, tmp_path_factory) -> Path:
     """One complete run directory of the suite; tests work on copies (`done`)."""
     out = tmp_path_factory.mktemp("finished") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "_execute", _Inline(tiny))
+        patch.setattr(runner, "execute", _Inline(tiny))
         patch.delenv(runner.FAULTS_ENV, raising=False)
         assert _run(suite[0], out).exit_code == 0
     return out
