@@ -249,7 +249,9 @@ def import_upstream(located: tuple[Path, str, str]) -> type:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]
-        known = [pip for mod, pip in UPSTREAM_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+        known = [
+            pip for mod, pip in UPSTREAM_PACKAGES.items() if importlib.util.find_spec(mod) is None
+        ]
         packages = known if top in UPSTREAM_PACKAGES else [top]
         raise BenchError(
             f"could not import {module_name} from {root}: it needs {err.name!r}, not installed "
@@ -629,7 +631,9 @@ def print_table(report: dict[str, Any]) -> None:
             ratio = up.get("paired_ratio")
             cells += [
                 _ms(up.get("latency_p50_ms")),
-                "—" if not ratio else f"{ratio['median']:.3f} [{ratio['p10']:.3f}, {ratio['p90']:.3f}]",
+                "—"
+                if not ratio
+                else f"{ratio['median']:.3f} [{ratio['p10']:.3f}, {ratio['p90']:.3f}]",
                 "—" if up.get("max_abs_diff") is None else f"{up['max_abs_diff']:.2e}",
             ]
         table.add_row(*cells)

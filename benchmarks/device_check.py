@@ -45,7 +45,9 @@ FLUX_2K = "PiD_res2k_sr4x_official_flux_distill_4step"
 #: bf16 runs cannot meet the float32 standard: the oracle states that rounding the weights to
 #: bf16 alone moves outputs by 0.06-1.2 max and 2e-3-5e-3 mean (pid_reference README 3.3). The
 #: smoke bound is twice that statement; it catches a broken bf16 path, not a precision claim.
-BF16_SMOKE = Standard("bf16 smoke bound (2x the oracle's stated bf16 effect)", atol=2.4, mean_tol=1e-2)
+BF16_SMOKE = Standard(
+    "bf16 smoke bound (2x the oracle's stated bf16 effect)", atol=2.4, mean_tol=1e-2
+)
 
 
 class Step:
@@ -158,7 +160,9 @@ def flop_step() -> Step:
 
 
 def _decode_module():
-    spec = importlib.util.spec_from_file_location("pid_bench_decode", REPO / "benchmarks" / "decode.py")
+    spec = importlib.util.spec_from_file_location(
+        "pid_bench_decode", REPO / "benchmarks" / "decode.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -220,7 +224,12 @@ def smoke_step(out: Path, cuda: bool) -> Step:
         ok = [r for r in table if r["status"] == "ok"]
         timers = sorted({r["timer"] for r in ok})
         with_memory = sum(r["peak_mem_allocated_bytes"] is not None for r in ok)
-        s.figures = {"rows": len(table), "ok": len(ok), "timers": timers, "with_memory": with_memory}
+        s.figures = {
+            "rows": len(table),
+            "ok": len(ok),
+            "timers": timers,
+            "with_memory": with_memory,
+        }
         s.detail = (
             f"{len(ok)}/{len(table)} rows ok, timer {', '.join(timers)}, allocator peak memory "
             f"in {with_memory}/{len(ok)} rows" + ("" if cuda else " (CUDA only; none on a CPU)")
@@ -238,7 +247,10 @@ def smoke_step(out: Path, cuda: bool) -> Step:
 def _reference_dir() -> Path | None:
     import os
 
-    for candidate in (os.environ.get("PID_REFERENCE_DIR"), REPO.parent / "shared" / "pid_reference"):
+    for candidate in (
+        os.environ.get("PID_REFERENCE_DIR"),
+        REPO.parent / "shared" / "pid_reference",
+    ):
         if candidate and (Path(candidate) / "golden" / "INDEX.json").is_file():
             return Path(candidate)
     return None
@@ -306,7 +318,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", default=None, metavar="PATH", help="exported upstream checkout")
+    parser.add_argument(
+        "--upstream", default=None, metavar="PATH", help="exported upstream checkout"
+    )
     parser.add_argument("--out", default=str(REPO / "runs" / "device_check"), metavar="DIR")
     parser.add_argument("--quick", action="store_true", help="fewer repeats on CUDA")
     parser.add_argument("--cpu", action="store_true", help="CPU mode even where CUDA exists")

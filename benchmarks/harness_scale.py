@@ -159,9 +159,13 @@ def _print(results: dict) -> None:
         table.add_column(column)
     lines = [
         ("plan", f"{results['cells']:,} cells", results["plan"], "s"),
-        ("pid-bench plan (as typed)", f"{results['cells']:,} cells, "
-         f"{results['plan_cli_lines']} lines, {results['plan_cli_rss_mb']:.0f} MB RSS",
-         results["plan_cli"], "s"),
+        (
+            "pid-bench plan (as typed)",
+            f"{results['cells']:,} cells, "
+            f"{results['plan_cli_lines']} lines, {results['plan_cli_rss_mb']:.0f} MB RSS",
+            results["plan_cli"],
+            "s",
+        ),
         ("resume", f"{results['parts']:,} parts", results["resume"], "s"),
         ("resume after compact", "1 part", results["resume_compacted"], "s"),
         ("compact", f"{results['parts']:,} parts", results["compact"], "s"),

@@ -256,7 +256,10 @@ assert sorted(EXPANSION_ORDER) == sorted(AXIS_BY_NAME), "EXPANSION_ORDER must na
 #: The row columns of the setting key, in the table's order of settings (leaderboard rows,
 #: set-level groups, default comparison groups, the SQL rollups' GROUP BY).
 SETTING_KEYS: tuple[str, ...] = tuple(
-    c.name for name in EXPANSION_ORDER if AXIS_BY_NAME[name].setting for c in AXIS_BY_NAME[name].columns
+    c.name
+    for name in EXPANSION_ORDER
+    if AXIS_BY_NAME[name].setting
+    for c in AXIS_BY_NAME[name].columns
 )
 #: Every row column an axis writes.
 AXIS_COLUMNS: tuple[Column, ...] = tuple(c for axis in AXES for c in axis.columns)

@@ -182,10 +182,16 @@ def compute_fields(
         notes.update(gpu_state_before=state_reason, gpu_state_after=state_reason)
     out: dict[str, Any] = {}
     if dev.type != "cuda":
-        for column in ("peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_activation_bytes"):
+        for column in (
+            "peak_mem_allocated_bytes",
+            "peak_mem_reserved_bytes",
+            "peak_activation_bytes",
+        ):
             notes[column] = CPU_REASON
     elif not isinstance(decoder, Pid) and models.pid.compile_mode in CUDA_GRAPH_MODES:
-        notes["peak_mem_allocated_bytes"] = "includes PiD's weights: compiled with CUDA graphs, not moved"
+        notes["peak_mem_allocated_bytes"] = (
+            "includes PiD's weights: compiled with CUDA graphs, not moved"
+        )
     out["flops"] = decoder.flops(cell, models, prepared, settings)
     if out["flops"] is None:
         del out["flops"]
@@ -198,7 +204,9 @@ def compute_fields(
         out["achieved_tflops"] = out["flops"] / (row["latency_ms_p50"] / 1000) / 1e12
         peak = peak_tflops(torch.cuda.get_device_name(dev))
         if peak is None:
-            notes["mfu"] = f"no dense bf16 peak for {torch.cuda.get_device_name(dev)} in pid_models.flops"
+            notes["mfu"] = (
+                f"no dense bf16 peak for {torch.cuda.get_device_name(dev)} in pid_models.flops"
+            )
         else:
             out["mfu"] = out["achieved_tflops"] / peak
     return out | {"measure_notes": json.dumps(notes, sort_keys=True) if notes else None}

@@ -383,7 +383,9 @@ def report_cmd(
         except StorageError as exc:
             where = ", ".join(str(r) for r in run_dirs)
             safe = f"The parts in {where} are untouched"
-            raise storage_exit(exc, safe, "pid-bench report " + " ".join(map(str, run_dirs))) from exc
+            raise storage_exit(
+                exc, safe, "pid-bench report " + " ".join(map(str, run_dirs))
+            ) from exc
     typer.echo(md.read_text(encoding="utf-8"))
     typer.echo(f"leaderboard: {md} and {html}")
 

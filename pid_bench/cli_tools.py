@@ -57,8 +57,6 @@ def parity(
         raise typer.Exit(1)
 
 
-
-
 def decode(
     out: Annotated[Path, typer.Option(help="Where to write the decoded image (PNG).")],
     backbone: Annotated[
@@ -138,4 +136,6 @@ def decode(
         f"{decode_s * 1000:.0f} ms ({steps} steps; captions {caption_s * 1000:.0f} ms) -> {out}"
     )
     if backbone in EMBEDDED_BACKBONES:
-        typer.echo(f"note: {backbone} is a small embedded network; it says nothing about PiD's quality")
+        typer.echo(
+            f"note: {backbone} is a small embedded network; it says nothing about PiD's quality"
+        )

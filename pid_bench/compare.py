@@ -75,8 +75,7 @@ def parse_rules(text: str | None) -> list[Rule]:
         match = _RULE.match(item)
         if match is None:
             raise CompareError(
-                f"--fail-on: {item.strip()!r} is not name=+N%, name=-N (e.g. "
-                "latency=+5%,psnr=-0.1)"
+                f"--fail-on: {item.strip()!r} is not name=+N%, name=-N (e.g. latency=+5%,psnr=-0.1)"
             )
         name, sign, amount, percent = match.groups()
         value = float(amount) / (100 if percent else 1)
@@ -146,7 +145,7 @@ def _measures(group: pd.DataFrame, metrics, direction, seed: int, n: int) -> lis
     ratio = (group["latency_ms_p50_b"] / group["latency_ms_p50_a"]).to_numpy(float)
     out.append(_ratio_record("latency", ratio, seed, n, higher_is_worse=True))
     if group["peak_mem_allocated_bytes_a"].notna().any():
-        memory = (group["peak_mem_allocated_bytes_b"] / group["peak_mem_allocated_bytes_a"])
+        memory = group["peak_mem_allocated_bytes_b"] / group["peak_mem_allocated_bytes_a"]
         out.append(_ratio_record("memory", memory.to_numpy(float), seed, n, higher_is_worse=True))
     for column in metrics:
         a, b = group[f"{column}_a"].to_numpy(float), group[f"{column}_b"].to_numpy(float)
@@ -264,7 +263,9 @@ def html_page(results: Sequence[Comparison], rules: Sequence[Rule]) -> str:
     if rules:
         body.append(f"<p>Regression gate: {esc(', '.join(r.text() for r in rules))}</p>")
     for result in results:
-        body.append(f"<h2>{esc(result.run_b)} vs {esc(result.run_a)}</h2><p>{esc(_summary(result))}</p>")
+        body.append(
+            f"<h2>{esc(result.run_b)} vs {esc(result.run_a)}</h2><p>{esc(_summary(result))}</p>"
+        )
         head = "".join(f"<th>{esc(h)}</th>" for h in _HEADERS)
         rows = "".join(
             "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"

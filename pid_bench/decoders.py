@@ -132,7 +132,9 @@ class Decoder:
         self.name = name
         self.options = options
 
-    def load(self, cell: Any, models: ModelSet, settings: CellSettings, device: torch.device) -> None:
+    def load(
+        self, cell: Any, models: ModelSet, settings: CellSettings, device: torch.device
+    ) -> None:
         """Load what the decoder needs beyond `models` (once per worker; keep it on `models`)."""
 
     def decode_fn(
@@ -259,8 +261,7 @@ class PidTeacher(Decoder):
         options = self._options(settings)
         shift = options.shift or dynamic_shift(*cell.resolution)
         sampler = (
-            f"DPM-Solver++(2M), {options.steps} steps, CFG {options.cfg_scale:g}, "
-            f"shift {shift:.3f}"
+            f"DPM-Solver++(2M), {options.steps} steps, CFG {options.cfg_scale:g}, shift {shift:.3f}"
         )
         return {"resize_kernel": None, "sampler": sampler}
 
@@ -457,7 +458,9 @@ def build_decoder(name: str, baselines: dict[str, Any] | None = None) -> Decoder
     if needs_baseline(name):
         options = (baselines or {}).get(name.removeprefix("native+"))
         if options is None:
-            raise ValueError(f"decoder {name}: no baselines.{name.removeprefix('native+')} entry in the suite")
+            raise ValueError(
+                f"decoder {name}: no baselines.{name.removeprefix('native+')} entry in the suite"
+            )
         if not isinstance(options, BaselineOptions):
             options = BaselineOptions(**options)
         return BASELINE_KINDS[options.kind](name, options)

@@ -379,7 +379,9 @@ def build_report(
             report.components = components
         report.runnable, report.blocked = _classify(suite, components)
         report.total_cells = len(report.runnable) + len(report.blocked)
-        report.baselines = [_baseline_status(name, options) for name, options in suite.baselines.items()]
+        report.baselines = [
+            _baseline_status(name, options) for name, options in suite.baselines.items()
+        ]
     return report
 
 
@@ -533,7 +535,9 @@ def _where_table(report: DoctorReport, fixes: _Fixes):
         # a reason that is not a command (not implemented) stays in the table
         fix = fixes.ref(hint) if status == "missing" else (hint or "")
         detail = [_pairs_text(pairs), path or "", fix]
-        where.add_row(component, _STATUS_TEXT.get(status, status), "\n".join(d for d in detail if d))
+        where.add_row(
+            component, _STATUS_TEXT.get(status, status), "\n".join(d for d in detail if d)
+        )
     return where
 
 
@@ -584,8 +588,10 @@ def _baselines_table(report: DoctorReport):
     for column in ("decoder", "weights", "status"):
         table.add_column(column, overflow="fold")
     for decoder, path, found in report.baselines:
-        status = _STATUS_TEXT["present"] if found else (
-            f"{_STATUS_TEXT['missing']}: put the file there or fix baselines.<name>.path"
+        status = (
+            _STATUS_TEXT["present"]
+            if found
+            else (f"{_STATUS_TEXT['missing']}: put the file there or fix baselines.<name>.path")
         )
         table.add_row(decoder, path, status)
     return table

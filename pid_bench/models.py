@@ -42,7 +42,9 @@ def model_identity(backbone: str, ckpt_type: str) -> str:
             [dict(TINY_NET_KWARGS), dict(TINY_VAE_CONFIG)], sort_keys=True, default=list
         )
         weights = "seed=0" if backbone in RANDOM_BACKBONES else trained_identity()
-        return f"{backbone}/{ckpt_type}:{weights}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+        return (
+            f"{backbone}/{ckpt_type}:{weights}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
+        )
     experiment = resolve(backbone, ckpt_type)
     config = json.dumps(dict(experiment.net_kwargs), sort_keys=True)
     return f"{backbone}:{experiment.name}:{hashlib.sha256(config.encode()).hexdigest()[:12]}"
@@ -71,9 +73,7 @@ def load_models(
     from pid_models.codecs import load_codec
 
     codec = load_codec(backbone, checkpoints, device)  # small: fails fast before PiD loads
-    pid = PiDDecoder.from_pretrained(
-        backbone, ckpt_type, checkpoints, device=device, **pid_options
-    )
+    pid = PiDDecoder.from_pretrained(backbone, ckpt_type, checkpoints, device=device, **pid_options)
     return ModelSet(pid, codec, False, pipeline)
 
 

@@ -215,12 +215,16 @@ CROSS_RUN_NOTE = (
 
 
 def html_page(multi: MultiReport) -> str:
-    return jinja().get_template("leaderboard.html.j2").render(
-        multi=multi,
-        provenance_headers=[t for _, t in PROVENANCE_COLUMNS],
-        warning=" ".join(multi.warnings()) or None,
-        note=f"{LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
-        definitions=definitions(multi.table),
+    return (
+        jinja()
+        .get_template("leaderboard.html.j2")
+        .render(
+            multi=multi,
+            provenance_headers=[t for _, t in PROVENANCE_COLUMNS],
+            warning=" ".join(multi.warnings()) or None,
+            note=f"{LEADERBOARD_NOTE} {CROSS_RUN_NOTE}",
+            definitions=definitions(multi.table),
+        )
     )
 
 

@@ -37,9 +37,7 @@ def no_data(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def decoder_series(
-    records: list[dict[str, Any]], x: str, y: str
-) -> dict[str, tuple[list, list]]:
+def decoder_series(records: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[list, list]]:
     """decoder -> (xs, ys) of the records with a value of y."""
     out: dict[str, tuple[list, list]] = {}
     for r in records:

@@ -38,7 +38,7 @@ LEADERBOARD_NOTE = (
     "twin_* compare a decode, downsampled to the native size, with the native decode."
 )
 DEFINITIONS_MD = (
-    "Metric definitions: docs/metrics.md (\"Definitions\") in the pid-bench checkout, and the "
+    'Metric definitions: docs/metrics.md ("Definitions") in the pid-bench checkout, and the '
     "Definitions section of the HTML page."
 )
 MAX_FAILURES_MD = 50  # failures listed in leaderboard.md (the HTML lists them all)

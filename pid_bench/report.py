@@ -241,20 +241,24 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
 
     table = _run_table(data)
     viewer = viewer_data(data.run_dir, query(con, "grid"))
-    return jinja().get_template("report.html.j2").render(
-        data=data,
-        footnotes=footnotes(data),
-        warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
-        embedded_warning=EMBEDDED_WARNING if data.trained_embedded else None,
-        upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
-        environment=environment_items(data.meta),
-        table=table,
-        leaderboard_note=LEADERBOARD_NOTE,
-        dodge_caption=DODGE_CAPTION,
-        definitions=definitions(table),
-        plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
-        viewer=viewer,
-        viewer_json=json_for_html(viewer),
+    return (
+        jinja()
+        .get_template("report.html.j2")
+        .render(
+            data=data,
+            footnotes=footnotes(data),
+            warning=RANDOM_WEIGHTS_WARNING if data.random_weights else None,
+            embedded_warning=EMBEDDED_WARNING if data.trained_embedded else None,
+            upsampled_warning=UPSAMPLED_WARNING if data.upsampled_references else None,
+            environment=environment_items(data.meta),
+            table=table,
+            leaderboard_note=LEADERBOARD_NOTE,
+            dodge_caption=DODGE_CAPTION,
+            definitions=definitions(table),
+            plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
+            viewer=viewer,
+            viewer_json=json_for_html(viewer),
+        )
     )
 
 

@@ -296,7 +296,9 @@ class RunStorageError(RuntimeError):
             count, rest = f"The cells already in {run_dir} are safe ({whole})", "the others"
         else:
             count = f"{safe} of {total} cells are safe in {run_dir} ({whole})"
-            rest = f"the other {total - safe}" if safe < total else "what is left (run.json, report)"
+            rest = (
+                f"the other {total - safe}" if safe < total else "what is left (run.json, report)"
+            )
         super().__init__(
             f"{cause.what()}. {count}; {cause.fix} and rerun the same command to finish {rest}"
         )

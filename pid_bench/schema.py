@@ -26,7 +26,11 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("run_id", pa.string(), "run directory name"),
     ("suite", pa.string(), "suite name"),
     ("cell_id", pa.string(), "hash of the cell's canonical configuration and model identity"),
-    ("decoder", pa.string(), "pid | pid-teacher | native | native+bicubic | native+lanczos | native+<baseline>"),
+    (
+        "decoder",
+        pa.string(),
+        "pid | pid-teacher | native | native+bicubic | native+lanczos | native+<baseline>",
+    ),
     (
         "status",
         pa.string(),
@@ -203,7 +207,8 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
 ]
 _COLUMNS += [
-    (f"metric_{m}", pa.float64(), f"{m}, {_KIND_DOC[BUILTIN_SPECS[m].kind]}") for m in METRIC_COLUMNS
+    (f"metric_{m}", pa.float64(), f"{m}, {_KIND_DOC[BUILTIN_SPECS[m].kind]}")
+    for m in METRIC_COLUMNS
 ]
 
 ROW_SCHEMA = pa.schema(

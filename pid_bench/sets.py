@@ -179,4 +179,3 @@ def write_sets(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     name = f"set-{uuid.uuid4().hex[:16]}.parquet"
     table = pa.Table.from_pylist(rows, schema=SET_SCHEMA)
     return write_table_atomic(table, Path(run_dir) / SETS_DIR / name)
-

@@ -340,7 +340,9 @@ def _latest(parts: list[Path]) -> dict[tuple[str, str], Written]:
     table = table.sort_by(order)
     keys = zip(table["cell_id"].to_pylist(), table["decoder"].to_pylist(), strict=True)
     rows = zip(table["status"].to_pylist(), table["attempt"].to_pylist(), strict=True)
-    return {key: Written(status, attempt) for key, (status, attempt) in zip(keys, rows, strict=True)}
+    return {
+        key: Written(status, attempt) for key, (status, attempt) in zip(keys, rows, strict=True)
+    }
 
 
 def finished_rows(run_dir: Path) -> set[tuple[str, str]]:

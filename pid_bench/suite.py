@@ -13,7 +13,6 @@ canonical JSON with the model identity so a resumed run finds exactly the cells 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -37,7 +36,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node
 
 from pid_bench.axes import (
     AXES,
@@ -57,6 +56,13 @@ from pid_bench.decoders import (
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_known_metric
 from pid_bench.paths import folder_or_repo_id, under_suite
+from pid_bench.yaml_errors import (
+    duplicate_keys,
+    format_error,
+    line_number,
+    line_of,
+    yaml_problem,
+)
 from pid_models.registry import CKPT_TYPES, UnknownCheckpointError, check_pair, output_multiple
 
 __all__ = [
@@ -86,10 +92,6 @@ class SuiteError(ValueError):
 
 
 # --- field types ----------------------------------------------------------------------------
-
-
-def _unique(values: list[Any]) -> list[Any]:
-    return unique(values)
 
 
 DecoderAxis = value_list(DecoderName)
@@ -184,7 +186,9 @@ class SetMetricOptions(BaseModel):
     """
 
     model_config = _FROZEN
-    feature_extractor: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    feature_extractor: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = (
+        None
+    )
 
 
 class LdmOptions(BaseModel):
@@ -243,7 +247,7 @@ class Suite(_SuiteAxes):
     model_config = _FROZEN
 
     decoders: DecoderAxis
-    metrics: Annotated[list[str], AfterValidator(_unique)] = []
+    metrics: Annotated[list[str], AfterValidator(unique)] = []
     source: str
     # full_size: a full-reference metric compares only with a reference at least the size it is
     # scored at (else null, "reference upsampled from HxW"); upsampled: compare anyway (the
@@ -379,7 +383,9 @@ class Suite(_SuiteAxes):
     def full_reference_metrics(self) -> list[str]:
         """The suite's metrics that compare with a reference image (the ones an upsampled
         reference withholds)."""
-        return [n for n in expand_metric_names(self.metrics) if get_metric(n).kind == "full_reference"]
+        return [
+            n for n in expand_metric_names(self.metrics) if get_metric(n).kind == "full_reference"
+        ]
 
     def decode_identity(self) -> str:
         """The decode settings that change PiD's output, for cell ids ("" at the defaults, so
@@ -416,9 +422,9 @@ class Suite(_SuiteAxes):
 
     def _axis_values(self, given: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Each axis's values in this suite, ``given`` ones replacing the suite's."""
-        return {a.name: given.get(a.name) or a.suite_values(self) for a in AXES if a.name != "item"} | {
-            "item": given.get("item", [])
-        }
+        return {
+            a.name: given.get(a.name) or a.suite_values(self) for a in AXES if a.name != "item"
+        } | {"item": given.get("item", [])}
 
     def _excluded(self, axes: dict[str, Any]) -> bool:
         return any(entry.matches(axes) for entry in self.exclude)
@@ -468,7 +474,7 @@ def load_suite(path: str | Path) -> Suite:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SuiteError([_yaml_problem(path, err)]) from None
+        raise SuiteError([yaml_problem(path, err)]) from None
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
         line = root.start_mark.line + 1 if root is not None else 1
@@ -476,20 +482,20 @@ def load_suite(path: str | Path) -> Suite:
             [f"{path}:{line}: the suite must be a mapping of keys (name, ...), got {got}"]
         )
 
-    problems = _duplicate_keys(path, root)
+    problems = duplicate_keys(path, root)
     suite: Suite | None = None
     try:
         _custom_metric_paths(path)
         suite = Suite.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as err:
-        problems += [_format_error(path, root, error) for error in err.errors()]
+        problems += [format_error(path, root, error, _allowed_keys) for error in err.errors()]
     problems += _pair_problems(path, root, raw, suite)
     if suite is not None and not problems:
         problems += _resolution_problems(path, root, suite)
     if suite is not None and not problems:
         problems += _source_problems(path, root, suite)
     if problems:
-        raise SuiteError(sorted(problems, key=lambda problem: _line_number(problem, path)))
+        raise SuiteError(sorted(problems, key=lambda problem: line_number(problem, path)))
     suite._path = path
     _log_defaults(suite, raw)
     return suite
@@ -510,68 +516,6 @@ def _custom_metric_paths(path: Path) -> None:
         add_search_path(folder)
 
 
-def _line_number(problem: str, path: Path) -> int:
-    """The LINE of a ``FILE:LINE ...`` problem, so problems read top to bottom (stable sort)."""
-    digits = itertools.takewhile(str.isdigit, problem[len(str(path)) + 1 :])
-    return int("".join(digits) or 0)
-
-
-def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    line = mark.line + 1 if mark is not None else 1
-    problem = getattr(err, "problem", None) or str(err)
-    context = getattr(err, "context", None)
-    detail = f"{context}, {problem}" if context else problem
-    return f"{path}:{line}: malformed YAML: {detail}"
-
-
-def _duplicate_keys(path: Path, node: Node | None) -> list[str]:
-    """safe_load keeps the last of two equal keys silently; a suite says so instead."""
-    problems: list[str] = []
-    if isinstance(node, MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            if isinstance(key, ScalarNode):
-                line = key.start_mark.line + 1
-                if key.value in first:
-                    problems.append(
-                        f"{path}:{line} {key.value}: duplicate key (also on line "
-                        f"{first[key.value]}); keep one"
-                    )
-                first.setdefault(key.value, line)
-            problems += _duplicate_keys(path, value)
-    elif isinstance(node, SequenceNode):
-        for child in node.value:
-            problems += _duplicate_keys(path, child)
-    return problems
-
-
-def _line_of(root: Node, loc: Sequence[str | int]) -> int:
-    """The line of the deepest YAML node on ``loc``: a key's line for a mapping entry, an item's
-    line for a list element, else the nearest parent's."""
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, MappingNode) and isinstance(part, str):
-            entry = next((kv for kv in node.value if getattr(kv[0], "value", None) == part), None)
-            if entry is None:
-                break
-            line, node = entry[0].start_mark.line + 1, entry[1]
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _key_path(loc: Sequence[str | int]) -> str:
-    """``('exclude', 0, 'resolution')`` → ``exclude[0].resolution``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
     """Field names of the model that owns the mapping at ``loc`` (for "did you mean")."""
     if not loc:
@@ -587,31 +531,6 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
     if loc[0] == "exclude":
         return list(ExcludeEntry.model_fields)
     return []
-
-
-def _message(error: dict[str, Any]) -> str:
-    """pydantic's message, reworded where a suite author needs the fix rather than the type."""
-    kind, loc = error["type"], error["loc"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-        return f"unknown key; {hint}"
-    if kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
-        return "must not be empty"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "value_error":
-        return str(error["ctx"]["error"])
-    got = repr(error.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{error['msg']} (got {got})"
-
-
-def _format_error(path: Path, root: Node, error: dict[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    where = _key_path(loc)
-    return f"{path}:{_line_of(root, loc)} {where}: {_message(error)}"
 
 
 def _pair_problems(path: Path, root: Node, raw: dict, suite: Suite | None) -> list[str]:
@@ -633,7 +552,7 @@ def _pair_problems(path: Path, root: Node, raw: dict, suite: Suite | None) -> li
             except UnknownCheckpointError as err:
                 if _pair_removed(raw, suite, backbone, ckpt_type):
                     continue
-                line = _line_of(root, ("backbones", index))
+                line = line_of(root, ("backbones", index))
                 problems.append(
                     f"{path}:{line} backbones[{index}]: pair {backbone}/{ckpt_type}: {err}; "
                     "drop it or exclude it with {backbone: ..., ckpt_type: ...}"
@@ -671,7 +590,7 @@ def _resolution_problems(path: Path, root: Node, suite: Suite) -> list[str]:
                 continue
             near = "x".join(str(max(multiple, round(side / multiple) * multiple)) for side in size)
             problems.append(
-                f"{path}:{_line_of(root, ('resolutions', index))} resolutions[{index}]: "
+                f"{path}:{line_of(root, ('resolutions', index))} resolutions[{index}]: "
                 f"{size[0]}x{size[1]} is not a multiple of {multiple} px, the pixel grid of "
                 f"{backbone}/{ckpt_type} (one latent cell, codec x PiD scale); use {near}, or "
                 "exclude it with {backbone: ..., resolution: ...}"
@@ -684,7 +603,7 @@ def _source_problems(path: Path, root: Node, suite: Suite) -> list[str]:
     try:
         suite.items()
     except ManifestError as err:
-        line = _line_of(root, ("source",))
+        line = line_of(root, ("source",))
         return [f"{path}:{line} source: {problem}" for problem in str(err).splitlines()]
     return []
 

@@ -68,7 +68,9 @@ def preview(path: Path) -> tuple[str, tuple[int, int]]:
         image = opened.convert("RGB")
     w, h = image.size
     if w > PREVIEW_WIDTH:
-        image = image.resize((PREVIEW_WIDTH, max(1, round(h * PREVIEW_WIDTH / w))), Image.Resampling.LANCZOS)
+        image = image.resize(
+            (PREVIEW_WIDTH, max(1, round(h * PREVIEW_WIDTH / w))), Image.Resampling.LANCZOS
+        )
     buffer = io.BytesIO()
     # 4:4:4: chroma subsampling would blur exactly the colour shifts a reader compares
     image.save(buffer, format="JPEG", quality=PREVIEW_QUALITY, subsampling=0)

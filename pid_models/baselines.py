@@ -163,7 +163,9 @@ def tiled(
             if out is None:
                 out = up.new_zeros(*up.shape[:2], height * scale, width * scale)
             ye, xe = min(y + step, height), min(x + step, width)
-            core = up[..., (y - y0) * scale : (ye - y0) * scale, (x - x0) * scale : (xe - x0) * scale]
+            core = up[
+                ..., (y - y0) * scale : (ye - y0) * scale, (x - x0) * scale : (xe - x0) * scale
+            ]
             out[..., y * scale : ye * scale, x * scale : xe * scale] = core
     return out
 

@@ -100,14 +100,20 @@ class PiDDecoder:
                 f"generator_device {generator_device!r}: CUDA is not available on this machine "
                 "(leave it unset to draw the noise on the decode device)"
             )
-        self.compile_mode = None if compile is False else ("default" if compile is True else compile)
+        self.compile_mode = (
+            None if compile is False else ("default" if compile is True else compile)
+        )
         self.compile_backend = compile_backend
         self._compiled: dict[tuple, torch.nn.Module] = {}
 
     def resolved_precision(self) -> str:
         """What runs: bf16-autocast, bf16 (weights stored in bf16) or fp32."""
         if self.autocast_dtype is not None:
-            return "bf16-autocast" if self.autocast_dtype == torch.bfloat16 else str(self.autocast_dtype)
+            return (
+                "bf16-autocast"
+                if self.autocast_dtype == torch.bfloat16
+                else str(self.autocast_dtype)
+            )
         return "bf16" if self.net.s_embedder.proj.weight.dtype == torch.bfloat16 else "fp32"
 
     # ---- constructors ----------------------------------------------------------------------

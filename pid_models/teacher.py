@@ -99,7 +99,7 @@ def sample_teacher(
         t = times[step]
         step_order = min(order, steps + 1 - step, len(previous))
         x = _update(x, previous, t, step_order)
-        previous = [*previous[-(order - 1):], (t, None)] if order > 1 else [(t, None)]
+        previous = [*previous[-(order - 1) :], (t, None)] if order > 1 else [(t, None)]
         if step < steps:  # the last model value is never needed
             previous[-1] = (t, data_prediction(x, t))
     return x.clamp(-1, 1)

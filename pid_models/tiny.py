@@ -186,7 +186,9 @@ def trained_meta() -> dict[str, Any]:
     """tiny.json: the training command, config, latent normalisation, checksums and scores."""
     path = TRAINED_DIR / "tiny.json"
     if not path.is_file():
-        raise TrainedTinyError(f"{path} is missing: the trained tiny backbone needs it; {_REGENERATE}")
+        raise TrainedTinyError(
+            f"{path} is missing: the trained tiny backbone needs it; {_REGENERATE}"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -237,4 +239,6 @@ def build_trained_tiny_codec():
 
     vae = AutoencoderKL(**trained_vae_config())
     vae.load_state_dict(_trained_state("codec.safetensors"))
-    return ScaledVAECodec(vae.eval().requires_grad_(False), identity=f"tiny-vae:{trained_identity()}")
+    return ScaledVAECodec(
+        vae.eval().requires_grad_(False), identity=f"tiny-vae:{trained_identity()}"
+    )

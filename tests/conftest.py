@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def find_reference() -> Path | None:
     """The oracle: $PID_REFERENCE_DIR, else ../shared/pid_reference beside the checkout."""
-    for candidate in (os.environ.get("PID_REFERENCE_DIR"), REPO.parent / "shared" / "pid_reference"):
+    for candidate in (
+        os.environ.get("PID_REFERENCE_DIR"),
+        REPO.parent / "shared" / "pid_reference",
+    ):
         if candidate and (Path(candidate) / "golden" / "INDEX.json").is_file():
             return Path(candidate)
     return None

@@ -162,7 +162,9 @@ def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
     rows = {r["decoder"]: r for r in pq.read_table(run_dir / "parts").to_pylist()}
     sd = rows["native+sd-x4-upscaler"]
     assert sd["status"] == "ok", sd["error"]
-    assert sd["resize_kernel"].startswith("sd-x4-upscaler (StableDiffusionUpscalePipeline x4, 2 steps")
+    assert sd["resize_kernel"].startswith(
+        "sd-x4-upscaler (StableDiffusionUpscalePipeline x4, 2 steps"
+    )
     assert (sd["decoded_height"], sd["decoded_width"]) == (64, 64) and sd["latency_ms_p50"] > 0
     html = (run_dir / "report.html").read_text()
     for baseline in ("native+bicubic", "native+realesrgan", "native+swinir",
@@ -183,5 +185,7 @@ def test_learned_and_diffusion_sr_baselines_run_end_to_end_into_the_report(
 def test_a_missing_upscaler_pipeline_names_the_download(tmp_path):
     from pid_models.baselines import load_diffusion_upscaler
 
-    with pytest.raises(BaselineError, match=r"hf download stabilityai/stable-diffusion-x4-upscaler"):
+    with pytest.raises(
+        BaselineError, match=r"hf download stabilityai/stable-diffusion-x4-upscaler"
+    ):
         load_diffusion_upscaler("sd", str(tmp_path / "none"), 4)

@@ -147,7 +147,9 @@ def _big_suite(tmp_path, sigmas: int = 60) -> Path:
 def test_plan_shows_the_axes_and_the_first_40_cells_and_says_how_to_see_the_rest(tmp_path):
     result = runner.invoke(app, ["plan", str(_big_suite(tmp_path))])
     assert result.exit_code == 0, result.output
-    assert "sigma: 60 values (0, 0.00833333, " in result.output and ", …, 0.491667)" in result.output
+    assert (
+        "sigma: 60 values (0, 0.00833333, " in result.output and ", …, 0.491667)" in result.output
+    )
     cells = [line for line in result.output.splitlines() if re.match(r"[0-9a-f]{16}  ", line)]
     assert len(cells) == 40
     assert "… 200 more: `--all` to list them, `--format csv|jsonl` to export" in result.output

@@ -95,7 +95,9 @@ def test_a_sigma_at_or_below_zero_adds_no_noise_and_draws_nothing(form):
     latent = torch.ones(1, 4, 2, 2)
     gen = torch.Generator().manual_seed(0)
     assert add_noise(latent, -0.1, form, gen) is latent
-    assert torch.equal(torch.randn(3, generator=gen), torch.randn(3, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        torch.randn(3, generator=gen), torch.randn(3, generator=torch.Generator().manual_seed(0))
+    )
 
 
 @pytest.mark.parametrize("form", ["flow", "vp"])

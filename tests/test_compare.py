@@ -22,7 +22,9 @@ def two_runs(tmp_path_factory):
     # 2 images x 2 seeds of one setting: the gate judges settings of 3 or more cells
     suite = write_suite(folder, limit=2, seeds=[0, 1], sigmas=[0.0], resolutions=[64],
                         metrics=["psnr"], decoders=["pid", "native"])  # fmt: skip
-    result = CliRunner().invoke(app, ["run", str(suite), "--output", str(folder / "a"), "--no-report"])
+    result = CliRunner().invoke(
+        app, ["run", str(suite), "--output", str(folder / "a"), "--no-report"]
+    )
     assert result.exit_code == 0, result.output
     # B: the same rows measured again, 10 % slower (a second real run costs a Ray start-up here;
     # the note of the issue shows two real smoke runs compared by hand)
@@ -55,7 +57,9 @@ def test_runs_of_the_same_suite_match_row_for_row_and_pass_the_gate(two_runs, tm
     assert all(r["mean"] == pytest.approx(1.1) for r in latency)
     psnr = [r for r in comparison.records if r["measure"] == "psnr"]
     assert psnr and all(abs(r["mean"]) < 1e-9 for r in psnr)  # same seeds, same cells: equal
-    assert (tmp_path / "compare.md").is_file() and "<table>" in (tmp_path / "compare.html").read_text()
+    assert (tmp_path / "compare.md").is_file() and "<table>" in (
+        tmp_path / "compare.html"
+    ).read_text()
 
 
 def test_an_injected_regression_exits_1_and_names_the_setting(two_runs, tmp_path):

@@ -187,7 +187,9 @@ def test_compaction_merges_parts_and_a_kill_at_any_step_loses_no_row(tmp_path, m
         assert store.finished_rows(run) == expected, fail_at  # recovered on the next read
         keys = [k for p in store.part_files(run) for k in _keys(p)]
         assert len(keys) == len(set(keys)) == 6, fail_at  # and no row twice
-        assert not list((run / "parts").glob(".*")) and not (run / "parts" / "compact.json").exists()
+        assert (
+            not list((run / "parts").glob(".*")) and not (run / "parts" / "compact.json").exists()
+        )
 
 
 def _boom(*args, **kwargs):

@@ -31,7 +31,9 @@ def test_analytic_count_is_within_5_percent_of_flop_counter_mode(config, out_hw,
 
 
 def test_full_size_flux_2k_at_2048_is_about_45_tflop_per_forward():
-    flux = next(e for e in EXPERIMENTS.values() if e.name == "PiD_res2k_sr4x_official_flux_distill_4step")
+    flux = next(
+        e for e in EXPERIMENTS.values() if e.name == "PiD_res2k_sr4x_official_flux_distill_4step"
+    )
     per_forward = forward_flops(flux.net_kwargs, (2048, 2048))
     assert 40e12 < per_forward < 50e12
     assert decode_flops(flux.net_kwargs, (2048, 2048), steps=4) == 4 * per_forward

@@ -29,7 +29,6 @@ runner = CliRunner()
 ONCE = TimingPolicy(warmup=0, repeats=1, min_time_s=0)  # cells, not timing, under test
 
 
-
 @pytest.fixture(scope="module")
 def tiny_models():
     return load_models("tiny", "2k", "cpu")
@@ -46,7 +45,9 @@ def test_kodak_at_1024_withholds_full_reference_metrics_against_an_upsampled_ref
     suite = load_suite(
         write_suite(tmp_path, source=str(REPO / "manifests" / "kodak.jsonl"), resolutions=[1024])
     )
-    rows = run_cell(suite.cells()[0], "k", tiny_models, _settings(tmp_path, ("psnr", "ssim")), "cpu")
+    rows = run_cell(
+        suite.cells()[0], "k", tiny_models, _settings(tmp_path, ("psnr", "ssim")), "cpu"
+    )
     by = {r["decoder"]: r for r in rows}
     for decoder in ("pid", "native+bicubic"):
         row = by[decoder]
@@ -64,7 +65,9 @@ def test_kodak_at_1024_withholds_full_reference_metrics_against_an_upsampled_ref
 
 def test_native_is_scored_at_its_own_size_and_differs_from_native_bicubic(tmp_path, tiny_models):
     suite = load_suite(write_suite(tmp_path, resolutions=[256], sigmas=[0.0]))
-    rows = run_cell(suite.cells()[0], "n", tiny_models, _settings(tmp_path, ("psnr", "ssim")), "cpu")
+    rows = run_cell(
+        suite.cells()[0], "n", tiny_models, _settings(tmp_path, ("psnr", "ssim")), "cpu"
+    )
     by = {r["decoder"]: r for r in rows}
     assert (by["native"]["scored_height"], by["native+bicubic"]["scored_height"]) == (64, 256)
     assert by["native"]["resize_kernel"] is None
@@ -210,6 +213,8 @@ def test_a_custom_metric_plugs_in_by_module_path(tmp_path, tiny_models):
     for row in rows:
         value = json.loads(row["extra_metrics"])["my_scorers:mean_red"]
         assert 0 <= value <= 1
-    bad = runner.invoke(app, ["plan", str(write_suite(tmp_path, name="bad", metrics=["nope_mod:f"]))])
+    bad = runner.invoke(
+        app, ["plan", str(write_suite(tmp_path, name="bad", metrics=["nope_mod:f"]))]
+    )
     assert bad.exit_code == 2 and "nope_mod:f" in bad.output
     sys.modules.pop("my_scorers", None)

@@ -31,7 +31,6 @@ ONCE = TimingPolicy(warmup=0, repeats=1, min_time_s=0)  # cells, not timing, und
 TWICE = TimingPolicy(warmup=0, repeats=2, min_time_s=0)
 
 
-
 def write_suite(folder: Path, name: str = "mini", **overrides) -> Path:
     fields = {
         "name": name,
@@ -281,7 +280,9 @@ def test_a_compiled_pid_records_compilation_apart_from_the_timed_repeats(tmp_pat
     from pid_models.decoder import PiDDecoder
 
     pid = tiny_models.pid
-    compiled = PiDDecoder(pid.net, pid.caption_encoder, "cpu", compile=True, compile_backend="eager")
+    compiled = PiDDecoder(
+        pid.net, pid.caption_encoder, "cpu", compile=True, compile_backend="eager"
+    )
     models = dataclasses.replace(tiny_models, pid=compiled)
     suite = load_suite(write_suite(tmp_path, resolutions=[64], limit=1, sigmas=[0.0]))
     cell = dataclasses.replace(suite.cells()[0], compile="default")
@@ -317,7 +318,10 @@ def test_on_cuda_each_decoder_is_measured_with_only_its_own_weights(tmp_path):
     # resident before the native decode = peak - activation: the codec and inputs, not PiD too
     resident = native["peak_mem_allocated_bytes"] - native["peak_activation_bytes"]
     assert native["weights_bytes"] <= resident < native["weights_bytes"] + pid["weights_bytes"]
-    assert pid["peak_activation_bytes"] >= 0 and pid["peak_mem_allocated_bytes"] >= pid["weights_bytes"]
+    assert (
+        pid["peak_activation_bytes"] >= 0
+        and pid["peak_mem_allocated_bytes"] >= pid["weights_bytes"]
+    )
     assert pid["mfu"] is None or 0 < pid["mfu"] < 1
 
 

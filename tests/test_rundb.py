@@ -61,7 +61,7 @@ def test_an_unknown_placeholder_names_its_file(tmp_path, monkeypatch):
         rundb.sql_text("odd")
 
 
-HOSTILE = "it's \"odd\"; DROP TABLE rows; --"
+HOSTILE = 'it\'s "odd"; DROP TABLE rows; --'
 
 
 def _row(cell_id: str, decoder: str, **extra) -> dict:

@@ -171,7 +171,10 @@ def test_compaction_sets_aside_a_damaged_or_foreign_part_instead_of_dying(tmp_pa
     result = cli.invoke(app, ["compact", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "5 parts -> 1" in result.output and result.output.count("warning:") == 2
-    assert store.quarantined(tmp_path) == ["part-deadbeefdeadbeef.parquet", "part-othertool.parquet"]
+    assert store.quarantined(tmp_path) == [
+        "part-deadbeefdeadbeef.parquet",
+        "part-othertool.parquet",
+    ]
     assert store.finished_rows(tmp_path) == {(r["cell_id"], "pid") for r in rows}
 
 
@@ -322,7 +325,9 @@ def test_retry_failed_recomputes_those_statuses_and_reports_count_the_latest(
 
     computed, result = _computing(inline, lambda: _run(path, out))
     assert result.exit_code == 0 and computed == []  # failures stand
-    computed, result = _computing(inline, lambda: _run(path, out, "--retry-failed", "oom,worker_lost"))
+    computed, result = _computing(
+        inline, lambda: _run(path, out, "--retry-failed", "oom,worker_lost")
+    )
     assert result.exit_code == 0, result.output
     assert computed == [c_oom, c_lost]
     with connect(out) as con:

@@ -122,7 +122,11 @@ def test_resolved_is_plain_json_with_absolute_paths(folder):
         ("[256, [256, 384]]", "[256, [256, 163840]]", r"6 resolutions\[1\]: width 163840 is larg"),
         ("[256, [256, 384]]", "[[256, 384, 3]]", r"6 resolutions\[0\]: write \[height, width\]"),
         ("decoders: [pid, native]", "decoders: [pid, pid]", r"7 decoders: duplicate value 'pid'"),
-        ("decoders: [pid, native]", "decoders: [pid, vae]", r"7 decoders\[1\]: unknown decoder .vae.: one of pid"),
+        (
+            "decoders: [pid, native]",
+            "decoders: [pid, vae]",
+            r"7 decoders\[1\]: unknown decoder .vae.: one of pid",
+        ),
         ("ckpt_types: [2k]", "ckpt_types: [4k]", r"4 ckpt_types\[0\]: Input should be '2k'"),
         ("mode: from_clean", "mode: clean", r"2 mode: Input should be 'from_clean' or 'from_ldm'"),
         ("name: smoke", "name: my suite", r"1 name: String should match pattern"),

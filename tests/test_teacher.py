@@ -112,5 +112,7 @@ def test_the_teacher_registry_lists_the_three_released_undistilled_checkpoints()
         assert found.checkpoint_relpath == f"checkpoints/{found.name}/model_ema_bf16.pth"
         assert found.net_kwargs == EXPERIMENTS[(backbone, "2kto4k_v1pt5")].net_kwargs
         assert experiment_by_name(found.name) is found
-    with pytest.raises(ValueError, match="no undistilled PiD teacher for sd3/2k: released for flux"):
+    with pytest.raises(
+        ValueError, match="no undistilled PiD teacher for sd3/2k: released for flux"
+    ):
         teacher("sd3", "2k")

@@ -165,9 +165,7 @@ class MetricRegistry(Mapping[str, Metric]):
         known = [*sorted(self._registered), *sorted(self._aliases)]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise KeyError(
-            f"unknown metric {name!r}; {hint}known: {', '.join(known)}, or pyiqa:<name>"
-        )
+        raise KeyError(f"unknown metric {name!r}; {hint}known: {', '.join(known)}, or pyiqa:<name>")
 
     def expand(self, names: Iterable[str]) -> list[str]:
         """Aliases expanded, order kept, duplicates dropped; KeyError for an unknown name."""

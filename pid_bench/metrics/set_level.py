@@ -147,7 +147,9 @@ def _features(
             count += 1
             image = image[None].clamp(0, 1)
             if patch:
-                image = random_patches(image, patch["crop_size"], patch["crops_per_image"], generator)
+                image = random_patches(
+                    image, patch["crop_size"], patch["crops_per_image"], generator
+                )
             pending.append(image)
             if sum(p.shape[0] for p in pending) >= batch_size:
                 flush()
