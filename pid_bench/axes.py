@@ -133,6 +133,10 @@ class Axis:
     exclude_value: Callable[[Any], Any] | None = None
     #: The values of a suite; default: the suite's ``suite_key`` entry.
     values: Callable[[Any], list[Any]] | None = None
+    #: Its column in `pid-bench plan` ("": the name; None: not shown) and the text of a cell's
+    #: value there (default: ``str`` of the value).
+    plan_label: str | None = ""
+    plan_text: Callable[[Any], str] | None = None
 
     def plain_fields(self, value: Any) -> dict[str, Any]:
         return self.plain(value) if self.plain else {self.name: value}
@@ -142,6 +146,9 @@ class Axis:
 
     def suite_values(self, suite: Any) -> list[Any]:
         return self.values(suite) if self.values else list(getattr(suite, self.suite_key))
+
+    def plan_value(self, cell: Any) -> str:
+        return self.plan_text(cell) if self.plan_text else str(getattr(cell, self.name))
 
 
 def _xt_steps(suite: Any) -> list[int | None]:
@@ -165,6 +172,7 @@ AXES: tuple[Axis, ...] = (
         columns=_string("mode", "from_clean | from_ldm"),
         setting=True,
         values=lambda suite: [suite.mode],
+        plan_label=None,
     ),
     Axis(
         "backbone", str, "backbones", value_list(Annotated[str, Field(min_length=1)]),
@@ -181,6 +189,7 @@ AXES: tuple[Axis, ...] = (
         columns=(Column("sigma", "float64", "noise level of the latent given to the decoders"),),
         setting=True, row=lambda sigma: {"sigma": float(sigma)},
         exclude_key="sigma", exclude_type=float,
+        plan_text=lambda c: "scheduler" if c.mode == "from_ldm" else f"{c.sigma:g}",
     ),
     Axis(
         # from_ldm: LDM steps whose x_t is decoded; empty means the final latent x0 only.
@@ -193,6 +202,8 @@ AXES: tuple[Axis, ...] = (
             ),
         ),
         setting=True, exclude_key="save_xt_step", exclude_type=int, values=_xt_steps,
+        plan_label="x_t",
+        plan_text=lambda c: "" if c.mode == "from_clean" else str(c.save_xt_step or "x0"),
     ),
     Axis(
         "resolution", tuple[int, int], "resolutions", value_list(Resolution),
@@ -204,6 +215,7 @@ AXES: tuple[Axis, ...] = (
         plain=lambda hw: {"resolution": list(hw)},
         row=lambda hw: {"out_height": hw[0], "out_width": hw[1]},
         exclude_key="resolution", exclude_type=Resolution,
+        plan_text=lambda c: f"{c.resolution[0]}x{c.resolution[1]}",
     ),
     Axis(
         "seed", int, "seeds", value_list(NonNegativeInt), [0],
@@ -213,7 +225,7 @@ AXES: tuple[Axis, ...] = (
     Axis(
         "pid_steps", int, "pid_steps", value_list(PidSteps), [4],
         columns=(Column("pid_steps", "int64", "PiD sampler steps"),),
-        exclude_key="pid_steps", exclude_type=int,
+        exclude_key="pid_steps", exclude_type=int, plan_label="steps",
     ),
     Axis(
         "item", "SourceItem", None,
@@ -227,6 +239,7 @@ AXES: tuple[Axis, ...] = (
         # moving the checkout or recreating the venv (pkg:// paths) keeps resume working.
         not_in_id=("source",),
         exclude_key="image_id", exclude_type=str, exclude_value=lambda item: item.id,
+        plan_label="image", plan_text=lambda c: c.item.id,
     ),
     Axis(
         "precision", str, "precision", value_list(Precision), ["auto"],
@@ -260,6 +273,12 @@ SETTING_KEYS: tuple[str, ...] = tuple(
     for name in EXPANSION_ORDER
     if AXIS_BY_NAME[name].setting
     for c in AXIS_BY_NAME[name].columns
+)
+#: `pid-bench plan`'s columns after ``cell_id``: (label, axis), in the product's order.
+PLAN_COLUMNS: tuple[tuple[str, Axis], ...] = tuple(
+    (AXIS_BY_NAME[name].plan_label or name, AXIS_BY_NAME[name])
+    for name in EXPANSION_ORDER
+    if AXIS_BY_NAME[name].plan_label is not None
 )
 #: Every row column an axis writes.
 AXIS_COLUMNS: tuple[Column, ...] = tuple(c for axis in AXES for c in axis.columns)

@@ -9,11 +9,11 @@ import json
 from collections.abc import Sequence
 from typing import TextIO
 
+from pid_bench.axes import PLAN_COLUMNS
 from pid_bench.text_table import aligned
 
 #: The plan's columns after `cell_id`, in the order of the suite's product.
-COLUMNS = ("backbone", "ckpt_type", "precision", "compile", "resolution", "sigma", "x_t",
-           "seed", "steps", "image")  # fmt: skip
+COLUMNS = tuple(label for label, _ in PLAN_COLUMNS)
 #: Cells shown by default; `--all` shows every one.
 HEAD_ROWS = 40
 #: Values of one axis listed in the axes summary before "…".
@@ -23,14 +23,7 @@ FORMATS = ("table", "csv", "jsonl")
 
 def plan_values(cell) -> dict[str, str]:
     """One planned cell as the plan's column strings."""
-    sigma = "scheduler" if cell.mode == "from_ldm" else f"{cell.sigma:g}"
-    xt = "" if cell.mode == "from_clean" else str(cell.save_xt_step or "x0")
-    values = (
-        cell.backbone, cell.ckpt_type, cell.precision, cell.compile,
-        f"{cell.resolution[0]}x{cell.resolution[1]}", sigma, xt, str(cell.seed),
-        str(cell.pid_steps), cell.item.id,
-    )  # fmt: skip
-    return dict(zip(COLUMNS, values, strict=True))
+    return {label: axis.plan_value(cell) for label, axis in PLAN_COLUMNS}
 
 
 def write_rows(out: TextIO, rows: Sequence[tuple[str, dict[str, str]]], fmt: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 from matplotlib.figure import Figure
 
+from pid_bench.axes import SETTING_KEYS
 from pid_bench.board import MiB, direction, direction_mark, safe_name
 from pid_bench.decoders import style
 from pid_bench.rundb import measured, metric_columns, ok_rows, query
@@ -176,7 +177,7 @@ def plot_pareto(con: duckdb.DuckDBPyConnection, folder: Path) -> list[Path]:
     metric = "metric_psnr" if "metric_psnr" in metrics else metrics[0]
     name = metric.removeprefix("metric_")
     higher = direction(name)
-    keys = ["backbone", "ckpt_type", "decoder", "out_height", "out_width", "sigma", "save_xt_step"]
+    keys = [*SETTING_KEYS, "decoder"]
     points = (
         frame.groupby(keys, dropna=False)
         .agg(latency_ms_p50=("latency_ms_p50", "median"), quality=(metric, "mean"))

@@ -103,10 +103,10 @@ def paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
 def paired_section(table: Any, baseline: str) -> Section | None:
     """The section of one baseline from its pid_bench.stats.comparison_table; None when no
     setting has a pair."""
-    # precision and compile split the settings (stats.DEFAULT_GROUP_BY) but are not in the label
+    # the other setting keys split the settings (stats.DEFAULT_GROUP_BY) but are not in the label
     shown = ("backbone", "ckpt_type", "out_height", "out_width", "sigma", "save_xt_step", "metric")
     paired = table[table["n_pairs"] > 0].to_dict("records")
-    apart = _apart(paired, shown, ("precision", "compile"))
+    apart = _apart(paired, shown, [k for k in SETTING_KEYS if k not in shown])
     rows = []
     for r in table.itertuples():
         if not r.n_pairs:
