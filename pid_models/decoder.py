@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -181,7 +182,12 @@ class PiDDecoder:
         return self.caption_encoder.encode(captions).to(self.device)
 
     @torch.no_grad()
-    def decode(
+    def decode(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Decode (and upsample) PiD latents: [B, 3, H, W] float32 in [-1, 1], on the decoder's
+        device. The arguments are `sample`'s."""
+        return self.sample(*args, **kwargs).image
+
+    def sample(
         self,
         latent: torch.Tensor,
         sigma: float | Sequence[float] | torch.Tensor = 0.0,
@@ -194,8 +200,8 @@ class PiDDecoder:
         tile_overlap: int = DEFAULT_OVERLAP,
         tile_positions: str = "global",
         memory_budget: int | None = None,
-    ) -> torch.Tensor:
-        """Decode (and upsample) PiD latents.
+    ) -> SampleOutput:
+        """Decode (and upsample) PiD latents; `decode` returns the image alone.
 
         Args:
             latent: [B, C, h, w] (or [C, h, w]) in the backbone's PiD latent convention.
@@ -218,28 +224,9 @@ class PiDDecoder:
                 cannot fit is refused before anything is allocated, naming a tile size that fits.
 
         Returns:
-            [B, 3, H, W] float32 in [-1, 1], on the decoder's device.
+            `SampleOutput`: ``image`` [B, 3, H, W] float32 in [-1, 1] on the decoder's device,
+            and the unclamped result.
         """
-        return self.sample(
-            latent, sigma, caption, out_size, seed, steps, y,
-            tile_size, tile_overlap, tile_positions, memory_budget,
-        ).image  # fmt: skip
-
-    def sample(
-        self,
-        latent: torch.Tensor,
-        sigma: float | Sequence[float] | torch.Tensor = 0.0,
-        caption: str | Sequence[str] = "",
-        out_size: int | tuple[int, int] | None = None,
-        seed: int = 0,
-        steps: int = 4,
-        y: torch.Tensor | None = None,
-        tile_size: int | tuple[int, int] | None = None,
-        tile_overlap: int = DEFAULT_OVERLAP,
-        tile_positions: str = "global",
-        memory_budget: int | None = None,
-    ) -> SampleOutput:
-        """Like `decode`, returning the unclamped result too."""
         latent, sigma_t, (height, width) = self._inputs(latent, sigma, out_size)
         batch = latent.shape[0]
         velocity = self._velocity((height, width), tile_size, tile_overlap, tile_positions)

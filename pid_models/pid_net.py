@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pid_models.registry import BASE_NET_KWARGS
+
 GATE_TYPES = ("sigma_aware_per_token_per_dim", "sigma_aware_per_token")
 PADDING_MODES = ("zeros", "replicate")
 ROPE_MODES = ("original", "ntk_aware")
@@ -460,18 +462,20 @@ class FinalLayer(nn.Module):
 
 # Constructor arguments that exist upstream but do not change parameters or the inference
 # output of any released configuration; accepted so manifests' net_kwargs load unchanged.
-_INERT_KWARGS = {
-    "num_text_blocks": 4,
-    "repa_encoder_index": 6,
-    "ed_compress_ratio": 1,
-    "ed_depth_per_stage": 1,
-    "ed_window_size": 2,
-    "ed_num_heads": None,
-    "ed_hidden_size": None,
-    "ed_use_token_shuffle": True,
-    "zero_init_lq": True,
-    "train_lq_proj_only": False,
-}
+_INERT_NAMES = (
+    "num_text_blocks",
+    "repa_encoder_index",
+    "ed_compress_ratio",
+    "ed_depth_per_stage",
+    "ed_window_size",
+    "ed_num_heads",
+    "ed_hidden_size",
+    "ed_use_token_shuffle",
+    "zero_init_lq",
+    "train_lq_proj_only",
+)
+#: Their values in the released configurations (declared once, in the registry).
+_INERT_KWARGS = {name: BASE_NET_KWARGS[name] for name in _INERT_NAMES}
 
 
 class PidNet(nn.Module):
