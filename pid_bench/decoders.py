@@ -405,7 +405,6 @@ BUILTIN: MappingProxyType[str, type[Decoder]] = MappingProxyType(
 BASELINE_KINDS: MappingProxyType[str, type[NativeUpscaled]] = MappingProxyType(
     {"spandrel": NativeLearnedSR, "sd_x4_upscaler": NativeDiffusionSR}
 )
-BUILTIN_DECODERS = tuple(BUILTIN)
 #: Markers of decoders without their own, picked by a hash of the name.
 OTHER_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")
 

@@ -29,7 +29,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "decoder",
         pa.string(),
-        "pid | pid-teacher | native | native+bicubic | native+lanczos | native+<baseline>",
+        "pid | pid-teacher | native | native+bicubic | native+lanczos | native+<baseline> | module:Class",
     ),
     (
         "status",
