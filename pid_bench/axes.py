@@ -250,6 +250,18 @@ AXES: tuple[Axis, ...] = (
         setting=True, id_default="auto", exclude_key="precision", exclude_type=str,
     ),
     Axis(
+        # PiD decodes the cell in tiles of this many output pixels (0: whole, unless the suite's
+        # `tiling:` tiles every cell); one suite compares whole and tiled decodes.
+        "tile", int, "tiles", value_list(NonNegativeInt), [0],
+        columns=(
+            Column(
+                "tile", "int64",
+                "tiles: axis, PiD's tile side in output pixels (0: whole, or the suite's tiling:)",
+            ),
+        ),
+        setting=True, id_default=0, exclude_key="tile", exclude_type=int,
+    ),
+    Axis(
         "compile", str, "compile", value_list(CompileMode), ["eager"],
         columns=_string("compile", "PiD compile axis: eager | a torch.compile mode"),
         setting=True, id_default="eager", exclude_key="compile", exclude_type=str,
@@ -260,7 +272,7 @@ AXES: tuple[Axis, ...] = (
 #: vary slowest. The source items come from the suite's source, the last axis.
 EXPANSION_ORDER: tuple[str, ...] = (
     "mode", "backbone", "ckpt_type", "precision", "compile", "resolution", "sigma",
-    "save_xt_step", "seed", "pid_steps", "item",
+    "save_xt_step", "tile", "seed", "pid_steps", "item",
 )  # fmt: skip
 
 AXIS_BY_NAME: Mapping[str, Axis] = {axis.name: axis for axis in AXES}

@@ -421,6 +421,7 @@ def test_axes_are_plain_json():
         "source",
         "precision",
         "compile",
+        "tile",
     }
 
 
