@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pid_bench.axes import SETTING_KEYS
 from pid_bench.board import direction
 from pid_bench.metrics import get_metric
 from pid_bench.stats import bootstrap_mean_ci, paired_difference_ci, pareto_front
@@ -112,6 +113,9 @@ def reference_condition(rows: pd.DataFrame) -> tuple[pd.Series, str]:
     if (~clean).any():
         mask &= clean | rows["save_xt_step"].isna()
         parts.append("x0")
+    if "tile" in rows and (rows["tile"] == 0).any() and (rows["tile"] != 0).any():
+        mask &= rows["tile"] == 0
+        parts.append("whole (untiled)")
     steps = rows.loc[rows["decoder"] == "pid", "pid_steps"].max()
     if not pd.isna(steps):
         mask &= rows["pid_steps"] == steps
@@ -119,13 +123,20 @@ def reference_condition(rows: pd.DataFrame) -> tuple[pd.Series, str]:
     return mask, ", ".join(parts)
 
 
+def whole(rows: pd.DataFrame) -> pd.DataFrame:
+    """The untiled decodes, when the run has both (tiling is judged by its own measures)."""
+    if "tile" in rows and (rows["tile"] == 0).any() and (rows["tile"] != 0).any():
+        return rows[rows["tile"] == 0]
+    return rows
+
+
 def _images(rows: pd.DataFrame) -> int:
     return int(rows[["image_id", "seed"]].drop_duplicates().shape[0])
 
 
 def _settings(rows: pd.DataFrame) -> int:
-    keys = ["sigma", "save_xt_step", "out_height", "out_width", "pid_steps", "precision", "compile"]
-    return int(rows[[k for k in keys if k in rows]].drop_duplicates().shape[0])
+    keys = [k for k in (*SETTING_KEYS, "pid_steps") if k in rows]
+    return int(rows[keys].drop_duplicates().shape[0])
 
 
 def _per_image(rows: pd.DataFrame, column: str, log: bool = False) -> pd.Series:
@@ -282,7 +293,7 @@ def sigma(rows: pd.DataFrame, scope: dict[str, Any]) -> Answer:
     if pid.empty:
         return _absent("sigma", scope, "no ok pid rows")
     steps = pid["pid_steps"].max()
-    pid = pid[pid["pid_steps"] == steps]
+    pid = whole(pid[pid["pid_steps"] == steps])
     if (pid["mode"] == "from_ldm").all():
         return ldm_steps(pid, scope)
     pid = pid[pid["mode"] == "from_clean"]
@@ -373,7 +384,7 @@ def ldm_steps(pid: pd.DataFrame, scope: dict[str, Any]) -> Answer:
 
 
 def steps(rows: pd.DataFrame, scope: dict[str, Any]) -> Answer:
-    pid = rows[rows["decoder"] == "pid"]
+    pid = whole(rows[rows["decoder"] == "pid"])
     values = sorted(int(s) for s in pid["pid_steps"].dropna().unique())
     if len(values) < 2:
         return _absent(
@@ -516,8 +527,9 @@ def fits(rows: pd.DataFrame, backbone: str, ckpt_type: str, gpu_gb: list[float])
             src = "measured" if need is not None else "memory model"
             if need is None:
                 need = estimate_peak_bytes(config, (side, side))
-            if need * 1.10 <= budget:
-                whole, source = side, src
+            if need * 1.10 > budget:
+                break  # larger outputs need more
+            whole, source = side, src
         beyond = next((s for s in FIT_SIDES if whole is None or s > whole), None)
         tile = _largest_tile(config, beyond, budget) if beyond else None
         table.append({"gpu_gb": gb, "whole": whole, "whole_source": source, "next_side": beyond,

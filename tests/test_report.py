@@ -427,3 +427,17 @@ def test_report_of_one_run_stays_in_the_run_and_several_need_a_free_folder(two_r
     assert both.exit_code == 0, both.output
     text = (out / "leaderboard.md").read_text()
     assert f"| {first} |" in text and f"| {copy} |" in text
+
+
+def test_colour_per_setting_inside_and_outside_the_trained_size(tmp_path):
+    rows = _write_run(tmp_path)
+    outside = {**rows[0], "cell_id": "big", "image_id": "big", "out_height": 4096,
+               "out_width": 4096, "outside_envelope": True, "metric_shadow_green_bias": 4.5}  # fmt: skip
+    inside = {**rows[0], "cell_id": "small", "image_id": "small", "outside_envelope": False,
+              "metric_shadow_green_bias": 0.0}  # fmt: skip
+    pq.write_table(to_table([outside, inside]), tmp_path / "parts" / "part-env.parquet")
+    text = report.write_report(tmp_path).leaderboard.read_text()
+    section = text.split("## Colour inside and outside the trained size")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert "4096x4096" in lines[0] and "| outside | 4.5000 (1/1 > 3) |" in lines[0]  # first
+    assert all("| inside |" in line for line in lines[1:])
