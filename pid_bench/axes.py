@@ -225,7 +225,7 @@ AXES: tuple[Axis, ...] = (
     Axis(
         "pid_steps", int, "pid_steps", value_list(PidSteps), [4],
         columns=(Column("pid_steps", "int64", "PiD sampler steps"),),
-        exclude_key="pid_steps", exclude_type=int, plan_label="steps",
+        setting=True, exclude_key="pid_steps", exclude_type=int, plan_label="steps",
     ),
     Axis(
         "item", "SourceItem", None,
@@ -271,8 +271,8 @@ AXES: tuple[Axis, ...] = (
 #: The product's order: a worker reloads PiD only when one of the first four changes, so they
 #: vary slowest. The source items come from the suite's source, the last axis.
 EXPANSION_ORDER: tuple[str, ...] = (
-    "mode", "backbone", "ckpt_type", "precision", "compile", "resolution", "sigma",
-    "save_xt_step", "tile", "seed", "pid_steps", "item",
+    "mode", "backbone", "ckpt_type", "precision", "compile", "tile", "pid_steps", "resolution",
+    "sigma", "save_xt_step", "seed", "item",
 )  # fmt: skip
 
 AXIS_BY_NAME: Mapping[str, Axis] = {axis.name: axis for axis in AXES}

@@ -135,7 +135,7 @@ def _images(rows: pd.DataFrame) -> int:
 
 
 def _settings(rows: pd.DataFrame) -> int:
-    keys = [k for k in (*SETTING_KEYS, "pid_steps") if k in rows]
+    keys = [k for k in SETTING_KEYS if k in rows]
     return int(rows[keys].drop_duplicates().shape[0])
 
 

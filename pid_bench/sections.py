@@ -91,7 +91,7 @@ def paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     sections = []
     for baseline in baselines:
         table = comparison_table(
-            frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
+            frame, metrics, directions, group_by=DEFAULT_GROUP_BY,
             baseline=baseline, seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
         )  # fmt: skip
         section = paired_section(table, baseline)
@@ -204,7 +204,7 @@ def envelope_colour(con: duckdb.DuckDBPyConnection) -> Section | None:
     ).fetchone()
     if not outside:
         return None
-    keys = ", ".join(ident(k) for k in (*SETTING_KEYS, "pid_steps"))
+    keys = ", ".join(ident(k) for k in SETTING_KEYS)
     picks = ", ".join(
         f"avg({ident(c)}), count(*) FILTER (WHERE {ident(c)} > ?), count({ident(c)})"
         for c, _ in colour
@@ -221,7 +221,7 @@ def envelope_colour(con: duckdb.DuckDBPyConnection) -> Section | None:
         setting += f" · σ={fmt_key(r['sigma'])}"
         setting += "" if _isna(r["pid_steps"]) else f" · {int(r['pid_steps'])} steps"
         cells = [setting, "outside" if r["outside"] else "inside"]
-        values = list(r.values())[len(SETTING_KEYS) + 2 :]
+        values = list(r.values())[len(SETTING_KEYS) + 1 :]
         for i, (_, bound) in enumerate(colour):
             mean, past, n = values[3 * i : 3 * i + 3]
             cells.append(f"{fmt_value(mean)} ({past}/{n} > {bound:g})" if n else "–")

@@ -4,11 +4,15 @@ reason where the rows do not (pid_bench.recommend, docs/recommendations.md)."""
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from pid_bench.cli import app
 from pid_bench.recommend import GIB, fits, recommendations
 
 IMAGES = [f"img{i}" for i in range(8)]
@@ -127,3 +131,33 @@ def test_tiny_runs_say_their_answers_are_about_the_tiny_networks(backbone):
     notes = recommendations(rows, {})["notes"]
     assert any("tiny embedded networks" in note for note in notes)
     assert any("CPU figures" in note for note in notes)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.usefixtures("shared_local_ray")
+def test_the_tiny_twin_answers_every_question_or_says_why(tmp_path):
+    """suites/questions_tiny.yaml end to end: the Recommendations section at the top of both
+    pages, recommendations.json with every question answered or marked with its reason."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", str(REPO / "suites" / "questions_tiny.yaml"), "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rec = json.loads((out / "recommendations.json").read_text())
+    by_question = {}
+    for answer in rec["answers"]:
+        assert (answer["answer"] is None) != (answer["reason"] is None), answer
+        by_question.setdefault(answer["question"], []).append(answer)
+    assert set(by_question) == {"pid_or_baseline", "sigma", "steps", "checkpoint", "fits"}
+    baselines = {a["scope"]["baseline"] for a in by_question["pid_or_baseline"]}
+    assert baselines == {"native+bicubic", "native+lanczos"}
+    for question in ("pid_or_baseline", "sigma", "steps", "fits"):
+        assert all(a["answer"] for a in by_question[question]), question
+    assert "one checkpoint type" in by_question["checkpoint"][0]["reason"]
+    assert any("tiny embedded networks" in note for note in rec["notes"])
+    board = (out / "leaderboard.md").read_text()
+    assert board.index("## Recommendations") < board.index("| mode |")  # above the leaderboard
+    html = (out / "report.html").read_text()
+    assert html.index('id="recommendations"') < html.index('id="leaderboard"')
