@@ -14,6 +14,8 @@ from pid_bench.settings import CellSettings
 from pid_bench.suite import Cell
 from pid_bench.worker import CellWorker, lost_rows
 
+#: How long a dead actor's calls may take to return rows they finished before the death.
+SETTLE_TIMEOUT_S = 30.0
 #: Retries of a cell whose actor died (a fresh actor each time) before it is `worker_lost`.
 DEFAULT_MAX_RETRIES = 2
 #: Test-only: the device actors compute on whatever Ray assigned (fake GPUs run on "cpu").
@@ -177,7 +179,11 @@ class ActorPool:
         for ref in [r for r, v in self.inflight.items() if v[0] == slot]:
             _, number, cid, cell = self.inflight.pop(ref)
             try:
-                settled.append(ray.get(ref, timeout=0))  # finished before the death
+                # A call that finished before the death returns its rows; one that did not
+                # fails at once (its actor is dead). The wait only covers a finished call's
+                # result still on its way: with timeout=0 a busy machine took it for a
+                # casualty, and the call that killed the actor then ran once too often.
+                settled.append(ray.get(ref, timeout=SETTLE_TIMEOUT_S))
             except Exception:
                 casualties.append((number, cid, cell))
         calls = sorted(casualties, key=lambda call: call[0])
