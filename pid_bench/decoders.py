@@ -45,7 +45,7 @@ from pid_bench.metrics import RESIZE_KERNEL
 from pid_bench.metrics import bicubic_resize as resize
 from pid_bench.paths import folder_or_repo_id, under_suite
 from pid_models.flops import decode_flops
-from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE
+from pid_models.registry import EMBEDDED_PAIRS, outside_envelope
 from pid_models.teacher import NEGATIVE_PROMPT, TEACHER_CFG, TEACHER_STEPS, dynamic_shift
 from pid_models.tiling import plan_tiles
 
@@ -197,7 +197,7 @@ class Pid(Decoder):
     def row_fields(self, cell, models, settings):
         fields = {
             "resize_kernel": None,
-            "outside_envelope": max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type],
+            "outside_envelope": outside_envelope(cell.ckpt_type, tuple(cell.resolution)),
             "sampler": f"distilled SDE, {cell.pid_steps} steps",
         }
         if tile_size(cell, settings):

@@ -148,7 +148,7 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
     # (expression, its parameters, label); a threshold is a parameter, a column an identifier
     checks: list[tuple[str, list[Any], str]] = [
-        ("coalesce(outside_envelope, false)", [], "outside the trained size"),
+        ("coalesce(outside_envelope, false)", [], "outside the trained size or aspect"),
         ("coalesce(timing_noisy, false)", [], f"timing noisy (spread > {NOISY_SPREAD:g})"),
     ]
     for column, bound, label in (
@@ -174,7 +174,8 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
         setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={fmt_key(r[4])}"
         rows.append([setting, str(r[5]), str(r[6]), why])
     note = (
-        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. Timing noisy: "
+        "Trained envelope: at most 2048² pixels (2k) or 4096² (2kto4k, 2kto4k_v1pt5), aspect "
+        "up to 16:9. Timing noisy: "
         "(p90 - p10) / p50 of the repeats above the bound; its latency is not a steady figure. "
         "The colour "
         "thresholds are heuristics (about 2.5 just-noticeable differences), not calibrated; "
@@ -226,15 +227,16 @@ def envelope_colour(con: duckdb.DuckDBPyConnection) -> Section | None:
             mean, past, n = values[3 * i : 3 * i + 3]
             cells.append(f"{fmt_value(mean)} ({past}/{n} > {bound:g})" if n else "–")
         rows.append(cells)
-    headers = ["setting", "trained size"]
+    headers = ["setting", "trained envelope"]
     headers += [c.removeprefix("metric_") + " (images past bound)" for c, _ in colour]
     note = (
-        "PiD rows only. Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side "
-        "(pid_models.registry.TRAINED_MAX_SIDE); upstream publishes no trained aspect ratios, so "
-        "the envelope is the size only. Integrators report green casts outside it (ComfyUI PR "
-        "#14103); the bounds are the Flags section's heuristics."
+        "PiD rows only. Outside: more pixels than the checkpoint's largest trained shape (2k "
+        "2048², 2kto4k / 2kto4k_v1pt5 4096²) or an aspect beyond 16:9 "
+        "(pid_models.registry.outside_envelope, from upstream's README). Integrators report "
+        "green casts outside it (ComfyUI PR #14103); the bounds are the Flags section's "
+        "heuristics."
     )
-    return Section("Colour inside and outside the trained size", headers, rows, note)
+    return Section("Colour inside and outside the trained envelope", headers, rows, note)
 
 
 def not_measured(con: duckdb.DuckDBPyConnection) -> Section | None:

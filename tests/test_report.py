@@ -349,7 +349,7 @@ def test_rows_outside_the_envelope_or_past_a_colour_threshold_are_flagged(tmp_pa
     pq.write_table(to_table(flagged), tmp_path / "parts" / "part-flags.parquet")
     text = report.write_report(tmp_path).leaderboard.read_text()
     section = text.split("## Flags (2 rows)")[1].split("##")[0]
-    assert "| big | pid | outside the trained size |" in section
+    assert "| big | pid | outside the trained size or aspect |" in section
     assert "| tinted | native | midtone chroma shift > 6 |" in section
 
 
@@ -437,7 +437,7 @@ def test_colour_per_setting_inside_and_outside_the_trained_size(tmp_path):
               "metric_shadow_green_bias": 0.0}  # fmt: skip
     pq.write_table(to_table([outside, inside]), tmp_path / "parts" / "part-env.parquet")
     text = report.write_report(tmp_path).leaderboard.read_text()
-    section = text.split("## Colour inside and outside the trained size")[1].split("\n## ")[0]
+    section = text.split("## Colour inside and outside the trained envelope")[1].split("\n## ")[0]
     lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
     assert "4096x4096" in lines[0] and "| outside | 4.5000 (1/1 > 3) |" in lines[0]  # first
     assert all("| inside |" in line for line in lines[1:])
