@@ -465,7 +465,8 @@ def checkpoint(rows: pd.DataFrame, backbone: str) -> list[Answer]:
         text = f"at {h}x{w} ({condition}) best {quality}: {best}; against it " + "; ".join(parts)
         answers.append(Answer("checkpoint", size_scope, text,
                               evidence={"images": _images(at), "checkpoint_types": len(present)},
-                              numbers={"quality_metric": quality, "best": best, "points": points}))  # fmt: skip
+                              numbers={"quality_metric": quality, "best": best, "points": points},
+                              links=[link for t in present for link in _links(at[at["ckpt_type"] == t], backbone, t)]))  # fmt: skip
     return answers
 
 
@@ -536,7 +537,10 @@ def fits(rows: pd.DataFrame, backbone: str, ckpt_type: str, gpu_gb: list[float])
                       "tile": tile, "tile_source": "memory model"})  # fmt: skip
     parts = []
     for t in table:
-        whole = f"{t['whole']}² whole ({t['whole_source']})" if t["whole"] else "no size whole"
+        largest = "≥ " if t["whole"] == FIT_SIDES[-1] else ""
+        whole = (
+            f"{largest}{t['whole']}² whole ({t['whole_source']})" if t["whole"] else "no size whole"
+        )
         tile = f", {t['next_side']}² in tiles of {t['tile']}" if t["tile"] else ""
         parts.append(f"{t['gpu_gb']:g} GB: {whole}{tile}")
     text = "; ".join(parts) + " (PiD's decode only, bf16, 10 % headroom)"
@@ -594,102 +598,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return value
-
-
-# ---- rendering -----------------------------------------------------------------------------
-
-TITLES = {
-    "pid_or_baseline": "PiD or {baseline}",
-    "sigma": "Which σ",
-    "steps": "How many steps",
-    "checkpoint": "Which checkpoint{size}",
-    "fits": "What fits",
-}
-
-
-def title(answer: dict[str, Any]) -> str:
-    scope = answer["scope"]
-    size = f" at {scope['size']}" if scope.get("size") else ""
-    return TITLES[answer["question"]].format(baseline=scope.get("baseline", ""), size=size)
-
-
-def group_name(answer: dict[str, Any]) -> str:
-    scope = answer["scope"]
-    return (
-        f"{scope['backbone']} / {scope['ckpt_type']}" if "ckpt_type" in scope else scope["backbone"]
-    )
-
-
-def evidence_text(answer: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{v} {k.replace('_', ' ')}"
-        for k, v in answer["evidence"].items()
-        if not isinstance(v, list)
-    )
-
-
-def viewer_href(link: dict[str, str]) -> str:
-    """The report's viewer, filtered to one setting (reports/viewer.js reads the fragment)."""
-    from urllib.parse import urlencode
-
-    return "#viewer?" + urlencode(link)
-
-
-def groups(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The answers by backbone / checkpoint type, in the order they were computed."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for answer in rec["answers"]:
-        out.setdefault(group_name(answer), []).append(answer)
-    return list(out.items())
-
-
-def markdown(rec: dict[str, Any], report_name: str = "report.html") -> list[str]:
-    """The Recommendations section of leaderboard.md."""
-    lines = ["## Recommendations", ""]
-    lines += [f"**{note}**" for note in rec["notes"]] + ([""] if rec["notes"] else [])
-    for name, answers in groups(rec):
-        lines += [f"### {name}", ""]
-        for a in answers:
-            if a["answer"] is None:
-                lines.append(f"- **{title(a)}**: not answered: {a['reason']}")
-                continue
-            links = " ".join(
-                f"[{link['noise']} {link['size']}]({report_name}{viewer_href(link)})"
-                for link in a["links"]
-            )
-            evidence = evidence_text(a)
-            lines.append(
-                f"- **{title(a)}**: {a['answer']}"
-                + (f" — rests on {evidence}" if evidence else "")
-                + (f"; images: {links}" if links else "")
-            )
-        lines.append("")
-    lines += [
-        "Definitions and the JSON layout: docs/recommendations.md (`recommendations.json`).",
-        "",
-    ]
-    return lines
-
-
-def html_groups(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The answers as the report template shows them (escaped there)."""
-    return [
-        (
-            name,
-            [
-                {
-                    "question": a["question"],
-                    "title": title(a),
-                    "answer": a["answer"],
-                    "reason": a["reason"],
-                    "evidence": evidence_text(a),
-                    "links": [
-                        {"href": viewer_href(link), "label": f"{link['noise']} {link['size']}"}
-                        for link in a["links"]
-                    ],
-                }
-                for a in answers
-            ],
-        )
-        for name, answers in groups(rec)
-    ]

@@ -22,8 +22,7 @@ import duckdb
 
 from pid_bench.board import Table, definitions, footnote_numbers, leaderboard_table
 from pid_bench.plots import DODGE_CAPTION, plot_caption, write_plots
-from pid_bench.recommend import html_groups, recommendations
-from pid_bench.recommend import markdown as recommend_markdown
+from pid_bench.recommend import recommendations
 from pid_bench.render import (
     DEFINITIONS_MD,
     EMBEDDED_WARNING,
@@ -36,6 +35,8 @@ from pid_bench.render import (
     md_failures,
     md_leaderboard,
     md_section,
+    recommendation_groups,
+    recommendations_markdown,
     status_line,
     uses_trained_embedded,
 )  # fmt: skip
@@ -221,7 +222,7 @@ def _markdown(data: _RunData) -> str:
         lines += [f"**{EMBEDDED_WARNING}**", ""]
     if data.upsampled_references:
         lines += [f"**{UPSAMPLED_WARNING}**", ""]
-    lines += recommend_markdown(data.recommendations)
+    lines += recommendations_markdown(data.recommendations)
     lines += [f"Status: {data.status_line()}", ""]
     table = _run_table(data)
     if table.rows:
@@ -267,7 +268,7 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
             viewer=viewer,
             viewer_json=json_for_html(viewer),
             recommendations=data.recommendations,
-            recommendation_groups=html_groups(data.recommendations),
+            recommendation_groups=recommendation_groups(data.recommendations),
         )
     )
 
