@@ -21,7 +21,6 @@ only `Decoder.placement`'s modules on the device, scores its output and saves it
 
 from __future__ import annotations
 
-import importlib
 import re
 import zlib
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from pydantic import (
 from pid_bench.memory import modules_of
 from pid_bench.metrics import RESIZE_KERNEL
 from pid_bench.metrics import bicubic_resize as resize
-from pid_bench.paths import folder_or_repo_id, under_suite
+from pid_bench.paths import folder_or_repo_id, import_named, under_suite
 from pid_models.flops import decode_flops
 from pid_models.registry import EMBEDDED_PAIRS, outside_envelope
 from pid_models.teacher import NEGATIVE_PROMPT, TEACHER_CFG, TEACHER_STEPS, dynamic_shift
@@ -444,14 +443,9 @@ def check_name(name: str) -> str:
 
 def user_class(name: str) -> type[Decoder]:
     """The `Decoder` subclass a ``module.path:Class`` name stands for (ValueError otherwise)."""
-    module_name, _, attribute = name.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"decoder {name!r}: cannot import {attribute!r} from {module_name!r} ({err}); "
-            "install the module or put it next to the suite"
-        ) from None
+    target, why = import_named(name)
+    if why is not None:
+        raise ValueError(f"decoder {name!r}: {why}; install the module or put it next to the suite")
     if not (isinstance(target, type) and issubclass(target, Decoder)):
         raise ValueError(f"decoder {name!r} is not a subclass of pid_bench.decoders.Decoder")
     return target

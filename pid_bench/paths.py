@@ -42,3 +42,15 @@ def folder_or_repo_id(source: str | None, info: Any) -> str | None:
         return None
     local = (Path((info.context or {}).get("base_dir", ".")) / source).expanduser()
     return str(local.resolve()) if local.is_dir() else source
+
+
+def import_named(name: str) -> tuple[Any, str | None]:
+    """(the object, None) a ``module.path:attribute`` name stands for, or (None, why it could not
+    be imported): custom metrics and user decoders word the error for their reader."""
+    import importlib
+
+    module_name, _, attribute = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute), None
+    except (ImportError, AttributeError) as err:
+        return None, f"cannot import {attribute!r} from {module_name!r} ({err})"

@@ -17,7 +17,6 @@ pid-bench.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 import sys
 
@@ -25,6 +24,7 @@ import torch
 
 from pid_bench.metrics.base import Metric, MetricContext, MetricFn, needs_reference
 from pid_bench.metrics.catalog import KINDS
+from pid_bench.paths import import_named
 
 #: ``module.path:callable``, e.g. ``my_scorers.deqa:score``.
 CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -47,14 +47,12 @@ def is_custom_name(name: str) -> bool:
 def load_custom_metric(name: str) -> Metric:
     """The metric a ``module.path:callable`` name stands for, imported now; KeyError naming what
     is wrong. Not cached here: the registry keeps what it resolves (`register_named_metric`)."""
-    module_name, _, attribute = name.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
+    target, why = import_named(name)
+    if why is not None:
         raise KeyError(
-            f"custom metric {name!r}: cannot import {attribute!r} from {module_name!r} ({err}); "
+            f"custom metric {name!r}: {why}; "
             "install the module or run pid-bench where it is importable"
-        ) from None
+        )
     if isinstance(target, Metric):
         metric = dataclasses.replace(target, name=name)
     elif callable(target):
