@@ -28,6 +28,7 @@ from pid_bench.metrics import (
     is_set_level,
     measure,
     protocol_fields,
+    seam_positions,
     to_unit_range,
 )
 from pid_bench.metrics import bicubic_resize as resize
@@ -39,6 +40,7 @@ from pid_bench.store import StorageError
 from pid_bench.timing import time_once, timed, timing_fields, utc_now
 from pid_models.flops import peak_tflops
 from pid_models.registry import EMBEDDED_PAIRS, resolve
+from pid_models.tiling import plan_tiles
 
 
 def run_cell(
@@ -222,6 +224,7 @@ NEEDS_NATIVE = {
     "twin_pass",
     "midtone_chroma_shift",
     "shadow_green_bias",
+    "speck_ratio_bicubic",
 }
 
 
@@ -255,8 +258,34 @@ def metric_context(
         clean_latent=prepared.clean_latent,
         scale=models.pid.scale,
         reference_reason=withheld,
+        **tile_fields(models, prepared, settings, size),
     )
     return context, row
+
+
+def tile_fields(
+    models: ModelSet, prepared: Prepared, settings: CellSettings, size: tuple[int, int]
+) -> dict[str, Any]:
+    """The context's tile plan at the scored `size` (`MetricContext.tile_boundaries`,
+    `seam_period`, `tile_reason`): PiD's plan for its output when the suite tiles, the same
+    positions for every decoder of the cell (scaled to a decoder scored at another size), so
+    that native and native+bicubic give seam_score's no-seam baseline."""
+    if not settings.tile_size:
+        return {}
+    net = models.pid.net
+    out = tuple(d * net.pixels_per_latent for d in prepared.latent.shape[-2:])
+    try:
+        plan = plan_tiles(net.config, out, settings.tile_size, settings.tile_overlap)
+    except (TypeError, ValueError) as exc:
+        return {"tile_reason": f"no tile plan: {exc}"}
+    rows, cols = seam_positions(plan.rows), seam_positions(plan.cols)
+    return {
+        "tile_boundaries": (
+            tuple(round(c * size[0] / out[0]) for c in rows),
+            tuple(round(c * size[1] / out[1]) for c in cols),
+        ),
+        "seam_period": max(1, round(plan.unit * size[0] / out[0])),
+    }
 
 
 #: Why a set-level metric (fid, kid) has no value in a row: it compares sets of images.
