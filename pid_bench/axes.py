@@ -271,8 +271,8 @@ AXES: tuple[Axis, ...] = (
 #: The product's order: a worker reloads PiD only when one of the first four changes, so they
 #: vary slowest. The source items come from the suite's source, the last axis.
 EXPANSION_ORDER: tuple[str, ...] = (
-    "mode", "backbone", "ckpt_type", "precision", "compile", "tile", "pid_steps", "resolution",
-    "sigma", "save_xt_step", "seed", "item",
+    "mode", "backbone", "ckpt_type", "precision", "compile", "tile", "resolution", "sigma",
+    "save_xt_step", "seed", "pid_steps", "item",
 )  # fmt: skip
 
 AXIS_BY_NAME: Mapping[str, Axis] = {axis.name: axis for axis in AXES}

@@ -411,8 +411,9 @@ def steps(rows: pd.DataFrame, scope: dict[str, Any]) -> Answer:
                        "low": diff.low, "high": diff.high, "within_best": within})  # fmt: skip
     enough = min(p["pid_steps"] for p in points if p["within_best"])
     text = (
-        f"{enough} PiD step(s) suffice: the smallest count whose {quality} is within the 95 % "
-        f"interval of the best ({best} steps, {_fmt(points[values.index(best)]['mean'])})"
+        f"{enough} PiD {'step suffices' if enough == 1 else 'steps suffice'}: the smallest count "
+        f"whose {quality} is within the 95 % interval of the best ({best} "
+        f"{'step' if best == 1 else 'steps'}, {_fmt(points[values.index(best)]['mean'])})"
     )
     return Answer("steps", scope, text,
                   evidence={"images": _images(pid), "step_counts": len(values)},

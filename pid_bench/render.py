@@ -162,8 +162,9 @@ def group_name(answer: dict[str, Any]) -> str:
 
 
 def evidence_text(answer: dict[str, Any]) -> str:
+    """The evidence's counts, "2 images, 1 setting, 2 cells" (its keys are plural nouns)."""
     return ", ".join(
-        f"{v} {k.replace('_', ' ')}"
+        f"{v} {k.replace('_', ' ').removesuffix('s') if v == 1 else k.replace('_', ' ')}"
         for k, v in answer["evidence"].items()
         if not isinstance(v, list)
     )

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pid_bench.cli import app
 from pid_bench.recommend import GIB, fits, recommendations
+from pid_bench.store import part_files
 
 IMAGES = [f"img{i}" for i in range(8)]
 
@@ -99,7 +100,7 @@ def test_steps_names_the_smallest_count_within_the_best_interval():
     rows = _rows(steps=(1, 2, 3, 4), ssim=lambda r: quality[r["pid_steps"]])
     (answer,) = _answers(rows, "steps")
     assert answer["numbers"]["enough"] == 2
-    assert answer["answer"].startswith("2 PiD step(s) suffice")
+    assert answer["answer"].startswith("2 PiD steps suffice")
 
 
 def test_checkpoints_at_one_size_are_ranked_with_their_differences():
@@ -161,3 +162,11 @@ def test_the_tiny_twin_answers_every_question_or_says_why(tmp_path):
     assert board.index("## Recommendations") < board.index("| mode |")  # above the leaderboard
     html = (out / "report.html").read_text()
     assert html.index('id="recommendations"') < html.index('id="leaderboard"')
+    # the failure-mode measures are in every row; seams where the cell tiles, else a reason
+    assert by_question["sigma"][0]["numbers"]["artifact_metric"] == "speck_rate"
+    rows = pd.concat([pd.read_parquet(p) for p in part_files(out)], ignore_index=True)
+    assert rows["metric_speck_rate"].notna().all()
+    tiled = rows["tile"] > 0
+    assert rows.loc[tiled, "metric_seam_score"].notna().all()
+    assert rows.loc[~tiled, "metric_seam_score"].isna().all()
+    assert rows.loc[~tiled, "metric_notes"].str.contains("untiled").all()
