@@ -86,7 +86,18 @@ def value_list(item: Any) -> Any:
 
 Resolution = Annotated[tuple[int, int], BeforeValidator(_to_hw), AfterValidator(_check_hw)]
 Sigma = Annotated[float, Field(ge=0.0, le=1.0)]
-PidSteps = Annotated[int, Field(ge=1, le=4)]
+def _distilled_steps(steps: int) -> int:
+    # pid_models.sampler.t_schedule sub-samples the distilled 4-interval t list; more steps
+    # would repeat timesteps (InvokeAI PR #9281 hit exactly that), so they are refused here.
+    if not 1 <= steps <= 4:
+        raise ValueError(
+            f"pid_steps {steps}: PiD is distilled to a 4-step schedule, so 1 to 4 steps "
+            "(more would repeat timesteps)"
+        )
+    return steps
+
+
+PidSteps = Annotated[int, AfterValidator(_distilled_steps)]
 
 
 # --- the table ------------------------------------------------------------------------------

@@ -545,8 +545,52 @@ def fits(rows: pd.DataFrame, backbone: str, ckpt_type: str, gpu_gb: list[float])
         tile = f", {t['next_side']}² in tiles of {t['tile']}" if t["tile"] else ""
         parts.append(f"{t['gpu_gb']:g} GB: {whole}{tile}")
     text = "; ".join(parts) + " (PiD's decode only, bf16, 10 % headroom)"
+    tiled = tiling_cost(rows)
+    if tiled:
+        text += ". Measured tiled decodes: " + "; ".join(t["text"] for t in tiled)
     return Answer("fits", scope, text, evidence={"measured_sizes": sorted(measured)},
-                  numbers={"table": table})  # fmt: skip
+                  numbers={"table": table, "tiled": tiled})  # fmt: skip
+
+
+def tiling_cost(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per PiD tile size the run decoded with (`tiles:`): PiD's mean seam_score beside the
+    baselines' at the same boundaries (their no-seam level), and PiD's quality against its whole
+    decode of the same images (a paired difference with its interval)."""
+    if "tile" not in rows or "metric_seam_score" not in rows:
+        return []
+    ok = rows[rows["status"] == "ok"]
+    pid = ok[ok["decoder"] == "pid"]
+    quality = quality_metric(pid)
+    costs = []
+    for tile, at in pid[pid["tile"] > 0].groupby("tile"):
+        others = ok[(ok["tile"] == tile) & ~ok["decoder"].isin(["pid", "pid-teacher"])]
+        seam, level = at["metric_seam_score"].mean(), others["metric_seam_score"].mean()
+        if pd.isna(seam):
+            continue
+        entry = {"tile": int(tile), "seam_score": float(seam),
+                 "seam_score_baselines": None if pd.isna(level) else float(level)}  # fmt: skip
+        text = f"tiles of {int(tile)}: seam_score {_fmt(seam, 3)}"
+        if not pd.isna(level):
+            text += f" (the other decoders {_fmt(level, 3)} at the same boundaries)"
+        untiled = pid[pid["tile"] == 0]
+        if quality and not untiled.empty:
+            keys = [k for k in ("sigma", "pid_steps", "out_height", "out_width") if k in pid]
+            column = f"metric_{quality}"
+            both = at.merge(untiled, on=[*keys, "image_id", "seed"], suffixes=("", "_whole"))
+            diff = paired_difference_ci(
+                both[column].tolist(),
+                both[f"{column}_whole"].tolist(),
+                higher_is_better=bool(direction(quality)),
+            )
+            if diff.n:
+                entry |= {"quality_metric": quality, "diff_vs_whole": diff.mean,
+                          "low": diff.low, "high": diff.high, "n_pairs": diff.n}  # fmt: skip
+                text += (
+                    f", {quality} tiled − whole {_fmt(diff.mean)} "
+                    f"{_interval(diff.low, diff.high)} over {diff.n} pairs"
+                )
+        costs.append(entry | {"text": text})
+    return costs
 
 
 # ---- the whole run -------------------------------------------------------------------------

@@ -170,3 +170,20 @@ def test_the_tiny_twin_answers_every_question_or_says_why(tmp_path):
     assert rows.loc[tiled, "metric_seam_score"].notna().all()
     assert rows.loc[~tiled, "metric_seam_score"].isna().all()
     assert rows.loc[~tiled, "metric_notes"].str.contains("untiled").all()
+
+
+def test_fits_reports_measured_tiling_cost_against_the_whole_decode():
+    """Tiled PiD rows: their seam_score beside the baselines' at the same boundaries, and the
+    quality lost against the whole decode of the same images (paired)."""
+    whole = _rows(ssim=lambda r: 0.8)
+    tiled = _rows(ssim=lambda r: 0.7).assign(tile=1024)
+    tiled["metric_seam_score"] = np.where(tiled["decoder"] == "pid", 3.0, 1.0)
+    rows = pd.concat([whole.assign(metric_seam_score=np.nan), tiled], ignore_index=True)
+    (answer,) = _answers(rows, "fits")
+    (cost,) = answer["numbers"]["tiled"]
+    assert cost["tile"] == 1024 and cost["seam_score"] == pytest.approx(3.0)
+    assert cost["seam_score_baselines"] == pytest.approx(1.0)
+    assert cost["quality_metric"] == "ssim" and cost["n_pairs"] == len(IMAGES)
+    assert cost["diff_vs_whole"] == pytest.approx(-0.1, abs=0.01) and cost["high"] < 0
+    assert "tiles of 1024: seam_score 3" in answer["answer"]
+    assert _answers(whole, "fits")[0]["numbers"]["tiled"] == []  # nothing tiled, nothing said
