@@ -86,6 +86,8 @@ def value_list(item: Any) -> Any:
 
 Resolution = Annotated[tuple[int, int], BeforeValidator(_to_hw), AfterValidator(_check_hw)]
 Sigma = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 def _distilled_steps(steps: int) -> int:
     # pid_models.sampler.t_schedule sub-samples the distilled 4-interval t list; more steps
     # would repeat timesteps (InvokeAI PR #9281 hit exactly that), so they are refused here.
