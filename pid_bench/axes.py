@@ -86,7 +86,20 @@ def value_list(item: Any) -> Any:
 
 Resolution = Annotated[tuple[int, int], BeforeValidator(_to_hw), AfterValidator(_check_hw)]
 Sigma = Annotated[float, Field(ge=0.0, le=1.0)]
-PidSteps = Annotated[int, Field(ge=1, le=4)]
+
+
+def _distilled_steps(steps: int) -> int:
+    # pid_models.sampler.t_schedule sub-samples the distilled 4-interval t list; more steps
+    # would repeat timesteps (InvokeAI PR #9281 hit exactly that), so they are refused here.
+    if not 1 <= steps <= 4:
+        raise ValueError(
+            f"pid_steps {steps}: PiD is distilled to a 4-step schedule, so 1 to 4 steps "
+            "(more would repeat timesteps)"
+        )
+    return steps
+
+
+PidSteps = Annotated[int, AfterValidator(_distilled_steps)]
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -225,7 +238,7 @@ AXES: tuple[Axis, ...] = (
     Axis(
         "pid_steps", int, "pid_steps", value_list(PidSteps), [4],
         columns=(Column("pid_steps", "int64", "PiD sampler steps"),),
-        exclude_key="pid_steps", exclude_type=int, plan_label="steps",
+        setting=True, exclude_key="pid_steps", exclude_type=int, plan_label="steps",
     ),
     Axis(
         "item", "SourceItem", None,
@@ -250,6 +263,18 @@ AXES: tuple[Axis, ...] = (
         setting=True, id_default="auto", exclude_key="precision", exclude_type=str,
     ),
     Axis(
+        # PiD decodes the cell in tiles of this many output pixels (0: whole, unless the suite's
+        # `tiling:` tiles every cell); one suite compares whole and tiled decodes.
+        "tile", int, "tiles", value_list(NonNegativeInt), [0],
+        columns=(
+            Column(
+                "tile", "int64",
+                "tiles: axis, PiD's tile side in output pixels (0: whole, or the suite's tiling:)",
+            ),
+        ),
+        setting=True, id_default=0, exclude_key="tile", exclude_type=int,
+    ),
+    Axis(
         "compile", str, "compile", value_list(CompileMode), ["eager"],
         columns=_string("compile", "PiD compile axis: eager | a torch.compile mode"),
         setting=True, id_default="eager", exclude_key="compile", exclude_type=str,
@@ -259,7 +284,7 @@ AXES: tuple[Axis, ...] = (
 #: The product's order: a worker reloads PiD only when one of the first four changes, so they
 #: vary slowest. The source items come from the suite's source, the last axis.
 EXPANSION_ORDER: tuple[str, ...] = (
-    "mode", "backbone", "ckpt_type", "precision", "compile", "resolution", "sigma",
+    "mode", "backbone", "ckpt_type", "precision", "compile", "tile", "resolution", "sigma",
     "save_xt_step", "seed", "pid_steps", "item",
 )  # fmt: skip
 

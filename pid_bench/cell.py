@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pid_bench.decoders import CUDA_GRAPH_MODES, Decoder, Pid, build_decoder
+from pid_bench.decoders import CUDA_GRAPH_MODES, Decoder, Pid, build_decoder, tile_size
 from pid_bench.gpu import gpu_state, gpu_versions
 from pid_bench.images import save_images, unsaved
 from pid_bench.manifests import is_upsampled
@@ -28,6 +28,7 @@ from pid_bench.metrics import (
     is_set_level,
     measure,
     protocol_fields,
+    seam_positions,
     to_unit_range,
 )
 from pid_bench.metrics import bicubic_resize as resize
@@ -39,6 +40,7 @@ from pid_bench.store import StorageError
 from pid_bench.timing import time_once, timed, timing_fields, utc_now
 from pid_models.flops import peak_tflops
 from pid_models.registry import EMBEDDED_PAIRS, resolve
+from pid_models.tiling import plan_tiles
 
 
 def run_cell(
@@ -148,7 +150,9 @@ def run_decoder(
     scored = image.float()
     if decoder.scored_at_output:
         scored = resize(scored, tuple(cell.resolution))
-    context, reference_row = metric_context(models, prepared, settings, decoder, scored)
+    context, reference_row = metric_context(
+        models, prepared, settings, decoder, scored, tile_size(cell, settings)
+    )
     row |= reference_row | {"scored_height": scored.shape[-2], "scored_width": scored.shape[-1]}
     row |= score(scored, context, settings.metrics)
     return row, scored
@@ -222,12 +226,13 @@ NEEDS_NATIVE = {
     "twin_pass",
     "midtone_chroma_shift",
     "shadow_green_bias",
+    "speck_ratio_bicubic",
 }
 
 
 def metric_context(
     models: ModelSet, prepared: Prepared, settings: CellSettings, decoder: Decoder,
-    scored: torch.Tensor,
+    scored: torch.Tensor, tile: int | None = None,
 ) -> tuple[MetricContext, dict]:  # fmt: skip
     """What the metrics may compare with, and the row's reference columns.
 
@@ -255,8 +260,39 @@ def metric_context(
         clean_latent=prepared.clean_latent,
         scale=models.pid.scale,
         reference_reason=withheld,
+        **tile_fields(models, prepared, settings, size, tile),
     )
     return context, row
+
+
+def tile_fields(
+    models: ModelSet,
+    prepared: Prepared,
+    settings: CellSettings,
+    size: tuple[int, int],
+    tile: int | None,
+) -> dict[str, Any]:
+    """The context's tile plan at the scored `size` (`MetricContext.tile_boundaries`,
+    `seam_period`, `tile_reason`): PiD's plan for its output when the suite tiles, the same
+    positions for every decoder of the cell (scaled to a decoder scored at another size), so
+    that native and native+bicubic give seam_score's no-seam baseline. `tile`: PiD's tile side
+    in this cell (`decoders.tile_size`), None when it decodes whole."""
+    if not tile:
+        return {}
+    net = models.pid.net
+    out = tuple(d * net.pixels_per_latent for d in prepared.latent.shape[-2:])
+    try:
+        plan = plan_tiles(net.config, out, tile, settings.tile_overlap)
+    except (TypeError, ValueError) as exc:
+        return {"tile_reason": f"no tile plan: {exc}"}
+    rows, cols = seam_positions(plan.rows), seam_positions(plan.cols)
+    return {
+        "tile_boundaries": (
+            tuple(round(c * size[0] / out[0]) for c in rows),
+            tuple(round(c * size[1] / out[1]) for c in cols),
+        ),
+        "seam_period": max(1, round(plan.unit * size[0] / out[0])),
+    }
 
 
 #: Why a set-level metric (fid, kid) has no value in a row: it compares sets of images.

@@ -44,7 +44,7 @@ from pid_bench.metrics import RESIZE_KERNEL
 from pid_bench.metrics import bicubic_resize as resize
 from pid_bench.paths import folder_or_repo_id, import_named, under_suite
 from pid_models.flops import decode_flops
-from pid_models.registry import EMBEDDED_PAIRS, TRAINED_MAX_SIDE
+from pid_models.registry import EMBEDDED_PAIRS, outside_envelope
 from pid_models.teacher import NEGATIVE_PROMPT, TEACHER_CFG, TEACHER_STEPS, dynamic_shift
 from pid_models.tiling import plan_tiles
 
@@ -183,8 +183,8 @@ class Pid(Decoder):
     def decode_fn(self, cell, models, prepared, settings):
         latent, sigma, y = prepared.latent, prepared.sigma, prepared.y
         tiles = {}
-        if settings.tile_size:
-            tiles = {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
+        if tile_size(cell, settings):
+            tiles = {"tile_size": tile_size(cell, settings), "tile_overlap": settings.tile_overlap}
         return lambda: models.pid.decode(
             latent, sigma=sigma, y=y, seed=cell.seed, steps=cell.pid_steps, **tiles
         )
@@ -196,18 +196,21 @@ class Pid(Decoder):
     def row_fields(self, cell, models, settings):
         fields = {
             "resize_kernel": None,
-            "outside_envelope": max(cell.resolution) > TRAINED_MAX_SIDE[cell.ckpt_type],
+            "outside_envelope": outside_envelope(cell.ckpt_type, tuple(cell.resolution)),
             "sampler": f"distilled SDE, {cell.pid_steps} steps",
         }
-        if settings.tile_size:
-            fields |= {"tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap}
+        if tile_size(cell, settings):
+            fields |= {
+                "tile_size": tile_size(cell, settings),
+                "tile_overlap": settings.tile_overlap,
+            }
         return fields
 
     def flops(self, cell, models, prepared, settings):
         config, size = models.pid.net.config, tuple(cell.resolution)
         tiles = None
-        if settings.tile_size:
-            plan = plan_tiles(config, size, settings.tile_size, settings.tile_overlap)
+        if tile_size(cell, settings):
+            plan = plan_tiles(config, size, tile_size(cell, settings), settings.tile_overlap)
             tiles = [(y1 - y0, x1 - x0) for y0, y1 in plan.rows for x0, x1 in plan.cols]
         return decode_flops(config, size, cell.pid_steps, tiles, text_len=prepared.y.shape[1])
 
@@ -216,6 +219,11 @@ class Pid(Decoder):
 
     def compiled(self, models):
         return models.pid.compile_mode is not None
+
+
+def tile_size(cell: Any, settings: CellSettings) -> int | None:
+    """PiD's tile side in this cell: the cell's `tiles:` value, else the suite's `tiling:`."""
+    return cell.tile or settings.tile_size
 
 
 class PidTeacher(Decoder):

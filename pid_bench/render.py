@@ -133,3 +133,105 @@ def environment_items(meta: dict[str, Any]) -> list[tuple[str, str]]:
         if key in meta:
             items.append((key, str(meta[key])))
     return items
+
+
+# ---- the Recommendations section (pid_bench.recommend's answers) -----------------------------------------------------------------------------
+
+RECOMMENDATION_TITLES = {
+    "pid_or_baseline": "PiD or {baseline}",
+    "sigma": "Which σ",
+    "steps": "How many steps",
+    "checkpoint": "Which checkpoint{size}",
+    "fits": "What fits",
+}
+
+
+def recommendation_title(answer: dict[str, Any]) -> str:
+    scope = answer["scope"]
+    size = f" at {scope['size']}" if scope.get("size") else ""
+    return RECOMMENDATION_TITLES[answer["question"]].format(
+        baseline=scope.get("baseline", ""), size=size
+    )
+
+
+def group_name(answer: dict[str, Any]) -> str:
+    scope = answer["scope"]
+    return (
+        f"{scope['backbone']} / {scope['ckpt_type']}" if "ckpt_type" in scope else scope["backbone"]
+    )
+
+
+def evidence_text(answer: dict[str, Any]) -> str:
+    """The evidence's counts, "2 images, 1 setting, 2 cells" (its keys are plural nouns)."""
+    return ", ".join(
+        f"{v} {k.replace('_', ' ').removesuffix('s') if v == 1 else k.replace('_', ' ')}"
+        for k, v in answer["evidence"].items()
+        if not isinstance(v, list)
+    )
+
+
+def viewer_href(link: dict[str, str]) -> str:
+    """The report's viewer, filtered to one setting (reports/viewer.js reads the fragment)."""
+    from urllib.parse import urlencode
+
+    return "#viewer?" + urlencode(link)
+
+
+def _answers_by_scope(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The answers by backbone / checkpoint type, in the order they were computed."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for answer in rec["answers"]:
+        out.setdefault(group_name(answer), []).append(answer)
+    return list(out.items())
+
+
+def recommendations_markdown(rec: dict[str, Any], report_name: str = "report.html") -> list[str]:
+    """The Recommendations section of leaderboard.md."""
+    lines = ["## Recommendations", ""]
+    lines += [f"**{note}**" for note in rec["notes"]] + ([""] if rec["notes"] else [])
+    for name, answers in _answers_by_scope(rec):
+        lines += [f"### {name}", ""]
+        for a in answers:
+            if a["answer"] is None:
+                lines.append(f"- **{recommendation_title(a)}**: not answered: {a['reason']}")
+                continue
+            links = " ".join(
+                f"[{link['noise']} {link['size']}]({report_name}{viewer_href(link)})"
+                for link in a["links"]
+            )
+            evidence = evidence_text(a)
+            lines.append(
+                f"- **{recommendation_title(a)}**: {a['answer']}"
+                + (f" — rests on {evidence}" if evidence else "")
+                + (f"; images: {links}" if links else "")
+            )
+        lines.append("")
+    lines += [
+        "Definitions and the JSON layout: docs/recommendations.md (`recommendations.json`).",
+        "",
+    ]
+    return lines
+
+
+def recommendation_groups(rec: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The answers as the report template shows them (escaped there)."""
+    return [
+        (
+            name,
+            [
+                {
+                    "question": a["question"],
+                    "title": recommendation_title(a),
+                    "answer": a["answer"],
+                    "reason": a["reason"],
+                    "evidence": evidence_text(a),
+                    "links": [
+                        {"href": viewer_href(link), "label": f"{link['noise']} {link['size']}"}
+                        for link in a["links"]
+                    ],
+                }
+                for a in answers
+            ],
+        )
+        for name, answers in _answers_by_scope(rec)
+    ]

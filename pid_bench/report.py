@@ -13,6 +13,7 @@ pid_bench.sections, the plots of pid_bench.plots and the renderers of pid_bench.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import duckdb
 
 from pid_bench.board import Table, definitions, footnote_numbers, leaderboard_table
 from pid_bench.plots import DODGE_CAPTION, plot_caption, write_plots
+from pid_bench.recommend import recommendations
 from pid_bench.render import (
     DEFINITIONS_MD,
     EMBEDDED_WARNING,
@@ -33,6 +35,8 @@ from pid_bench.render import (
     md_failures,
     md_leaderboard,
     md_section,
+    recommendation_groups,
+    recommendations_markdown,
     status_line,
     uses_trained_embedded,
 )  # fmt: skip
@@ -81,6 +85,7 @@ class _RunData:
     superseded_rows: int = 0  # earlier attempts of (cell, decoder)s computed again
     quarantined: list[str] = field(default_factory=list)  # parts/quarantine/ (unreadable parts)
     foreign: list[str] = field(default_factory=list)  # files pid-bench did not write
+    recommendations: dict[str, Any] = field(default_factory=dict)  # pid_bench.recommend
 
     @property
     def metrics(self) -> list[str]:
@@ -155,6 +160,9 @@ def _load(run_dir: Path, con: duckdb.DuckDBPyConnection) -> _RunData:
         failures=query(con, "failures"),
         provenance=query(con, "provenance"),
         sections=run_sections(con, run_dir),
+        recommendations=recommendations(
+            con.execute("SELECT * FROM rows WHERE status = 'ok'").df(), meta
+        ),
     )
 
 
@@ -214,6 +222,7 @@ def _markdown(data: _RunData) -> str:
         lines += [f"**{EMBEDDED_WARNING}**", ""]
     if data.upsampled_references:
         lines += [f"**{UPSAMPLED_WARNING}**", ""]
+    lines += recommendations_markdown(data.recommendations)
     lines += [f"Status: {data.status_line()}", ""]
     table = _run_table(data)
     if table.rows:
@@ -258,6 +267,8 @@ def _html(data: _RunData, con: duckdb.DuckDBPyConnection, plots: list[Path]) -> 
             plots=[(p.stem, data_uri(p.read_bytes(), "image/png"), plot_caption(p)) for p in plots],
             viewer=viewer,
             viewer_json=json_for_html(viewer),
+            recommendations=data.recommendations,
+            recommendation_groups=recommendation_groups(data.recommendations),
         )
     )
 
@@ -275,4 +286,7 @@ def write_report(run_dir: Path) -> ReportPaths:
         html = run_dir / "report.html"
         with writing(html):
             html.write_text(_html(data, con, plots), encoding="utf-8")
+        answers = run_dir / "recommendations.json"
+        with writing(answers):
+            answers.write_text(json.dumps(data.recommendations, indent=2), encoding="utf-8")
     return ReportPaths(leaderboard=leaderboard, html=html, plots=plots)

@@ -301,7 +301,7 @@ def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
 def ok_rows(con: duckdb.DuckDBPyConnection) -> tuple[Any, list[str]]:
     """The ok rows as a pandas DataFrame (axes, latency, metric columns), and its metric columns."""
     metrics = [c for c in metric_columns(con) if c != "metric_notes"]
-    columns = [*SETTING_KEYS, "pid_steps", "decoder", "image_id", "seed", "status"]
+    columns = [*SETTING_KEYS, "decoder", "image_id", "seed", "status"]
     columns += ["latency_ms_p50"]
     select = ", ".join(ident(c) for c in columns + metrics)
     # `rows` holds one row per (cell, decoder), its latest attempt (connect)

@@ -97,6 +97,11 @@ def environment() -> dict:
         "host": platform.node(),
         "cuda": torch.version.cuda,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        # the report's "what fits" answers for these sizes too (GiB, of this machine's GPUs)
+        "gpu_memory_gb": [
+            round(torch.cuda.get_device_properties(i).total_memory / (1 << 30), 1)
+            for i in range(torch.cuda.device_count())
+        ],
     }
 
 

@@ -125,7 +125,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "outside_envelope",
         pa.bool_(),
-        "pid: the output exceeds the checkpoint's trained size on a side (2k: 2048, 4K: 4096)",
+        "pid: more pixels than the checkpoint's largest trained shape (2k: 2048², 4K: 4096²) or an aspect beyond 16:9",
     ),
     # timing (every repeat kept)
     ("warmup", pa.int64(), "untimed decodes before timing"),

@@ -91,7 +91,7 @@ def paired(con: duckdb.DuckDBPyConnection) -> list[Section]:
     sections = []
     for baseline in baselines:
         table = comparison_table(
-            frame, metrics, directions, group_by=(*DEFAULT_GROUP_BY, "pid_steps"),
+            frame, metrics, directions, group_by=DEFAULT_GROUP_BY,
             baseline=baseline, seed=BOOTSTRAP_SEED, n_resamples=BOOTSTRAP_RESAMPLES,
         )  # fmt: skip
         section = paired_section(table, baseline)
@@ -148,7 +148,7 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
     columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
     # (expression, its parameters, label); a threshold is a parameter, a column an identifier
     checks: list[tuple[str, list[Any], str]] = [
-        ("coalesce(outside_envelope, false)", [], "outside the trained size"),
+        ("coalesce(outside_envelope, false)", [], "outside the trained size or aspect"),
         ("coalesce(timing_noisy, false)", [], f"timing noisy (spread > {NOISY_SPREAD:g})"),
     ]
     for column, bound, label in (
@@ -174,13 +174,69 @@ def flags(con: duckdb.DuckDBPyConnection) -> Section | None:
         setting = f"{r[0]} / {r[1]} · {r[2]}x{r[3]} · σ={fmt_key(r[4])}"
         rows.append([setting, str(r[5]), str(r[6]), why])
     note = (
-        "Trained sizes: 2k 2048 px, 2kto4k / 2kto4k_v1pt5 4096 px on a side. Timing noisy: "
+        "Trained envelope: at most 2048² pixels (2k) or 4096² (2kto4k, 2kto4k_v1pt5), aspect "
+        "up to 16:9. Timing noisy: "
         "(p90 - p10) / p50 of the repeats above the bound; its latency is not a steady figure. "
         "The colour "
         "thresholds are heuristics (about 2.5 just-noticeable differences), not calibrated; "
         "docs/protocol.md."
     )
     return Section(f"Flags ({len(rows)} rows)", ["setting", "image", "decoder", "flag"], rows, note)
+
+
+def envelope_colour(con: duckdb.DuckDBPyConnection) -> Section | None:
+    """PiD's colour QA per setting, inside and outside the checkpoint's trained size, when the
+    run has settings outside it: "green outside the envelope" reads off one table."""
+    from pid_bench.metrics.twin import MIDTONE_CHROMA_SHIFT_MAX, SHADOW_GREEN_BIAS_MAX
+
+    columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
+    colour = [
+        (c, bound)
+        for c, bound in (
+            ("metric_shadow_green_bias", SHADOW_GREEN_BIAS_MAX),
+            ("metric_midtone_chroma_shift", MIDTONE_CHROMA_SHIFT_MAX),
+        )
+        if c in columns
+    ]
+    if not colour or "outside_envelope" not in columns:
+        return None
+    (outside,) = con.execute(
+        "SELECT count(*) FROM rows WHERE status = 'ok' AND decoder = 'pid' AND outside_envelope"
+    ).fetchone()
+    if not outside:
+        return None
+    keys = ", ".join(ident(k) for k in SETTING_KEYS)
+    picks = ", ".join(
+        f"avg({ident(c)}), count(*) FILTER (WHERE {ident(c)} > ?), count({ident(c)})"
+        for c, _ in colour
+    )
+    records = con.execute(
+        f"SELECT {keys}, bool_or(coalesce(outside_envelope, false)) AS outside, {picks} "
+        f"FROM rows WHERE status = 'ok' AND decoder = 'pid' GROUP BY ALL "
+        f"ORDER BY outside DESC, {keys}",
+        [bound for _, bound in colour],
+    ).df()
+    rows = []
+    for r in records.to_dict("records"):
+        setting = f"{r['backbone']} / {r['ckpt_type']} · {r['out_height']}x{r['out_width']}"
+        setting += f" · σ={fmt_key(r['sigma'])}"
+        setting += "" if _isna(r["pid_steps"]) else f" · {int(r['pid_steps'])} steps"
+        cells = [setting, "outside" if r["outside"] else "inside"]
+        values = list(r.values())[len(SETTING_KEYS) + 1 :]
+        for i, (_, bound) in enumerate(colour):
+            mean, past, n = values[3 * i : 3 * i + 3]
+            cells.append(f"{fmt_value(mean)} ({past}/{n} > {bound:g})" if n else "–")
+        rows.append(cells)
+    headers = ["setting", "trained envelope"]
+    headers += [c.removeprefix("metric_") + " (images past bound)" for c, _ in colour]
+    note = (
+        "PiD rows only. Outside: more pixels than the checkpoint's largest trained shape (2k "
+        "2048², 2kto4k / 2kto4k_v1pt5 4096²) or an aspect beyond 16:9 "
+        "(pid_models.registry.outside_envelope, from upstream's README). Integrators report "
+        "green casts outside it (ComfyUI PR #14103); the bounds are the Flags section's "
+        "heuristics."
+    )
+    return Section("Colour inside and outside the trained envelope", headers, rows, note)
 
 
 def not_measured(con: duckdb.DuckDBPyConnection) -> Section | None:
@@ -265,5 +321,5 @@ def end_to_end(con: duckdb.DuckDBPyConnection) -> Section | None:
 
 def run_sections(con: duckdb.DuckDBPyConnection, run_dir: Path) -> list[Section]:
     """Every section of a run's report with something to show, in page order."""
-    found = [*paired(con), flags(con), not_measured(con), end_to_end(con)]
+    found = [*paired(con), flags(con), envelope_colour(con), not_measured(con), end_to_end(con)]
     return [s for s in [*found, time_budget(con, run_dir)] if s is not None]

@@ -492,7 +492,7 @@ def _is_run_record(data: object) -> bool:
 #: in parts/; anything else is someone else's: left alone, and listed by the report.
 _OWN_TOP = {
     "run.json", "run.json.tmp", "cells.parquet", ".cells.parquet.tmp", "parts", "images", "sets",
-    "plots", "leaderboard.md", "report.html", "run.lock", "compare.md", "compare.html",
+    "plots", "leaderboard.md", "report.html", "recommendations.json", "run.lock", "compare.md", "compare.html",
 }  # fmt: skip
 _OWN_IN_PARTS = re.compile(
     r"^(part-.+\.parquet|\.part-.+\.parquet\.tmp|\.part-.+\.compact-tmp|compact\.json(\.tmp)?"

@@ -286,6 +286,17 @@ class Suite(_SuiteAxes):
             )
         return sigmas
 
+    @field_validator("tiling")
+    @classmethod
+    def _one_way_to_tile(cls, tiling: Tiling, info: ValidationInfo) -> Tiling:
+        tiled = [t for t in info.data.get("tiles", []) if t]
+        if tiled and tiling.tile_size is not None:
+            raise ValueError(
+                f"tiling.tile_size tiles every cell and tiles: {tiled} tiles some: keep one "
+                "(tiles: [0, ...] compares whole and tiled decodes; tiling: keeps tile_overlap)"
+            )
+        return tiling
+
     @field_validator("ldm")
     @classmethod
     def _ldm_only_for_from_ldm(cls, ldm: LdmOptions, info: ValidationInfo) -> LdmOptions:

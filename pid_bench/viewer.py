@@ -38,7 +38,7 @@ ORDER = ("reference", "native+bicubic", "native", "pid", "pid-teacher")
 DEFAULT_LEFT = ("native+bicubic", "native")
 DEFAULT_RIGHT = ("pid",)
 #: Axes shown in a setting's label only when they vary among the run's settings.
-_SOMETIMES = ("precision", "compile", "pid_steps", "seed")
+_SOMETIMES = ("precision", "compile", "tile", "pid_steps", "seed")
 
 
 def data_uri(payload: bytes, mime: str) -> str:

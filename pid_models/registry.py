@@ -14,9 +14,24 @@ from types import MappingProxyType
 from typing import Any
 
 CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5")
-#: Largest output side each checkpoint type was trained for: beyond it a decode is outside the
-#: trained envelope (reports flag it). The embedded tiny backbone borrows the 2k value.
+#: Largest output side each checkpoint type was trained at, for a square output. Upstream's
+#: README: `2k` was "trained with 2K resolution only" in 2048², 2304x1728, 1728x2304, 2688x1536
+#: and 1536x2688; `2kto4k` / `2kto4k_v1pt5` "with varying resolution (range from 2K to 4K)",
+#: multiple aspect ratios. The embedded tiny backbone borrows the 2k values.
 TRAINED_MAX_SIDE = {"2k": 2048, "2kto4k": 4096, "2kto4k_v1pt5": 4096}
+#: The widest trained aspect ratio, long side / short side (16:9 and 9:16).
+TRAINED_MAX_ASPECT = 16 / 9
+
+
+def outside_envelope(ckpt_type: str, size: tuple[int, int]) -> bool:
+    """Whether an output (height, width) lies outside what `ckpt_type` was trained at: more pixels
+    than its largest trained shape (the square of `TRAINED_MAX_SIDE`; 2688x1536 is inside), or an
+    aspect ratio beyond 16:9 either way. Smaller outputs are not flagged."""
+    height, width = size
+    too_many = height * width > TRAINED_MAX_SIDE[ckpt_type] ** 2
+    too_wide = max(height, width) / min(height, width) > TRAINED_MAX_ASPECT * 1.01
+    return too_many or too_wide
+
 
 #: Backbones that share another backbone's latent space and therefore its PiD checkpoints.
 BACKBONE_ALIASES: Mapping[str, str] = MappingProxyType(

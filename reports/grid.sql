@@ -3,7 +3,7 @@
 -- inputs:  table `rows`, ok rows; no parameters. Placeholders, filled in from code by
 --          pid_bench.rundb.sql_text: {{setting_keys}} the setting columns
 --          (pid_bench.axes.SETTING_KEYS); {{setting_order}} their sort order (the output size by
---          area then height, x0 first). A viewer setting is a setting and its pid_steps
+--          area then height, x0 first). A viewer setting is a setting (pid_steps included)
 -- returns: cell_id, the cell's axes, image_id, seed, caption, reference_path, images (a list of
 --          {decoder, path}: each ok decoder row's image_path, by decoder; paths relative to the
 --          run directory), and embed_rank: the order in which the viewer embeds previews up to
@@ -13,7 +13,6 @@ WITH cells AS (
     SELECT
         cell_id,
         {{setting_keys}},
-        pid_steps,
         image_id,
         seed,
         any_value(caption) AS caption,
@@ -28,7 +27,7 @@ WITH cells AS (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY {{setting_keys}}, pid_steps
+            PARTITION BY {{setting_keys}}
             ORDER BY image_id, seed, cell_id
         ) AS nth_of_setting
     FROM cells
@@ -36,7 +35,7 @@ WITH cells AS (
 SELECT
     * EXCLUDE (nth_of_setting),
     row_number() OVER (
-        ORDER BY nth_of_setting, {{setting_order}}, pid_steps, image_id, seed, cell_id
+        ORDER BY nth_of_setting, {{setting_order}}, image_id, seed, cell_id
     ) - 1 AS embed_rank
 FROM ordered
-ORDER BY {{setting_order}}, pid_steps, image_id, seed, cell_id
+ORDER BY {{setting_order}}, image_id, seed, cell_id

@@ -232,8 +232,18 @@
     return [...seen.entries()];
   }
 
+  // "#viewer?backbone=...&noise=...&size=...": the settings a recommendation rests on.
+  function hashFilters() {
+    const hash = window.location.hash;
+    if (!hash.startsWith("#viewer?")) return null;
+    const params = new URLSearchParams(hash.slice("#viewer?".length));
+    const filters = {};
+    for (const [key] of FILTERS) if (params.get(key)) filters[key] = params.get(key);
+    return filters;
+  }
+
   function viewer(data, mount) {
-    const state = { page: 0, perPage: 4, filters: {} };
+    const state = { page: 0, perPage: 4, filters: hashFilters() || {} };
     const bar = el("div", { class: "controls viewer-filters" });
     const pager = el("div", { class: "controls pager" });
     const info = el("p", { class: "meta", id: "viewer-showing" });
@@ -258,7 +268,7 @@
     for (const [key, label] of FILTERS) {
       const options = [["", `all (${data.settings.length})`]];
       for (const [value, n] of distinct(data.settings, key)) options.push([value, `${value} (${n})`]);
-      bar.append(select(label, options, "", (value) => {
+      bar.append(select(label, options, state.filters[key] || "", (value) => {
         state.filters[key] = value;
         state.page = 0;
         render();
@@ -285,6 +295,14 @@
     }
     const data = JSON.parse(block.textContent);
     viewer(data, mount);
+    const follow = () => {
+      if (hashFilters() === null) return;
+      viewer(data, mount);
+      const heading = document.getElementById("viewer");
+      if (heading && heading.scrollIntoView) heading.scrollIntoView();
+    };
+    window.addEventListener("hashchange", follow);
+    follow();
     root.setAttribute("data-viewer-settings", String(data.settings.length));
     root.setAttribute("data-viewer", "ready");
   }

@@ -126,6 +126,10 @@ def test_registry_lists_every_metric_of_the_issue_with_kind_direction_and_doc():
         "twin_lpips": ("latent", False),
         "midtone_chroma_shift": ("latent", False),
         "shadow_green_bias": ("latent", None),
+        "speck_rate": ("no_reference", False),
+        "speck_rate_skin": ("no_reference", False),
+        "speck_ratio_bicubic": ("latent", False),
+        "seam_score": ("latent", None),
     }
     assert {n: (m.kind, m.higher_is_better) for n, m in METRICS.items()} == expected
     assert set(KINDS) == {"full_reference", "no_reference", "set_level", "latent"}

@@ -81,3 +81,15 @@ def test_pid_scale_is_eight_only_for_siglip():
     scales = {e.backbone: e.pid_scale for e in EXPERIMENTS.values()}
     assert scales.pop("siglip") == 8
     assert set(scales.values()) == {4}
+
+
+def test_the_trained_envelope_is_the_largest_trained_shape_and_16_to_9():
+    from pid_models.registry import outside_envelope
+
+    for shape in [(2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688)]:
+        assert not outside_envelope("2k", shape), shape  # upstream's 2k shapes
+    assert outside_envelope("2k", (4096, 4096)) and not outside_envelope(
+        "2kto4k_v1pt5", (4096, 4096)
+    )
+    assert outside_envelope("2kto4k", (4096, 1024))  # 4:1
+    assert not outside_envelope("2k", (256, 384))  # smaller outputs are not flagged

@@ -349,7 +349,7 @@ def test_rows_outside_the_envelope_or_past_a_colour_threshold_are_flagged(tmp_pa
     pq.write_table(to_table(flagged), tmp_path / "parts" / "part-flags.parquet")
     text = report.write_report(tmp_path).leaderboard.read_text()
     section = text.split("## Flags (2 rows)")[1].split("##")[0]
-    assert "| big | pid | outside the trained size |" in section
+    assert "| big | pid | outside the trained size or aspect |" in section
     assert "| tinted | native | midtone chroma shift > 6 |" in section
 
 
@@ -427,3 +427,17 @@ def test_report_of_one_run_stays_in_the_run_and_several_need_a_free_folder(two_r
     assert both.exit_code == 0, both.output
     text = (out / "leaderboard.md").read_text()
     assert f"| {first} |" in text and f"| {copy} |" in text
+
+
+def test_colour_per_setting_inside_and_outside_the_trained_size(tmp_path):
+    rows = _write_run(tmp_path)
+    outside = {**rows[0], "cell_id": "big", "image_id": "big", "out_height": 4096,
+               "out_width": 4096, "outside_envelope": True, "metric_shadow_green_bias": 4.5}  # fmt: skip
+    inside = {**rows[0], "cell_id": "small", "image_id": "small", "outside_envelope": False,
+              "metric_shadow_green_bias": 0.0}  # fmt: skip
+    pq.write_table(to_table([outside, inside]), tmp_path / "parts" / "part-env.parquet")
+    text = report.write_report(tmp_path).leaderboard.read_text()
+    section = text.split("## Colour inside and outside the trained envelope")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert "4096x4096" in lines[0] and "| outside | 4.5000 (1/1 > 3) |" in lines[0]  # first
+    assert all("| inside |" in line for line in lines[1:])

@@ -19,7 +19,15 @@ import pytest
 from pid_bench import report
 from tests.test_report import HOSTILE_CAPTION, HOSTILE_SUITE, IMAGES, SIGMAS, SIZES, _write_run
 
-SECTIONS = ("provenance", "leaderboard", "definitions", "plots", "viewer", "failures")
+SECTIONS = (
+    "recommendations",
+    "provenance",
+    "leaderboard",
+    "definitions",
+    "plots",
+    "viewer",
+    "failures",
+)
 #: Appended to a copy of the page, after its own scripts: drives the viewer as a reader would
 #: (hover a tile, press on the slider, go to the next page) and writes what it saw into
 #: <html data-probe>, which --dump-dom then shows.
@@ -128,3 +136,35 @@ def test_slider_zoom_and_pagination_respond(page):
     assert probe["divider"] == "20" and probe["clip"] == "inset(0px 80% 0px 0px)"
     assert probe["first"] != probe["second"]
     assert probe["showing"].startswith("Settings 5–8 of 8 matching")
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory) -> tuple[str, str, str]:
+    """(the DOM, Chromium's console, the link) of report.html opened at the first
+    recommendation's viewer link, as a reader following it would."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (/usr/bin/chromium or chromium on PATH): apt-get install chromium")
+    run_dir = tmp_path_factory.mktemp("linked")
+    _write_run(run_dir)
+    html = report.write_report(run_dir).html
+    link = re.search(r'href="(#viewer\?[^"]+)"', html.read_text()).group(1).replace("&amp;", "&")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+        "--window-size=1400,2000", "--dump-dom", html.as_uri() + link,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return done.stdout, "\n".join(console), link
+
+
+def test_a_recommendation_link_opens_the_viewer_on_its_setting(linked):
+    dom, console, link = linked
+    assert console == "", console
+    assert ">Recommendations</h2>" in dom and 'data-question="pid_or_baseline"' in dom
+    showing = re.search(r'id="viewer-showing">([^<]*)<', dom).group(1)
+    # one setting per image: backbone, noise and size fixed by the link
+    assert f"of {len(IMAGES)} matching the filters" in showing, (link, showing)

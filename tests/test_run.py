@@ -219,7 +219,7 @@ def test_a_suite_that_grows_or_shrinks_reruns_into_its_directory(tmp_path):
     assert "1 cells (1 already done); 0 rows written" in shrunk.output
     text = (out / "leaderboard.md").read_text()
     assert "Status: 2 ok (2 rows)" in text  # only the sigma of the suite as last run
-    assert "| 0.3 |" in text and "| 0 |" not in text
+    assert "| 64x64 | 0.3 |" in text and "| 64x64 | 0 |" not in text  # size, then sigma
     assert (
         "2 rows on disk belong to cells or decoders that the suite as last run no longer has"
         in text

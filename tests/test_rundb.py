@@ -44,7 +44,9 @@ def test_every_key_list_is_the_setting_axes():
 def test_placeholders_are_filled_from_the_setting_axes():
     filled = rundb.sql_placeholders()
     assert filled["setting_keys"] == ", ".join(f'"{k}"' for k in SETTING_KEYS)
-    assert filled["setting_order"].endswith('"save_xt_step" NULLS FIRST')
+    order = [term.strip() for term in filled["setting_order"].split(",")]
+    assert '"save_xt_step" NULLS FIRST' in order  # from_clean's null step sorts first
+    assert order[-1] == f'"{SETTING_KEYS[-1]}"' and '"out_height" * "out_width"' in order
     for name in rundb.sql_names():
         assert "{{" not in rundb.sql_text(name), name
     for name in ("leaderboard", "grid", "end_to_end"):

@@ -154,6 +154,8 @@ _AXES = {
     "ckpt_type": "2k",
     "precision": "bf16",  # result rows carry every setting key (pid_bench.axes.SETTING_KEYS)
     "compile": "eager",
+    "tile": 0,
+    "pid_steps": 4,
     "out_height": 1024,
     "out_width": 1024,
     "save_xt_step": None,
@@ -256,18 +258,15 @@ def test_comparison_table_direction_flips_win_rate_and_is_required():
 
 def test_comparison_table_rejects_ambiguous_pairs_and_empty_input():
     rows = _hand_rows()
-    rows["pid_steps"] = 4
     clash = _row("pid", 0.0, "a", 31.0, pid_steps=8)
-    ambiguous = pd.concat([rows, pd.DataFrame([clash])], ignore_index=True)
-    with pytest.raises(ValueError, match="pid_steps"):
-        comparison_table(ambiguous, ["psnr"], {"psnr": True})
-    # grouping by the varying axis resolves it
-    table = comparison_table(
-        ambiguous, ["psnr"], {"psnr": True}, group_by=["sigma", "pid_steps"], n_resamples=100
-    )
-    assert table["sigma"].tolist() == [0.0, 0.0, 0.5]
+    stepped = pd.concat([rows, pd.DataFrame([clash])], ignore_index=True)
+    # pid_steps is a setting key: by default each step count is a group of its own
+    table = comparison_table(stepped, ["psnr"], {"psnr": True}, n_resamples=100)
     assert table["pid_steps"].tolist() == [4, 8, 4]
     assert table["candidate_n"].tolist() == [5, 1, 2]
+    # grouped without it, (a, 0) has two pid rows in one group: ambiguous, named
+    with pytest.raises(ValueError, match="pid_steps"):
+        comparison_table(stepped, ["psnr"], {"psnr": True}, group_by=["sigma"])
 
     failed = rows.assign(status="error")
     empty = comparison_table(failed, ["psnr"], {"psnr": True})

@@ -136,7 +136,11 @@ def test_resolved_is_plain_json_with_absolute_paths(folder):
         ("metrics: [psnr]", "timing: {repeat: 2}", r"8 timing.repeat: unknown key; did you mean"),
         ("metrics: [psnr]", "limit: 0", r"8 limit: Input should be greater than 0"),
         ("metrics: [psnr]", "seeds: [1.5]", r"8 seeds\[0\]: Input should be a valid integer"),
-        ("metrics: [psnr]", "pid_steps: [5]", r"8 pid_steps\[0\]: Input should be less than or"),
+        (
+            "metrics: [psnr]",
+            "pid_steps: [5]",
+            r"8 pid_steps\[0\]: pid_steps 5: PiD is distilled to a 4-step schedule",
+        ),
         ("metrics: [psnr]", "save_images: 'yes'", r"8 save_images: Input should be a valid bool"),
         ("name: smoke\n", "", r"1 name: required key is missing"),
     ],
@@ -421,6 +425,7 @@ def test_axes_are_plain_json():
         "source",
         "precision",
         "compile",
+        "tile",
     }
 
 

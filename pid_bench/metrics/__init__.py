@@ -6,12 +6,13 @@ float, in ``[0, 1]``, on the cell's device. Kinds:
 
 * ``full_reference``: the decode against the reference at the output size (psnr, ssim, ms_ssim,
   lpips, dists).
-* ``no_reference``: the decode alone (niqe, musiq, clipiqa, maniqa, topiq_nr, and any pyiqa
-  metric passed through as ``pyiqa:<name>``).
+* ``no_reference``: the decode alone (niqe, musiq, clipiqa, maniqa, topiq_nr, speck_rate,
+  speck_rate_skin, and any pyiqa metric passed through as ``pyiqa:<name>``).
 * ``set_level``: a distance between two sets of images (fid, kid); computed over a whole run by
   `compute_set_metrics`, never per row.
 * ``latent``: PiD-specific, reading the cell's context (`MetricContext`: codec, clean latent,
-  PiD's scale, native decode): latent_consistency_mse / _cos, lq_color_de2000, hf_energy_ratio.
+  PiD's scale, native decode, tile plan): latent_consistency_mse / _cos, lq_color_de2000,
+  hf_energy_ratio, the twin check, speck_ratio_bicubic, seam_score.
 
 A metric whose inputs or weight files are absent raises `MetricUnavailable(reason)`; `measure`
 (the one call the cell and `pid-bench score` make) turns that into a null value with the reason
@@ -34,6 +35,7 @@ The exact definitions are in each metric's ``doc`` and in docs/metrics.md.
 #   pid_specific    latent consistency, CIEDE2000 colour drift, high-frequency energy
 #   pyiqa_backed    the pyiqa networks (lpips, dists, the no-reference ones), pyiqa:<name>
 #   twin            the VAE-twin check and colour QA
+#   failure_modes   bright specks (all, on skin, vs bicubic) and seams at tile boundaries
 #   set_level       FID and KID
 #   custom          module.path:callable metrics, their search paths
 #   registry        the one registry METRICS (frozen at its import), lookups, weight_status
@@ -98,6 +100,18 @@ _EXPORTS: dict[str, str] = {
         "pid_specific",
     ),
     "pyiqa_models": "pyiqa_backed",
+    **dict.fromkeys(
+        (
+            "SpeckCount",
+            "count_specks",
+            "local_median",
+            "seam_positions",
+            "skin_mask",
+            "small_components",
+            "speck_candidates",
+        ),
+        "failure_modes",
+    ),
     **dict.fromkeys(
         (
             "InceptionFeatures",

@@ -29,6 +29,13 @@ class MetricContext:
     scale: PiD's upscale factor (output size / native size), e.g. 4 or 8.
     reference_reason: why ``reference`` is None although the cell has a source image (it would
     be upsampled): the reason every full-reference metric then gives.
+    tile_boundaries: (rows, columns) where PiD's tile plan puts a seam, at the scored size: a
+    position c means between pixel c - 1 and c (the centre of each overlap of two tiles; see
+    `failure_modes.seam_positions`). None: the cell does not tile; ((), ()): a one-tile plan.
+    seam_period: the period of the decode's pixel grid at the scored size (PiD's tile unit,
+    lcm(patch, output px per latent cell): 32 at the output size for FLUX 2k, 8 at the native
+    size): seam_score compares each line with lines of the same phase.
+    tile_reason: why ``tile_boundaries`` is None although the suite tiles (no valid plan).
     """
 
     reference: torch.Tensor | None = None
@@ -37,6 +44,9 @@ class MetricContext:
     clean_latent: torch.Tensor | None = None
     scale: int | None = None
     reference_reason: str | None = None
+    tile_boundaries: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    seam_period: int | None = None
+    tile_reason: str | None = None
 
 
 # ---- the Metric object ------------------------------------------------------------------------

@@ -58,6 +58,30 @@ TWIN_SSIM_MIN = 0.90
 MIDTONE_L = (30.0, 70.0)
 SHADOW_L_MAX = 25.0
 
+#: Bright specks (speck_rate*): a pixel is a speck candidate when its luma (`LUMA_WEIGHTS`)
+#: exceeds the median of its SPECK_WINDOW x SPECK_WINDOW neighbourhood by more than
+#: SPECK_THRESHOLD and by more than SPECK_SIGMAS robust standard deviations of that
+#: neighbourhood (1.4826 x its median absolute deviation); a speck is an 8-connected group of
+#: candidates of at most SPECK_MAX_AREA px.
+SPECK_THRESHOLD = 0.15
+SPECK_SIGMAS = 5.0
+SPECK_WINDOW = 7
+SPECK_MAX_AREA = 4
+#: Skin tone: Chai & Ngan's (1999) YCbCr box on 8-bit full-range BT.601 (JPEG) Cb, Cr.
+SKIN_CB = (77.0, 127.0)
+SKIN_CR = (133.0, 173.0)
+#: speck_rate_skin is null below this fraction of skin pixels in the image.
+SKIN_MIN_FRACTION = 0.01
+#: A speck is on skin when at least this fraction of a SPECK_WINDOW neighbourhood of one of its
+#: pixels is skin-toned (the speck itself is too bright to be).
+SKIN_NEIGHBOURHOOD_MIN = 0.5
+#: seam_score: each boundary line is compared with the SEAM_REFERENCE_LINES lines either side
+#: of it, every line first divided by the mean of the lines of its phase of the decode's pixel
+#: grid (`MetricContext.seam_period`, default SEAM_DEFAULT_PERIOD px): a patch or latent-cell
+#: grid, or an interpolated upscale's period, is no seam.
+SEAM_REFERENCE_LINES = 4
+SEAM_DEFAULT_PERIOD = 32
+
 # ---- pyiqa networks ---------------------------------------------------------------------------
 
 
@@ -279,6 +303,47 @@ _SPECS: tuple[MetricSpec, ...] = (
         None,  # signed: 0 is ideal; the report flags large positive (greener) values
         _TWIN_DOC + f"mean a*(native) - a*(decode) over the pixels whose native L* < "
         f"{SHADOW_L_MAX:g}: positive when the decode's shadows are greener.",
+    ),
+    MetricSpec(
+        "speck_rate",
+        "no_reference",
+        False,
+        f"Isolated bright specks per megapixel of the decode: 8-connected groups of at most "
+        f"{SPECK_MAX_AREA} pixels whose BT.709 luma exceeds the median of their "
+        f"{SPECK_WINDOW}x{SPECK_WINDOW} neighbourhood (reflect-padded) by more than "
+        f"{SPECK_THRESHOLD:g} and by more than {SPECK_SIGMAS:g} robust standard deviations of "
+        "it (1.4826 x its median absolute deviation); count / (H W / 1e6).",
+    ),
+    MetricSpec(
+        "speck_rate_skin",
+        "no_reference",
+        False,
+        "speck_rate's specks on skin per megapixel of skin: skin = YCbCr (8-bit BT.601 full "
+        f"range) with Cb in [{SKIN_CB[0]:g}, {SKIN_CB[1]:g}] and Cr in [{SKIN_CR[0]:g}, "
+        f"{SKIN_CR[1]:g}] (Chai & Ngan 1999); a speck counts when one of its pixels has at least "
+        f"{SKIN_NEIGHBOURHOOD_MIN:.0%} skin in its {SPECK_WINDOW}x{SPECK_WINDOW} neighbourhood; "
+        f"null when under {SKIN_MIN_FRACTION:.0%} of the image is skin.",
+    ),
+    MetricSpec(
+        "speck_ratio_bicubic",
+        "latent",
+        False,
+        "(specks of the decode + 1) / (specks of the native decode bicubic-resized to the "
+        "decode's size + 1), specks as speck_rate (same area: a ratio of rates, add-one "
+        "smoothed so that a baseline without specks gives a number); 1 = no more specks than "
+        "the bicubic upscale.",
+    ),
+    MetricSpec(
+        "seam_score",
+        "latent",
+        None,  # 1 is ideal: above, a step at the tile boundaries; below, a smoothed band
+        "Tiled decodes: D(c) = mean |difference| of the adjacent pixel pairs across line c "
+        "(channels, whole line); D'(c) = D(c) / the mean D of the lines of c's phase of the "
+        "tile grid (period: PiD's tile unit; boundary lines left out); seam_score = sum over "
+        "the boundaries (the centre of each overlap of PiD's tile plan, both axes, weighted by "
+        f"line length) of D'(boundary) / the same sum of the median D' of the "
+        f"{SEAM_REFERENCE_LINES} lines either side. 1 = no seam; null when untiled or a "
+        "one-tile plan.",
     ),
 )
 

@@ -36,6 +36,12 @@ from pid_bench.metrics.catalog import (
 )
 from pid_bench.metrics.custom import is_custom_name, load_custom_metric
 from pid_bench.metrics.errors import RegistryFrozenError
+from pid_bench.metrics.failure_modes import (
+    seam_score,
+    speck_rate,
+    speck_rate_skin,
+    speck_ratio_bicubic,
+)
 from pid_bench.metrics.full_reference import ms_ssim, psnr, ssim
 from pid_bench.metrics.pid_specific import hf_energy_ratio, latent_consistency, lq_color_de2000
 from pid_bench.metrics.pyiqa_backed import clear_cache as clear_pyiqa_cache
@@ -203,6 +209,10 @@ _FUNCTIONS: dict[str, MetricFn] = {
     "twin_lpips": twin_lpips,
     "midtone_chroma_shift": midtone_chroma_shift,
     "shadow_green_bias": shadow_green_bias,
+    "speck_rate": speck_rate,
+    "speck_rate_skin": speck_rate_skin,
+    "speck_ratio_bicubic": speck_ratio_bicubic,
+    "seam_score": seam_score,
 }
 
 
