@@ -126,7 +126,7 @@ def run_decoder(
     graphs_before = graph_count() if compiled else None  # dynamo's counters: compiled runs only
     state_before, state_reason = gpu_state(dev)
     with torch.no_grad():
-        image, times, timer = timed(fn, settings.timing, dev)
+        image, times, timer, warmup_ms = timed(fn, settings.timing, dev)
     state_after, _ = gpu_state(dev)
     if compiled:
         compiled["recompiles"] = graph_count() - graphs_before
@@ -135,6 +135,7 @@ def run_decoder(
         "status": "ok",
         **timing_fields(times),
         "timer": timer,
+        "warmup_ms": warmup_ms,
         "decoded_height": image.shape[-2],
         "decoded_width": image.shape[-1],
         **decoder.row_fields(cell, models, settings),

@@ -143,6 +143,7 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "timing_spread > pid_bench.timing.NOISY_SPREAD (0.10): the repeats disagree",
     ),
     ("timer", pa.string(), "cuda_events | perf_counter"),
+    ("warmup_ms", pa.float64(), "wall time of the warm-up decodes together (device synchronised)"),
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
     ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),
     ("cell_wall_ms", pa.float64(), "wall time of the whole cell on the worker"),

@@ -4,8 +4,9 @@ image, never raising for a metric (a null with its reason instead)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,10 +18,12 @@ from pid_bench.metrics.shared import warn_once
 
 @dataclass
 class Measurement:
-    """Values (None where not computed) and the reason for each None."""
+    """Values (None where not computed), the reason for each None, and the milliseconds each
+    metric took (a group's shared computation counts for its first member)."""
 
     values: dict[str, float | None]
     reasons: dict[str, str]
+    milliseconds: dict[str, float] = field(default_factory=dict)
 
     def columns(self, prefix: str = "metric_") -> dict[str, float | None]:
         return {f"{prefix}{name}": value for name, value in self.values.items()}
@@ -41,8 +44,10 @@ def measure(
     values: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     shared: dict[str, dict[str, torch.Tensor] | Exception] = {}
+    milliseconds: dict[str, float] = {}
     for name in expand_metric_names(names):
         metric = get_metric(name)
+        started = time.perf_counter()
         try:
             if metric.group is not None and metric.kind != "set_level":
                 if metric.group not in shared:
@@ -65,6 +70,7 @@ def measure(
                 values[name], reasons[name] = None, "not finite (nan)"
             else:
                 values[name] = value
+        milliseconds[name] = (time.perf_counter() - started) * 1000
         if name in reasons and reasons[name].startswith(("weights missing", "failed")):
             warn_once(name, reasons[name])  # absent inputs (no reference...) are no news
-    return Measurement(values, reasons)
+    return Measurement(values, reasons, milliseconds)
