@@ -149,11 +149,13 @@ def _per_image(rows: pd.DataFrame, column: str, log: bool = False) -> pd.Series:
 def _links(rows: pd.DataFrame, backbone: str, ckpt_type: str) -> list[dict[str, str]]:
     """Viewer filters of the settings an answer rests on (one per output size and noise)."""
     out = []
-    for record in (
-        rows[["mode", "sigma", "save_xt_step", "out_height", "out_width"]]
-        .drop_duplicates()
-        .to_dict("records")
-    ):
+    columns = ["mode", "sigma", "save_xt_step", "out_height", "out_width"]
+    # sorted: the rows come in the database's order, which a report must not depend on
+    settings = rows[columns].drop_duplicates().assign(pixels=rows.out_height * rows.out_width)
+    settings = settings.sort_values(
+        ["mode", "pixels", "out_height", "sigma", "save_xt_step"], na_position="first"
+    )
+    for record in settings.to_dict("records"):
         if record["mode"] == "from_ldm":
             step = record["save_xt_step"]
             noise = "x0" if pd.isna(step) else f"x_t {int(step)}"
