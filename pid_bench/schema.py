@@ -147,6 +147,26 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
     ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),
     ("cell_wall_ms", pa.float64(), "wall time of the whole cell on the worker"),
+    (
+        "score_ms",
+        pa.float64(),
+        "this decoder's metrics: the context (native decode for twins, resizes) and every metric",
+    ),
+    (
+        "score_ms_by_metric",
+        pa.string(),
+        "JSON {metric: milliseconds} of this decoder's per-row metrics",
+    ),
+    (
+        "images_ms",
+        pa.float64(),
+        "the cell's PNG writes on the background writer's threads (all its images together)",
+    ),
+    (
+        "images_wait_ms",
+        pa.float64(),
+        "time the cell waited for its PNG writes (before timed spans and at its end)",
+    ),
     # from_ldm (null for from_clean)
     ("ldm_pipeline", pa.string(), "from_ldm: pipeline class, source, dtype and device"),
     ("ldm_steps", pa.int64(), "from_ldm: LDM scheduler steps (num_inference_steps)"),

@@ -19,7 +19,7 @@ class CellSettings:
     decoders: tuple[str, ...]
     metrics: tuple[str, ...]
     timing: TimingPolicy
-    save_images: bool
+    save_images: str  # all | reference_and_pid | none (suite save_images:)
     run_dir: str
     provenance: dict = field(default_factory=dict)  # git sha, versions
     checkpoints: str | None = None  # PiD download root (else $PID_BENCH_CHECKPOINTS)
@@ -34,6 +34,8 @@ class CellSettings:
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
     baselines: dict = field(default_factory=dict)  # suite.baselines as plain data
     teacher: dict = field(default_factory=dict)  # suite.teacher as plain data
+    overlap: bool = False  # suite.overlap: PNG writes may run during CUDA timed decodes
+    png_compress_level: int = 1  # pid_bench.images.PNG_COMPRESS_LEVEL
 
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's
