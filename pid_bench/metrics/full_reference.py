@@ -71,12 +71,15 @@ def ssim_valid(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(b, dtype=torch.float64, device=image.device)
     for top in range(0, out_h, rows):
         stop = min(out_h, top + rows)
-        x, y = image[..., top : stop + k - 1, :], reference[..., top : stop + k - 1, :]
+        # Centred at 0.5 (the variances are shift-invariant): less cancellation in float32.
+        x = image[..., top : stop + k - 1, :] - 0.5
+        y = reference[..., top : stop + k - 1, :] - 0.5
         mu_x, mu_y, xx, yy, xy = _blur_valid(torch.stack((x, y, x * x, y * y, x * y)), taps)
+        var_x = xx.sub_(mu_x * mu_x).clamp_(min=0.0)
+        var_y = yy.sub_(mu_y * mu_y).clamp_(min=0.0)
+        upper = xy.sub_(mu_x * mu_y).mul_(2).add_(c2)
+        mu_x, mu_y = mu_x.add_(0.5), mu_y.add_(0.5)
         mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-        var_x = xx.sub_(mu_xx).clamp_(min=0.0)
-        var_y = yy.sub_(mu_yy).clamp_(min=0.0)
-        upper = xy.sub_(mu_xy).mul_(2).add_(c2)
         lower = var_x.add_(var_y).add_(c2)
         numerator = mu_xy.mul_(2).add_(c1).mul_(upper)
         denominator = mu_xx.add_(mu_yy).add_(c1).mul_(lower)
