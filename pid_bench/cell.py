@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pid_bench.decoders import CUDA_GRAPH_MODES, Decoder, Pid, build_decoder, tile_size
+from pid_bench.features import store_cell_features
 from pid_bench.gpu import gpu_state, gpu_versions
 from pid_bench.images import save_images, unsaved
 from pid_bench.manifests import is_upsampled
@@ -72,6 +73,7 @@ def run_cell(
             save_images(rows, images, prepared.reference, cell_id, settings)
         except StorageError as exc:  # the decodes were fine: a storage failure, not the decoder's
             rows = [unsaved(row, exc, settings.run_dir) for row in rows]
+    store_cell_features(cell, cell_id, rows, images, prepared.reference, settings, dev)
     wall = (time.perf_counter() - started) * 1000
     return [{**row, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
