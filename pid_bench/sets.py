@@ -3,7 +3,9 @@
 After the cells of a run, the driver computes each set-level metric the suite names for every
 group of ok rows sharing the leaderboard's setting (pid_bench.axes.SETTING_KEYS: mode,
 backbone, ckpt_type, precision, compile, output size, σ, save_xt step) and decoder, from the
-PNGs the cells saved:
+features the cells stored (pid_bench.features), reading a member's PNGs only where they are
+absent for the suite's extractor (a rerun with another extractor, a cell that could not store
+them):
 
 - from_clean: the decodes against the references of the same cells (at the decode's size);
 - from_ldm: there is no reference; the decodes against the native decodes of the same cells
@@ -12,9 +14,10 @@ PNGs the cells saved:
 
 Results are rows of `SET_SCHEMA` (pid_bench.rundb, which reads them back) in
 ``RUN_DIR/sets/set-*.parquet`` (written atomically). Each row carries the digest of its members
-(cell ids and image files), so a resumed or grown run recomputes a group only when its members
-changed. A value that cannot be computed is null with
-its reason (weights missing, images not saved, too few images).
+(cell ids and image files; the patch protocol for patched images), so a resumed or grown run
+recomputes a group only when its members changed, and in `extra` how many members came from
+stored features and how many from PNGs. A value that cannot be computed is null with its reason
+(weights missing, images not saved and no features stored, too few images).
 """
 
 from __future__ import annotations
