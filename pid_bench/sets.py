@@ -178,15 +178,15 @@ def _png_features(run_dir, members, references, size, patch, extractor, device):
     """Features of the members' decodes and references read from their PNGs (the references
     resized to `size`), patches at each member's positions: [N, D] each."""
     from pid_bench.metrics import load_inception
-    from pid_bench.metrics.set_level import _as_batches, _features
+    from pid_bench.metrics.set_level import extract_features
 
     dev = torch.device(device or "cpu")
     extractor = load_inception(dev) if extractor is None else extractor.to(dev)
     ids = [m["cell_id"] for m in members]
-    images = _as_batches(_pngs(run_dir, [m["image_path"] for m in members], None))
-    fake, _ = _features(images, extractor, dev, patch, 16, ids)
-    refs = _as_batches(_pngs(run_dir, references, size))
-    real, _ = _features(refs, extractor, dev, patch, 16, ids)
+    images = _pngs(run_dir, [m["image_path"] for m in members], None)
+    fake, _ = extract_features(images, extractor, dev, patch, members=ids)
+    refs = _pngs(run_dir, references, size)
+    real, _ = extract_features(refs, extractor, dev, patch, members=ids)
     return fake, real
 
 

@@ -211,8 +211,10 @@ def test_patch_positions_are_a_function_of_the_member_alone():
     assert torch.equal(first, set_level.member_samples(image, patch, "cell-a"))
     assert not torch.equal(first, set_level.member_samples(image, patch, "cell-b"))
     # in a set, a member's crops do not depend on the members before it
-    alone, _ = set_level._features(iter([image]), torch.nn.Flatten(), "cpu", patch, 16, ["b"])
-    pair, _ = set_level._features(
+    alone, _ = set_level.extract_features(
+        iter([image]), torch.nn.Flatten(), "cpu", patch, 16, ["b"]
+    )
+    pair, _ = set_level.extract_features(
         iter([image.flip(-1), image]), torch.nn.Flatten(), "cpu", patch, 16, ["a", "b"]
     )
     assert torch.equal(alone, pair[4:])

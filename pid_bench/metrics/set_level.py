@@ -155,16 +155,17 @@ def member_samples(image: torch.Tensor, patch: dict[str, int] | None, member: st
     return random_patches(image, patch["crop_size"], patch["crops_per_image"], generator)
 
 
-def _features(
-    images: Iterator[torch.Tensor],
+def extract_features(
+    images: Iterable[torch.Tensor],
     extractor: InceptionFeatures,
     device: torch.device,
     patch: dict[str, int] | None,
-    batch_size: int,
+    batch_size: int = 16,
     members: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Features of every image (in order; patches at each member's positions: `members[i]`,
-    or the image's index in its set when None)."""
+    """Features ``[N, D]`` of every image (``[3, H, W]`` or ``[B, 3, H, W]`` in [0, 1]), in
+    order, and the number of images; patches at each member's positions (`members[i]`, or the
+    image's index in its set when None)."""
     out, count, pending = [], 0, []
 
     def flush() -> None:
@@ -173,7 +174,7 @@ def _features(
                 out.append(extractor(torch.cat(pending).to(device).float()).double().cpu())
             pending.clear()
 
-    for batch in images:
+    for batch in _as_batches(images):
         for image in batch:
             member = members[count] if members is not None else str(count)
             count += 1
@@ -231,8 +232,10 @@ def compute_set_metrics(
             extractor = load_inception(device)
         else:
             extractor = extractor.to(device)
-        fake, n_fake = _features(images, extractor, device, patch_info, batch_size, members)
-        real, n_real = _features(references, extractor, device, patch_info, batch_size, members)
+        fake, n_fake = extract_features(images, extractor, device, patch_info, batch_size, members)
+        real, n_real = extract_features(
+            references, extractor, device, patch_info, batch_size, members
+        )
     except MetricUnavailable as exc:
         warn_once("fid/kid", exc.reason)
         return {n: SetResult(n, None, exc.reason, patch=patch_info) for n in names}
