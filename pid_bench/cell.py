@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pid_bench.decoders import CUDA_GRAPH_MODES, Decoder, Pid, build_decoder, tile_size
+from pid_bench.features import store_cell_features
 from pid_bench.gpu import gpu_state, gpu_versions
 from pid_bench.images import CellImages, unsaved
 from pid_bench.manifests import is_upsampled
@@ -58,12 +59,12 @@ def run_cell(
     images = CellImages(cell_id, settings) if settings.save_images != "none" else None
     if images is not None and prepared.reference is not None:
         images.submit(None, prepared.reference)
-    rows = []
+    rows, outputs = [], {}
     for name in settings.decoders:
         try:
             inject_fault(settings.faults, cell_id, name)
             decoder = build_decoder(name, settings.baselines)
-            row = run_decoder(decoder, cell, models, prepared, settings, dev, images)
+            row, outputs[name] = run_decoder(decoder, cell, models, prepared, settings, dev, images)
         except Exception as exc:
             row = failure_fields(exc)
             if dev.type == "cuda":
@@ -78,6 +79,7 @@ def run_cell(
         finally:
             images.close()
         cell_fields = {"images_ms": images.work_ms, "images_wait_ms": images.wait_ms}
+    store_cell_features(cell, cell_id, rows, outputs, prepared.reference, settings, dev)
     wall = (time.perf_counter() - started) * 1000
     return [{**row, **cell_fields, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
@@ -118,9 +120,9 @@ def base_row(
 def run_decoder(
     decoder: Decoder, cell: Any, models: ModelSet, prepared: Prepared, settings: CellSettings,
     dev: torch.device, images: CellImages | None = None,
-) -> dict:  # fmt: skip
-    """One decoder's row fields; its output (at the size it is scored at) goes to `images`
-    before the metrics, so the PNG is written while they run."""
+) -> tuple[dict, torch.Tensor]:  # fmt: skip
+    """One decoder's row fields and its output at the size it is scored at; the output goes to
+    `images` before the metrics, so its PNG is written while they run."""
     decoder.load(cell, models, settings, dev)
     fn = decoder.decode_fn(cell, models, prepared, settings)
     keep, others = decoder.placement(models)
@@ -169,7 +171,7 @@ def run_decoder(
     row |= reference_row | {"scored_height": scored.shape[-2], "scored_width": scored.shape[-1]}
     row |= score(scored, context, settings.metrics)
     row["score_ms"] = (time.perf_counter() - started) * 1000
-    return row
+    return row, scored
 
 
 def graph_count() -> int:

@@ -439,6 +439,7 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         generator_device=suite.pid.generator_device,
         reference=suite.reference,
         metric_paths=custom_metric_paths(suite.path),
+        feature_extractor=suite.set_metrics.feature_extractor,
         baselines={name: b.model_dump() for name, b in suite.baselines.items()},
         teacher=suite.teacher.model_dump(),
         overlap=suite.overlap,

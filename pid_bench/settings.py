@@ -32,6 +32,7 @@ class CellSettings:
     generator_device: str = "decode"  # suite.pid.generator_device
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
+    feature_extractor: str | None = None  # suite.set_metrics.feature_extractor (None: Inception)
     baselines: dict = field(default_factory=dict)  # suite.baselines as plain data
     teacher: dict = field(default_factory=dict)  # suite.teacher as plain data
     overlap: bool = False  # suite.overlap: PNG writes may run during CUDA timed decodes
