@@ -79,7 +79,9 @@ def run_cell(
         finally:
             images.close()
         cell_fields = {"images_ms": images.work_ms, "images_wait_ms": images.wait_ms}
+    features_started = time.perf_counter()
     store_cell_features(cell, cell_id, rows, outputs, prepared.reference, settings, dev)
+    cell_fields["features_ms"] = (time.perf_counter() - features_started) * 1000
     wall = (time.perf_counter() - started) * 1000
     return [{**row, **cell_fields, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 

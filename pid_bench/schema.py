@@ -163,6 +163,12 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the cell's PNG writes on the background writer's threads (all its images together)",
     ),
     (
+        "features_ms",
+        pa.float64(),
+        "the cell's set-level features (fid/kid extractor on every decode and reference; ~0 "
+        "when the suite names neither)",
+    ),
+    (
         "images_wait_ms",
         pa.float64(),
         "time the cell waited for its PNG writes (before timed spans and at its end)",

@@ -125,7 +125,10 @@ def _group_results(run_dir, group, natives, names, extractor, name, device) -> d
         missing = "from_ldm set metrics compare with the native decodes: add decoder native"
     size = _size(run_dir, first)  # native decodes: the native size
     if size is None:
-        return null("images not saved (suite save_images: false); set-level metrics need the PNGs")
+        return null(
+            "images not saved (suite save_images: none or reference_and_pid); set-level metrics "
+            "need the PNGs or the features the cells store"
+        )
     patch = patch_spec(size)
     count = patch["crops_per_image"] if patch else 1
     stored = [stored_member(run_dir, name, m["cell_id"], m["decoder"], size, count) for m in group]
@@ -134,7 +137,8 @@ def _group_results(run_dir, group, natives, names, extractor, name, device) -> d
     if need:
         if any(not group[i]["image_path"] for i in need):
             return null(
-                "images not saved (suite save_images: false); set-level metrics need the PNGs "
+                "images not saved (suite save_images: none or reference_and_pid); set-level metrics "
+                "need the PNGs "
                 "(or the features stored by the cells)",
                 patch,
             )
