@@ -38,6 +38,10 @@ class CellSettings:
     overlap: bool = False  # suite.overlap: PNG writes may run during CUDA timed decodes
     png_compress_level: int = 1  # pid_bench.images.PNG_COMPRESS_LEVEL
 
+    def __post_init__(self) -> None:
+        if isinstance(self.save_images, bool):  # the suite's true / false
+            object.__setattr__(self, "save_images", "all" if self.save_images else "none")
+
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's
         precision and compile axes."""
