@@ -8,7 +8,10 @@ On a CUDA machine (within about 8 minutes on one GPU):
   2. the full-size random-weight decode of the FLUX 2k experiment at 2048^2 and 4096^2 (whole
      and tiled 2048/256), eager and compiled, with upstream's network side by side when
      `--upstream PATH` names an exported checkout (benchmarks/decode.py does the timing);
-  3. the smoke suite on CUDA (`pid-bench run`): every row timed with CUDA events and with its
+  3. PNG writes overlapping a timed decode: the 2048^2 decode alone and while two threads
+     write PNGs as the cells' background writer does; whether their latencies agree within their
+     spread (then a suite's `overlap: true` is safe on this GPU);
+  4. the smoke suite on CUDA (`pid-bench run`): every row timed with CUDA events and with its
      memory columns filled.
 Without CUDA it runs what it can on the CPU in well under 3 minutes (the golden vectors in
 float32 and both bf16 modes, the FLOP count against FlopCounterMode, the tiny decode benchmark,
@@ -25,6 +28,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -256,6 +260,86 @@ def _reference_dir() -> Path | None:
     return None
 
 
+# ---- 4. PNG writes beside a timed decode ------------------------------------------------------
+
+
+def overlap_step(cuda: bool, quick: bool) -> Step:
+    """The full-size FLUX 2k decode at 2048^2 timed alone, then while two threads write 2048^2
+    PNGs the way the cells' background writer does (`pid_bench.images.write_pixels`): latencies
+    agree when their p50s differ by no more than the larger p90 - p10 spread. Only then is a
+    suite's `overlap: true` safe on this GPU."""
+    step = Step("PNG writes overlapping a timed 2048^2 decode (suite overlap:)")
+    if not cuda:
+        return step.skip(
+            "CPU: the cells never overlap writes with a timed decode here (they would take the "
+            "decoder's cores); overlap applies to CUDA only"
+        )
+
+    def body(s: Step) -> None:
+        import threading
+
+        import numpy as np
+
+        from pid_bench.images import write_pixels
+        from pid_bench.timing import TimingPolicy, timed, timing_fields
+        from pid_models.registry import experiment_by_name
+
+        decode_module = _decode_module()
+        device = torch.device("cuda")
+        net_kwargs = dict(experiment_by_name(FLUX_2K).net_kwargs)
+        net = decode_module.build_net(net_kwargs, device, 0, False)
+        decoder = decode_module.PiDDecoder(
+            net, decode_module.EmbeddingsOnly(net.config["txt_embed_dim"]), device, torch.bfloat16
+        )
+        per_latent = net_kwargs["latent_spatial_down_factor"] * net_kwargs["sr_scale"]
+        generator = torch.Generator().manual_seed(1)
+        latent = torch.randn(
+            (1, net.config["lq_latent_channels"], 2048 // per_latent, 2048 // per_latent),
+            generator=generator,
+        ).to(device)
+        y = torch.randn(
+            1, net.config["txt_max_length"], net.config["txt_embed_dim"], generator=generator
+        ).to(device)
+        policy = TimingPolicy(warmup=2, repeats=5 if quick else 10, min_time_s=0)
+        fn = lambda: decoder.decode(latent, y=y, seed=0, steps=4)  # noqa: E731
+        pixels = np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+        stop = threading.Event()
+        folder = Path(tempfile.mkdtemp(prefix="overlap_"))
+
+        def writer(k: int) -> None:
+            while not stop.is_set():
+                write_pixels(pixels, folder / f"w{k}.png")
+
+        with torch.no_grad():
+            alone = timing_fields(timed(fn, policy, device).times)
+            threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            try:
+                overlapped = timing_fields(timed(fn, policy, device).times)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+        spread = max(
+            alone["latency_ms_p90"] - alone["latency_ms_p10"],
+            overlapped["latency_ms_p90"] - overlapped["latency_ms_p10"],
+        )
+        difference = overlapped["latency_ms_p50"] - alone["latency_ms_p50"]
+        agree = abs(difference) <= spread
+        s.figures = {"alone": alone, "overlapped": overlapped, "spread_ms": spread,
+                     "difference_ms": difference, "agree": agree}  # fmt: skip
+        s.status = "ok" if agree else "info"
+        s.detail = (
+            f"p50 alone {alone['latency_ms_p50']:.1f} ms, with writes "
+            f"{overlapped['latency_ms_p50']:.1f} ms (difference {difference:+.1f}, spread "
+            f"{spread:.1f}): "
+            + ("agree, overlap: true is safe here" if agree else "disagree: keep overlap: false")
+        )
+
+    return _timed(step, body)
+
+
 def plan(args: argparse.Namespace, cuda: bool, out: Path) -> list[Callable[[], Step]]:
     reference = _reference_dir()
     device = torch.device("cuda" if cuda else "cpu")
@@ -289,6 +373,7 @@ def plan(args: argparse.Namespace, cuda: bool, out: Path) -> list[Callable[[], S
                 "needs CUDA here; on CPU run benchmarks/decode.py --upstream PATH --sizes "
                 "128x128 --dtype fp32 by hand (minutes)"),
         ]  # fmt: skip
+    steps.append(lambda: overlap_step(cuda, args.quick))
     steps.append(lambda: smoke_step(out, cuda))
     return steps
 

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from pid_bench.decoders import CUDA_GRAPH_MODES, Decoder, Pid, build_decoder, tile_size
+from pid_bench.features import store_cell_features
 from pid_bench.gpu import gpu_state, gpu_versions
-from pid_bench.images import save_images, unsaved
+from pid_bench.images import CellImages, unsaved
 from pid_bench.manifests import is_upsampled
 from pid_bench.memory import CPU_REASON, modules_of, peak_fields, place, weights_bytes
 from pid_bench.metrics import (
@@ -55,25 +56,34 @@ def run_cell(
     except Exception as exc:  # the whole cell failed before any decoder ran
         return [{**base, "decoder": d, **failure_fields(exc)} for d in settings.decoders]
     base |= prepared.row
-    rows, images = [], {}
+    images = CellImages(cell_id, settings) if settings.save_images != "none" else None
+    if images is not None and prepared.reference is not None:
+        images.submit(None, prepared.reference)
+    rows, outputs = [], {}
     for name in settings.decoders:
         try:
             inject_fault(settings.faults, cell_id, name)
             decoder = build_decoder(name, settings.baselines)
-            row, image = run_decoder(decoder, cell, models, prepared, settings, dev)
-            images[name] = image
+            row, outputs[name] = run_decoder(decoder, cell, models, prepared, settings, dev, images)
         except Exception as exc:
             row = failure_fields(exc)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append({**base, "decoder": name, **row})
-    if settings.save_images:
+    cell_fields = {"images_ms": None, "images_wait_ms": None}
+    if images is not None:
         try:
-            save_images(rows, images, prepared.reference, cell_id, settings)
+            images.finish(rows)
         except StorageError as exc:  # the decodes were fine: a storage failure, not the decoder's
             rows = [unsaved(row, exc, settings.run_dir) for row in rows]
+        finally:
+            images.close()
+        cell_fields = {"images_ms": images.work_ms, "images_wait_ms": images.wait_ms}
+    features_started = time.perf_counter()
+    store_cell_features(cell, cell_id, rows, outputs, prepared.reference, settings, dev)
+    cell_fields["features_ms"] = (time.perf_counter() - features_started) * 1000
     wall = (time.perf_counter() - started) * 1000
-    return [{**row, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
+    return [{**row, **cell_fields, "cell_wall_ms": wall, "started_at": started_at} for row in rows]
 
 
 _DTYPE_NAMES = {"bf16-autocast": "bfloat16-autocast", "bf16": "bfloat16", "fp32": "float32"}
@@ -111,9 +121,10 @@ def base_row(
 
 def run_decoder(
     decoder: Decoder, cell: Any, models: ModelSet, prepared: Prepared, settings: CellSettings,
-    dev: torch.device,
+    dev: torch.device, images: CellImages | None = None,
 ) -> tuple[dict, torch.Tensor]:  # fmt: skip
-    """One decoder's row fields and its output at the size it is scored at."""
+    """One decoder's row fields and its output at the size it is scored at; the output goes to
+    `images` before the metrics, so its PNG is written while they run."""
     decoder.load(cell, models, settings, dev)
     fn = decoder.decode_fn(cell, models, prepared, settings)
     keep, others = decoder.placement(models)
@@ -125,8 +136,10 @@ def run_decoder(
         resident = torch.cuda.memory_allocated(dev)
     graphs_before = graph_count() if compiled else None  # dynamo's counters: compiled runs only
     state_before, state_reason = gpu_state(dev)
+    if images is not None and not (settings.overlap and dev.type == "cuda"):
+        images.quiesce()  # no PNG write competes with the timed span
     with torch.no_grad():
-        image, times, timer = timed(fn, settings.timing, dev)
+        image, times, timer, warmup_ms = timed(fn, settings.timing, dev)
     state_after, _ = gpu_state(dev)
     if compiled:
         compiled["recompiles"] = graph_count() - graphs_before
@@ -135,6 +148,7 @@ def run_decoder(
         "status": "ok",
         **timing_fields(times),
         "timer": timer,
+        "warmup_ms": warmup_ms,
         "decoded_height": image.shape[-2],
         "decoded_width": image.shape[-1],
         **decoder.row_fields(cell, models, settings),
@@ -150,11 +164,15 @@ def run_decoder(
     scored = image.float()
     if decoder.scored_at_output:
         scored = resize(scored, tuple(cell.resolution))
+    if images is not None:
+        images.submit(decoder.name, scored)
+    started = time.perf_counter()
     context, reference_row = metric_context(
         models, prepared, settings, decoder, scored, tile_size(cell, settings)
     )
     row |= reference_row | {"scored_height": scored.shape[-2], "scored_width": scored.shape[-1]}
     row |= score(scored, context, settings.metrics)
+    row["score_ms"] = (time.perf_counter() - started) * 1000
     return row, scored
 
 
@@ -320,6 +338,7 @@ def score(image: torch.Tensor, context: MetricContext, names: tuple[str, ...]) -
         **columns,
         "extra_metrics": json.dumps(extra) if extra else None,
         "metric_notes": json.dumps(notes) if notes else None,
+        "score_ms_by_metric": json.dumps({k: round(v, 3) for k, v in result.milliseconds.items()}),
     }
 
 

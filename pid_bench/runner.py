@@ -20,8 +20,10 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pid_bench import __version__
+from pid_bench.images import PNG_COMPRESS_LEVEL, saves
 from pid_bench.models import model_identity
 from pid_bench.pool import DEFAULT_MAX_RETRIES, StopFlag, execute
 from pid_bench.settings import CellSettings
@@ -205,6 +207,7 @@ def _run_locked(
             {c.backbone for _, c in planned if (c.backbone, c.ckpt_type) in EMBEDDED_PAIRS}
         ),
         "cells": len(planned),
+        "images": image_policy(suite),
         "invocations": invocations,
     }
     write_plan(run_dir, [cid for cid, _ in planned])
@@ -325,11 +328,21 @@ def _cells_safe(suite: Suite, run_dir: Path) -> tuple[int | None, int]:
 def image_bytes(suite: Suite, todo: list[tuple[str, Cell]]) -> int:
     """Disk space the PNGs of `todo` may take: one per decoder and cell, plus the reference of a
     clean image, each counted at the output size (the native decode is smaller)."""
-    if not suite.save_images:
-        return 0
-    pngs = len(suite.decoders) + (suite.mode == "from_clean")
+    kept = [d for d in suite.decoders if saves(suite.save_images, d)]
+    pngs = len(kept) + (suite.mode == "from_clean" and suite.save_images != "none")
     pixels = sum(cell.resolution[0] * cell.resolution[1] for _, cell in todo)
     return int(pixels * pngs * PNG_BYTES_PER_PIXEL)
+
+
+def image_policy(suite: Suite) -> dict[str, Any]:
+    """run.json's record of how the cells write their images."""
+    return {
+        "save_images": suite.save_images,
+        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "overlap": suite.overlap,
+        "overlap_note": "PNG writes run on background threads; they overlap timed decodes only "
+        "on CUDA with overlap: true, never on a CPU device (they would take the decoder's cores)",
+    }
 
 
 def check_space(suite: Suite, todo: list[tuple[str, Cell]], run_dir: Path) -> None:
@@ -426,8 +439,11 @@ def _settings(suite: Suite, run_dir: Path, env: dict, checkpoints: str | None) -
         generator_device=suite.pid.generator_device,
         reference=suite.reference,
         metric_paths=custom_metric_paths(suite.path),
+        feature_extractor=suite.set_metrics.feature_extractor,
         baselines={name: b.model_dump() for name, b in suite.baselines.items()},
         teacher=suite.teacher.model_dump(),
+        overlap=suite.overlap,
+        png_compress_level=PNG_COMPRESS_LEVEL,
     )
 
 

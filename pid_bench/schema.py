@@ -143,9 +143,36 @@ _COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "timing_spread > pid_bench.timing.NOISY_SPREAD (0.10): the repeats disagree",
     ),
     ("timer", pa.string(), "cuda_events | perf_counter"),
+    ("warmup_ms", pa.float64(), "wall time of the warm-up decodes together (device synchronised)"),
     ("caption_ms", pa.float64(), "caption encoding time (apart from the decode; cached = ~0)"),
     ("encode_ms", pa.float64(), "native encoder time for the cell's latent"),
     ("cell_wall_ms", pa.float64(), "wall time of the whole cell on the worker"),
+    (
+        "score_ms",
+        pa.float64(),
+        "this decoder's metrics: the context (native decode for twins, resizes) and every metric",
+    ),
+    (
+        "score_ms_by_metric",
+        pa.string(),
+        "JSON {metric: milliseconds} of this decoder's per-row metrics",
+    ),
+    (
+        "images_ms",
+        pa.float64(),
+        "the cell's PNG writes on the background writer's threads (all its images together)",
+    ),
+    (
+        "features_ms",
+        pa.float64(),
+        "the cell's set-level features (fid/kid extractor on every decode and reference; ~0 "
+        "when the suite names neither)",
+    ),
+    (
+        "images_wait_ms",
+        pa.float64(),
+        "time the cell waited for its PNG writes (before timed spans and at its end)",
+    ),
     # from_ldm (null for from_clean)
     ("ldm_pipeline", pa.string(), "from_ldm: pipeline class, source, dtype and device"),
     ("ldm_steps", pa.int64(), "from_ldm: LDM scheduler steps (num_inference_steps)"),

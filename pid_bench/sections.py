@@ -250,20 +250,38 @@ def not_measured(con: duckdb.DuckDBPyConnection) -> Section | None:
 
 
 def time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None:
-    """Harness overhead: how much of the workers' and the run's wall time the decoders use."""
+    """Harness overhead: how much of the workers' and the run's wall time the decoders use, and
+    where the rest goes (metrics one by one, PNG writes, features)."""
     (r,) = query(con, "time_budget")
     if not r["n_cells"]:
         return None
-    spans = invocation_ms(read_run_json(run_dir))
-    share = lambda ms: "–" if not r["wall_ms"] else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
-    parts = (
-        ("decoders (timed repeats + warm-up)", "decode_ms"),
+    run_info = read_run_json(run_dir)
+    spans = invocation_ms(run_info)
+    share = lambda ms: "–" if not r["wall_ms"] or ms is None else f"{100 * ms / r['wall_ms']:.1f} %"  # noqa: E731
+    parts = [
+        ("decoders (timed repeats + warm-up): the device-busy time", "decode_ms"),
         ("encode + caption", "prepare_ms"),
-        ("other (I/O, resizes, metrics, PNGs, LDM)", "other_ms"),
+        ("metrics (every decoder's scoring)", "score_ms"),
+        ("PNG writes the cells waited for", "images_wait_ms"),
+        ("set-level features (fid/kid)", "features_ms"),
+        ("other (image loading, LDM, model moves, resizes)", "other_ms"),
         ("all cells on the workers", "wall_ms"),
-    )
+    ]
     rows = [[part, fmt_value(r[column], 0), share(r[column])] for part, column in parts]
+    rows[3:3] = [[f"· {name}", fmt_value(ms, 0), share(ms)] for name, ms in metric_ms(con)]
     note = f"{r['n_cells']} ok cells."
+    if r["images_ms"] is not None:
+        images = (run_info or {}).get("images") or {}
+        overlap = (
+            "they may overlap timed decodes (overlap: true, CUDA only)"
+            if images.get("overlap")
+            else "never during a timed decode (overlap: false; always so on a CPU device, where "
+            "they would take the decoder's cores)"
+        )
+        note += (
+            f" PNG writes took {r['images_ms']:.0f} ms on background threads, overlapping the "
+            f"metrics; {overlap}; zlib level {images.get('png_compress_level', '?')}."
+        )
     if spans:
         each = ", ".join(f"{ms:.0f}" for ms in spans)
         note += (
@@ -271,6 +289,23 @@ def time_budget(con: duckdb.DuckDBPyConnection, run_dir: Path) -> Section | None
             f"run.json) was {sum(spans):.0f} ms over {len(spans)} invocation(s): {each} ms."
         )
     return Section("Where the time goes", ["part", "ms", "share of cell time"], rows, note)
+
+
+def metric_ms(con: duckdb.DuckDBPyConnection) -> list[tuple[str, float]]:
+    """Milliseconds per metric over the run's ok rows (score_ms_by_metric), largest first."""
+    import json
+
+    columns = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
+    if "score_ms_by_metric" not in columns:
+        return []
+    totals: dict[str, float] = {}
+    texts = con.execute(
+        "SELECT score_ms_by_metric FROM rows WHERE status = 'ok' AND score_ms_by_metric NOTNULL"
+    ).fetchall()
+    for (text,) in texts:
+        for name, ms in json.loads(text).items():
+            totals[name] = totals.get(name, 0.0) + ms
+    return sorted(totals.items(), key=lambda item: -item[1])
 
 
 def invocation_ms(meta: dict[str, Any]) -> list[float]:

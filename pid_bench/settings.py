@@ -19,7 +19,7 @@ class CellSettings:
     decoders: tuple[str, ...]
     metrics: tuple[str, ...]
     timing: TimingPolicy
-    save_images: bool
+    save_images: str  # all | reference_and_pid | none (suite save_images:)
     run_dir: str
     provenance: dict = field(default_factory=dict)  # git sha, versions
     checkpoints: str | None = None  # PiD download root (else $PID_BENCH_CHECKPOINTS)
@@ -32,8 +32,15 @@ class CellSettings:
     generator_device: str = "decode"  # suite.pid.generator_device
     reference: str = "full_size"  # suite.reference: full_size | upsampled
     metric_paths: tuple[str, ...] = ()  # folders custom metric modules import from
+    feature_extractor: str | None = None  # suite.set_metrics.feature_extractor (None: Inception)
     baselines: dict = field(default_factory=dict)  # suite.baselines as plain data
     teacher: dict = field(default_factory=dict)  # suite.teacher as plain data
+    overlap: bool = False  # suite.overlap: PNG writes may run during CUDA timed decodes
+    png_compress_level: int = 1  # pid_bench.images.PNG_COMPRESS_LEVEL
+
+    def __post_init__(self) -> None:
+        if isinstance(self.save_images, bool):  # the suite's true / false
+            object.__setattr__(self, "save_images", "all" if self.save_images else "none")
 
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's

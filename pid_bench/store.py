@@ -6,6 +6,7 @@ RUN_DIR/
   parts/part-*.parquet  rows (pid_bench.schema.ROW_SCHEMA); a part is complete or absent
   parts/quarantine/     parts that could not be read (damaged, or another tool's): moved, kept
   images/<cell_id>/     PNGs written by the workers
+  features/<extractor>/<cell_id>/  set-level features (fid, kid) of the cells (pid_bench.features)
   run.lock              flock-held by the one driver writing the directory (host, pid)
 
 Cells are content-addressed, so a suite may grow or shrink between runs into one directory:
@@ -119,6 +120,26 @@ def write_table_atomic(table: pa.Table, path: Path, **options) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             _write_synced(table, tmp, **options)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    return path
+
+
+def write_array_atomic(array, path: Path) -> Path:
+    """Write a numpy array as ``.npy``: temp file, fsync, rename (complete or absent); a refused
+    write is a StorageError naming `path` and leaves no temp file behind."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             _unlink_quietly(tmp)
@@ -492,6 +513,7 @@ def _is_run_record(data: object) -> bool:
 #: in parts/; anything else is someone else's: left alone, and listed by the report.
 _OWN_TOP = {
     "run.json", "run.json.tmp", "cells.parquet", ".cells.parquet.tmp", "parts", "images", "sets",
+    "features",
     "plots", "leaderboard.md", "report.html", "recommendations.json", "run.lock", "compare.md", "compare.html",
 }  # fmt: skip
 _OWN_IN_PARTS = re.compile(

@@ -25,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -240,6 +241,11 @@ _SuiteAxes = create_model(
 )
 
 
+def _image_policy(value: object) -> object:
+    """`save_images: true | false` read as all | none."""
+    return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
 class Suite(_SuiteAxes):
     """A validated suite file; `cells()` expands it. Build it with `load_suite`. Its axis keys
     (backbones, sigmas, resolutions, ...) come from `pid_bench.axes.AXES`."""
@@ -255,7 +261,13 @@ class Suite(_SuiteAxes):
     reference: Literal["full_size", "upsampled"] = "full_size"
     limit: PositiveInt | None = None
     timing: Timing = Timing()
-    save_images: bool = True
+    # which PNGs to keep: all (true), reference_and_pid (a big sweep's viewer), none (false)
+    save_images: Annotated[
+        Literal["all", "reference_and_pid", "none"], BeforeValidator(_image_policy)
+    ] = "all"
+    # let PNG writes run during timed decodes (CUDA only; the CPU decoder needs its cores):
+    # turn on only where benchmarks/device_check.py's overlap step agrees on your GPU
+    overlap: bool = False
     tiling: Tiling = Tiling()
     pid: PidOptions = PidOptions()
     teacher: TeacherOptions = TeacherOptions()

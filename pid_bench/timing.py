@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,19 +33,30 @@ class TimingPolicy:
         return len(times) < self.repeats or sum(times) < self.min_time_s * 1000
 
 
-def timed(fn: Callable[[], torch.Tensor], policy: TimingPolicy, device: torch.device):
-    """Warm up, then time repeats as `policy` says; returns (last output, [ms], timer name).
+class Timed(NamedTuple):
+    """What `timed` measured: the last output, every timed repeat (ms), the timer's name and
+    the wall time of the warm-up calls (ms; sync'd on CUDA: the device was busy that long)."""
+
+    output: Any
+    times: list[float]
+    timer: str
+    warmup_ms: float
+
+
+def timed(fn: Callable[[], torch.Tensor], policy: TimingPolicy, device: torch.device) -> Timed:
+    """Warm up, then time repeats as `policy` says.
 
     CUDA: CUDA events around each call, synchronised before and after; CPU: perf_counter.
     """
-    for _ in range(policy.warmup):
-        fn()
+    warmup_ms = 0.0
+    if policy.warmup:
+        warmup_ms, _ = time_once(lambda: [fn() for _ in range(policy.warmup)], device)
     times: list[float] = []
     cuda = device.type == "cuda"
     while policy.more(times):
         ms, out = time_once(fn, device) if not cuda else _time_events(fn, device)
         times.append(ms)
-    return out, times, "cuda_events" if cuda else "perf_counter"
+    return Timed(out, times, "cuda_events" if cuda else "perf_counter", warmup_ms)
 
 
 def _time_events(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:

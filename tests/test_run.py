@@ -348,3 +348,42 @@ def test_gpu_state_reads_clocks_power_and_throttle_reasons():
     fields = json.loads(state)
     assert fields["sm_clock_mhz"] > 0 and fields["power_w"] > 0
     assert isinstance(fields["throttle_reasons"], list)
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [("all", {"pid", "native", "native+bicubic"}), ("reference_and_pid", {"pid"}), ("none", set())],
+)
+def test_save_images_keeps_what_the_policy_names_and_rows_say_so(
+    tmp_path, tiny_models, policy, kept
+):
+    """PNGs come from the background writer: a row names its image only when it was written,
+    and the cell records the writer's time and what it waited for."""
+    cell = load_suite(write_suite(tmp_path)).cells()[0]
+    decoders = ("pid", "native", "native+bicubic")
+    settings = CellSettings("r", "mini", decoders, ("psnr",), ONCE, policy, str(tmp_path))
+    rows = run_cell(cell, "c2", tiny_models, settings, "cpu")
+    assert all(r["status"] == "ok" for r in rows)
+    saved = {r["decoder"] for r in rows if r.get("image_path")}
+    assert saved == kept
+    for row in rows:
+        if row.get("image_path"):
+            assert (tmp_path / row["image_path"]).is_file()
+        assert bool(row.get("reference_path")) == (policy != "none")
+        assert row["score_ms"] > 0 and "psnr" in json.loads(row["score_ms_by_metric"])
+        assert row["warmup_ms"] == 0.0  # no warm-up asked for
+    if policy == "none":
+        assert rows[0]["images_ms"] is None and not (tmp_path / "images" / "c2").exists()
+    else:
+        assert rows[0]["images_ms"] > 0 and rows[0]["images_wait_ms"] >= 0
+        files = {p.name for p in (tmp_path / "images" / "c2").iterdir()}
+        assert "reference.png" in files and not any(".tmp" in f for f in files)
+    to_table(rows)
+
+
+def test_the_suite_reads_true_and_false_as_all_and_none(tmp_path):
+    assert load_suite(write_suite(tmp_path, save_images=True)).save_images == "all"
+    assert load_suite(write_suite(tmp_path, save_images=False)).save_images == "none"
+    assert load_suite(write_suite(tmp_path)).overlap is False
+    policy = load_suite(write_suite(tmp_path, save_images="reference_and_pid")).save_images
+    assert policy == "reference_and_pid"

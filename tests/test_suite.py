@@ -77,7 +77,7 @@ def test_good_suite_loads_with_defaults(folder):
     assert suite.seeds == [0] and suite.pid_steps == [4] and suite.save_xt_steps == []
     assert suite.timing.warmup == 1 and suite.timing.repeats == 5
     assert (suite.timing.min_time_s, suite.timing.max_repeats) == (1.0, 100)
-    assert suite.save_images is True and suite.limit is None and suite.exclude == []
+    assert suite.save_images == "all" and suite.limit is None and suite.exclude == []
     assert suite.source == str((folder / "m.jsonl").resolve())
 
 
@@ -141,7 +141,11 @@ def test_resolved_is_plain_json_with_absolute_paths(folder):
             "pid_steps: [5]",
             r"8 pid_steps\[0\]: pid_steps 5: PiD is distilled to a 4-step schedule",
         ),
-        ("metrics: [psnr]", "save_images: 'yes'", r"8 save_images: Input should be a valid bool"),
+        (
+            "metrics: [psnr]",
+            "save_images: 'yes'",
+            r"8 save_images: Input should be 'all', 'reference_and_pid' or 'none'",
+        ),
         ("name: smoke\n", "", r"1 name: required key is missing"),
     ],
 )

@@ -25,7 +25,7 @@ def _sleeper(ms: float, calls: list[int]):
 def test_repeats_continue_until_both_the_count_and_the_measured_time_are_reached():
     calls: list[int] = []
     policy = TimingPolicy(warmup=2, repeats=3, min_time_s=0.06, max_repeats=1000)
-    _, times, timer = timed(_sleeper(10, calls), policy, CPU)
+    _, times, timer, _ = timed(_sleeper(10, calls), policy, CPU)
     assert timer == "perf_counter"
     assert len(times) >= 3 and sum(times) >= 60
     assert sum(times[:-1]) < 60 or len(times) == 3  # stopped as soon as both held
@@ -33,9 +33,9 @@ def test_repeats_continue_until_both_the_count_and_the_measured_time_are_reached
 
 
 def test_the_count_alone_suffices_for_slow_decodes_and_the_cap_stops_fast_ones():
-    _, slow, _ = timed(_sleeper(30, []), TimingPolicy(0, 2, 0.01, 100), CPU)
+    _, slow, _, _ = timed(_sleeper(30, []), TimingPolicy(0, 2, 0.01, 100), CPU)
     assert len(slow) == 2
-    _, capped, _ = timed(_sleeper(0, []), TimingPolicy(0, 1, 10.0, 7), CPU)
+    _, capped, _, _ = timed(_sleeper(0, []), TimingPolicy(0, 1, 10.0, 7), CPU)
     assert len(capped) == 7
 
 

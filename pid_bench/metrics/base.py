@@ -1,10 +1,13 @@
-"""The interface: the context a metric reads, `Metric` (a declaration plus its computation) and
-the protocol's resizes. Imports only the torch-free leaves of the package (catalog, errors,
+"""The interface: the context a metric reads, `Metric` (a declaration plus its computation),
+`Conversions` (the per-image conversions the metrics of one `measure` call share) and the
+protocol's resizes. Imports only the torch-free leaves of the package (catalog, errors,
 weights)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,3 +146,101 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
     """[-1, 1] decoder output -> [0, 1], clamped: what every metric sees."""
     return ((image.float() + 1) / 2).clamp(0, 1)
+
+
+# ---- conversions shared by the metrics of one decode -------------------------------------------
+
+
+class Conversions:
+    """The conversions of one decode that several metrics need, each made once per `measure`.
+
+    `measure` opens one for its image and context (`sharing`); a metric function asks for it
+    with `conversions(image, context)` and gets that one while it scores the same image object
+    with the same context, else a fresh one of its own (a metric called alone, or on another
+    image: nothing is shared, nothing stale is read). What is kept, by key (`get`):
+
+    * ``"reference"``: `needs_reference` (float32 on the image's device);
+    * ``"native"`` / ``"native_clamped"``: the native decode in float32 on the image's device,
+      as is / clamped to [0, 1] (the same tensor when it already is in [0, 1]);
+    * ``"down"``: the decode resized to the native size (`resize`: the twin check's ``x↓``);
+    * ``("lab", key)``: `srgb_to_lab` of one of the above (float64);
+    * anything else a metric wants to share, e.g. ``("value", "twin_psnr")`` for twin_pass.
+
+    Everything stays on the image's device, in the dtype the definition computes in; a failed
+    conversion is not kept (it raises again, with its reason, for the next metric). There is no
+    uint8 rounding: every metric's definition reads the unrounded ``[0, 1]`` image.
+    """
+
+    def __init__(self, image: torch.Tensor, context: MetricContext) -> None:
+        self.image = image
+        self.context = context
+        self._kept: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value kept under `key`, made by `make()` the first time."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
+
+    def reference(self) -> torch.Tensor:
+        return self.get("reference", lambda: needs_reference(self.image, self.context))
+
+    def native(self, clamped: bool = False) -> torch.Tensor:
+        """The context's native decode (MetricUnavailable when there is none)."""
+        native = self.context.native
+        if native is None:
+            raise MetricUnavailable("no native decode in the cell's context")
+        plain = self.get("native", lambda: native.to(self.image.device, torch.float32))
+        if not clamped:
+            return plain
+
+        def clamp() -> torch.Tensor:
+            out = plain.clamp(0, 1)
+            return plain if torch.equal(out, plain) else out
+
+        return self.get("native_clamped", clamp)
+
+    def down(self) -> torch.Tensor:
+        """The decode resized to the native decode's size (`resize`)."""
+        size = tuple(self.native().shape[-2:])
+        return self.get("down", lambda: resize(self.image, size))
+
+    def lab(self, key: str, convert: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`convert` (the CIELAB conversion) of the image kept as `key` ("down", "native",
+        "native_clamped", "reference"), kept under ("lab", key)."""
+        sources = {
+            "down": self.down,
+            "native": self.native,
+            "native_clamped": lambda: self.native(clamped=True),
+            "reference": self.reference,
+        }
+        source = sources[key]()
+        for other in sources:  # one LAB per distinct tensor (native is often already clamped)
+            if other != key and self._kept.get(other) is source and ("lab", other) in self._kept:
+                return self._kept[("lab", other)]
+        return self.get(("lab", key), lambda: convert(source))
+
+
+_SHARING: contextvars.ContextVar[Conversions | None] = contextvars.ContextVar(
+    "pid_bench_metric_conversions", default=None
+)
+
+
+@contextlib.contextmanager
+def sharing(image: torch.Tensor, context: MetricContext) -> Iterator[Conversions]:
+    """While open, `conversions(image, context)` returns this one `Conversions` (`measure`)."""
+    shared = Conversions(image, context)
+    token = _SHARING.set(shared)
+    try:
+        yield shared
+    finally:
+        _SHARING.reset(token)
+
+
+def conversions(image: torch.Tensor, context: MetricContext) -> Conversions:
+    """The `Conversions` the open `sharing` keeps for this very image and context, else a new
+    one used by this call only."""
+    shared = _SHARING.get()
+    if shared is not None and shared.image is image and shared.context is context:
+        return shared
+    return Conversions(image, context)

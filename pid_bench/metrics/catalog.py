@@ -179,7 +179,8 @@ def _pyiqa_spec(name: str) -> MetricSpec:
 _SET_DOC = (
     "{name} between the run's decodes and references (torchmetrics {cls} on pytorch-fid's "
     "Inception pool3 features; whole images resized to 299, or, for images >= 2048 px, "
-    f"{PATCHES_PER_IMAGE} random {PATCH_SIZE} px patches per image at seed {PATCH_SEED}); "
+    f"{PATCHES_PER_IMAGE} random {PATCH_SIZE} px patches per image, positions seeded by "
+    f"({PATCH_SEED}, member)); "
     "set-level: pid_bench.metrics.compute_set_metrics."
 )
 _CONSISTENCY_DOC = (

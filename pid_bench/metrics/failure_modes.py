@@ -83,7 +83,8 @@ def speck_candidates(
     if min(h, w) <= pad:
         raise MetricUnavailable(f"image {h}x{w} is smaller than the {size}x{size} median window")
     padded = F.pad(y[:, None], (pad, pad, pad, pad), mode="reflect")[:, 0]
-    low = -F.max_pool2d(-padded[:, None], size, 1)[:, 0]
+    # The window's minimum, separably (exact): over the rows, then over the columns.
+    low = padded.unfold(1, size, 1).amin(-1).unfold(2, size, 1).amin(-1)
     out = (y - low) > threshold
     where = out.nonzero()  # [n, 3]: image, row, column
     if len(where) == 0:
@@ -115,26 +116,39 @@ def small_components(mask: torch.Tensor, max_area: int = SPECK_MAX_AREA) -> torc
     max_area - 1) the component's largest index. A group of pixels sharing a label is then a
     whole small component exactly when it has at most max_area pixels and none of them has a
     True neighbour with another label (a fragment of a larger component always has one).
+    Computed on the True pixels only (each one's 8 neighbours found by a sorted search), so
+    the cost follows the candidates, not the image.
     """
     h, w = mask.shape
     out = torch.zeros(h, w, dtype=torch.int64, device=mask.device)
-    if not bool(mask.any()):
+    flat = mask.flatten().nonzero()[:, 0]  # sorted indices of the True pixels
+    n = len(flat)
+    if n == 0:
         return out
-    index = torch.arange(1, h * w + 1, dtype=torch.float64, device=mask.device).view(1, 1, h, w)
-    zero = torch.zeros((), dtype=torch.float64, device=mask.device)
-    m = mask.view(1, 1, h, w)
-    labels = torch.where(m, index, zero)
+    row, col = flat // w, flat % w
+    neighbours = []
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr == 0 and dc == 0:
+                continue
+            inside = (row + dr >= 0) & (row + dr < h) & (col + dc >= 0) & (col + dc < w)
+            target = flat + (dr * w + dc)
+            at = torch.searchsorted(flat, target).clamp_(max=n - 1)
+            found = inside & (flat[at] == target)
+            neighbours.append(torch.where(found, at, -1))
+    nb = torch.stack(neighbours, 1)  # [n, 8]: the index of each True neighbour, or -1
+    has = nb >= 0
+    nb_safe = nb.clamp(min=0)
+    labels = flat + 1
     for _ in range(max_area - 1):
-        labels = torch.where(m, F.max_pool2d(labels, 3, 1, 1), zero)
-    high = F.max_pool2d(labels, 3, 1, 1)
-    low = -F.max_pool2d(torch.where(m, -labels, -torch.inf), 3, 1, 1)
-    conflict = (high != labels) | (low != labels)
-    values = labels[m].long()
-    groups, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+        around = torch.where(has, labels[nb_safe], 0).amax(1)
+        labels = torch.maximum(labels, around)
+    conflict = (has & (labels[nb_safe] != labels[:, None])).any(1)
+    groups, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     bad = torch.zeros(len(groups), dtype=torch.bool, device=mask.device)
-    bad[inverse[conflict[m]]] = True
+    bad[inverse[conflict]] = True
     keep = (counts <= max_area) & ~bad
-    out[mask] = torch.where(keep[inverse], values, 0)
+    out.view(-1)[flat] = torch.where(keep[inverse], labels, 0)
     return out
 
 
@@ -166,15 +180,24 @@ def count_specks(image: torch.Tensor) -> list[SpeckCount]:
     image = image.float()
     candidates = speck_candidates(image)
     skin = skin_mask(image)
-    window = SPECK_WINDOW
-    skin_share = F.avg_pool2d(
-        skin[:, None].float(), window, 1, window // 2, count_include_pad=False
-    )[:, 0]
+    window, pad = SPECK_WINDOW, SPECK_WINDOW // 2
+    h, w = skin.shape[-2:]
     out = []
     for i in range(image.shape[0]):
         labels = small_components(candidates[i])
-        specks = labels[labels > 0].unique()
-        on_skin = labels[(labels > 0) & (skin_share[i] >= SKIN_NEIGHBOURHOOD_MIN)].unique()
+        at = (labels > 0).nonzero()  # [n, 2]: the speck pixels
+        specks = labels[at[:, 0], at[:, 1]].unique()
+        # The skin share of each speck pixel's window (clipped to the image: avg_pool2d with
+        # count_include_pad=False), at those pixels only: count / in-image pixels, float32.
+        padded = F.pad(skin[i].float(), (pad, pad, pad, pad))
+        steps = torch.arange(window, device=image.device)
+        rows = at[:, 0, None, None] + steps[None, :, None]
+        cols = at[:, 1, None, None] + steps[None, None, :]
+        count = padded[rows, cols].sum((1, 2))
+        span_r = (at[:, 0] + pad).clamp(max=h - 1) - (at[:, 0] - pad).clamp(min=0) + 1
+        span_c = (at[:, 1] + pad).clamp(max=w - 1) - (at[:, 1] - pad).clamp(min=0) + 1
+        share = count / (span_r * span_c).float()
+        on_skin = labels[at[:, 0], at[:, 1]][share >= SKIN_NEIGHBOURHOOD_MIN].unique()
         out.append(
             SpeckCount(len(specks), len(on_skin), int(labels.numel()), int(skin[i].sum().item()))
         )

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pid_bench.metrics.base import MetricContext, needs_reference, resize
+from pid_bench.metrics.base import MetricContext, conversions, resize
 from pid_bench.metrics.catalog import LUMA_WEIGHTS
 from pid_bench.metrics.errors import MetricUnavailable
 
@@ -142,24 +142,31 @@ def mean_ciede2000(
     """Per-image mean CIEDE2000 of two sRGB ``[B, 3, H, W]`` in [0, 1] (float64, in row chunks)."""
     if image.shape != other.shape:
         raise ValueError(f"shapes differ: {tuple(image.shape)} vs {tuple(other.shape)}")
-    h, w = image.shape[-2:]
+    return mean_ciede2000_lab(srgb_to_lab(image), srgb_to_lab(other), rows)
+
+
+def mean_ciede2000_lab(
+    lab: torch.Tensor, other: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """Per-image mean `ciede2000` of two CIELAB ``[B, 3, H, W]`` (float64, in row chunks)."""
+    if lab.shape != other.shape:
+        raise ValueError(f"shapes differ: {tuple(lab.shape)} vs {tuple(other.shape)}")
+    h, w = lab.shape[-2:]
     rows = rows or max(1, (1 << 20) // max(w, 1))
-    total = torch.zeros(image.shape[0], dtype=torch.float64, device=image.device)
+    total = torch.zeros(lab.shape[0], dtype=torch.float64, device=lab.device)
     for top in range(0, h, rows):
         part = slice(top, min(h, top + rows))
-        de = ciede2000(srgb_to_lab(image[..., part, :]), srgb_to_lab(other[..., part, :]))
-        total += de.sum((-2, -1))
+        total += ciede2000(lab[..., part, :], other[..., part, :]).sum((-2, -1))
     return total / (h * w)
 
 
 def lq_color_de2000(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
-    native = context.native
-    if native is None:
-        raise MetricUnavailable("no native decode in the cell's context")
-    native = native.to(image.device, torch.float32).clamp(0, 1)
+    shared = conversions(image, context)
+    native = shared.native(clamped=True)
     if native.shape[0] != image.shape[0]:
         raise MetricUnavailable(f"native batch {native.shape[0]} != image batch {image.shape[0]}")
-    return mean_ciede2000(resize(image, tuple(native.shape[-2:])), native)
+    lab = shared.lab("down", srgb_to_lab)  # `resize(image, native size)` in CIELAB
+    return mean_ciede2000_lab(lab, shared.lab("native_clamped", srgb_to_lab))
 
 
 # high-frequency energy ---------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def hf_energy_ratio(image: torch.Tensor, context: MetricContext) -> torch.Tensor
     if context.scale is None:
         raise MetricUnavailable("no scale (PiD's upscale factor) in the context")
     if context.reference is not None:
-        baseline = needs_reference(image, context)
+        baseline = conversions(image, context).reference()
     elif context.native is not None:
         native = context.native.to(image.device, torch.float32)
         baseline = F.interpolate(

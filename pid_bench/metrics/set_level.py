@@ -3,6 +3,7 @@ torchmetrics' distances), computed over a whole run by `compute_set_metrics`."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,14 +127,45 @@ def random_patches(
     return torch.cat(out)
 
 
-def _features(
-    images: Iterator[torch.Tensor],
+def member_generator(seed: int, member: str) -> torch.Generator:
+    """The generator of one member's patch positions: seeded from (`seed`, `member`), so a
+    decode and its reference (the same member, the same size) get the same positions, and a
+    member's positions do not depend on the other members or their order."""
+    digest = hashlib.sha256(f"{seed}:{member}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def patch_spec(size: tuple[int, int], patch: bool | Literal["auto"] = "auto") -> dict | None:
+    """The patch parameters ({"crop_size", "crops_per_image", "seed"}) for images of `size`
+    (``auto``: when its longer side is >= `PATCH_THRESHOLD`), else None (whole images). Read at
+    call time, so the cell and the end of the run agree (and a test may shrink them)."""
+    use = max(size) >= PATCH_THRESHOLD if patch == "auto" else bool(patch)
+    if not use:
+        return None
+    return {"crop_size": PATCH_SIZE, "crops_per_image": PATCHES_PER_IMAGE, "seed": PATCH_SEED}
+
+
+def member_samples(image: torch.Tensor, patch: dict[str, int] | None, member: str) -> torch.Tensor:
+    """``[1, 3, H, W]`` in [0, 1] -> what the extractor sees of it: the image, or its patches
+    at the member's positions (`member_generator`)."""
+    image = image.clamp(0, 1)
+    if not patch:
+        return image
+    generator = member_generator(patch["seed"], member)
+    return random_patches(image, patch["crop_size"], patch["crops_per_image"], generator)
+
+
+def extract_features(
+    images: Iterable[torch.Tensor],
     extractor: InceptionFeatures,
     device: torch.device,
     patch: dict[str, int] | None,
-    batch_size: int,
+    batch_size: int = 16,
+    members: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    generator = torch.Generator().manual_seed(patch["seed"]) if patch else None
+    """Features ``[N, D]`` of every image (``[3, H, W]`` or ``[B, 3, H, W]`` in [0, 1]), in
+    order, and the number of images; patches at each member's positions (`members[i]`, or the
+    image's index in its set when None)."""
     out, count, pending = [], 0, []
 
     def flush() -> None:
@@ -142,15 +174,11 @@ def _features(
                 out.append(extractor(torch.cat(pending).to(device).float()).double().cpu())
             pending.clear()
 
-    for batch in images:
+    for batch in _as_batches(images):
         for image in batch:
+            member = members[count] if members is not None else str(count)
             count += 1
-            image = image[None].clamp(0, 1)
-            if patch:
-                image = random_patches(
-                    image, patch["crop_size"], patch["crops_per_image"], generator
-                )
-            pending.append(image)
+            pending.append(member_samples(image[None], patch, member))
             if sum(p.shape[0] for p in pending) >= batch_size:
                 flush()
     flush()
@@ -165,60 +193,86 @@ def compute_set_metrics(
     *,
     device: str | torch.device | None = None,
     patch: bool | Literal["auto"] = "auto",
-    crop_size: int = PATCH_SIZE,
-    crops_per_image: int = PATCHES_PER_IMAGE,
-    seed: int = PATCH_SEED,
+    crop_size: int | None = None,
+    crops_per_image: int | None = None,
+    seed: int | None = None,
     batch_size: int = 16,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     extractor: torch.nn.Module | None = None,
+    members: Sequence[str] | None = None,
 ) -> dict[str, SetResult]:
     """FID and / or KID of `images` (generated) against `references` (real).
 
     Each is an iterable of ``[3, H, W]`` or ``[B, 3, H, W]`` tensors in [0, 1] (a generator is
     fine: images are read one at a time). Features: pytorch-fid's Inception pool3 (2048-d) of
     each whole image resized to 299x299; with `patch` (``auto``: when the first image's longer
-    side is >= `PATCH_THRESHOLD`) of `crops_per_image` random `crop_size` crops per image at full
-    resolution, positions drawn from a generator seeded with `seed` (the same positions for both
-    sets where the sizes agree). FID and KID are torchmetrics' (`FrechetInceptionDistance`,
-    `KernelInceptionDistance`: polynomial kernel, degree 3; `kid_subsets` subsets of
-    min(`kid_subset_size`, samples) drawn with torch's RNG seeded with `seed`). `extractor`
-    replaces the Inception: a module ``[B, 3, H, W]`` in [0, 1] -> ``[B, D]`` with an int
-    ``num_features`` (pid_bench.sets.load_feature_extractor).
+    side is >= `PATCH_THRESHOLD`) of `crops_per_image` (`PATCHES_PER_IMAGE`) random `crop_size`
+    (`PATCH_SIZE`) crops per image at full resolution, positions drawn per member from a
+    generator seeded with (`seed`, member) (`member_generator`; the member is `members[i]`, or
+    the image's index in its set), so an image and its reference get the same positions where
+    the sizes agree. FID and KID are `set_metrics_from_features`'. `extractor` replaces the
+    Inception: a module ``[B, 3, H, W]`` in [0, 1] -> ``[B, D]`` with an int ``num_features``
+    (pid_bench.sets.load_feature_extractor).
     """
-    unknown = [n for n in names if n not in ("fid", "kid")]
-    if unknown:
-        raise KeyError(f"not set-level metrics: {unknown} (set-level: fid, kid)")
+    check_set_names(names)
     images, references = iter(_as_batches(images)), iter(_as_batches(references))
     first = next(images, None)
     if first is not None:
         images = _chain(first, images)
-        use_patch = max(first.shape[-2:]) >= PATCH_THRESHOLD if patch == "auto" else bool(patch)
+        patch_info = patch_spec(tuple(first.shape[-2:]), patch)
     else:
-        use_patch = bool(patch) if patch != "auto" else False
-    patch_info = (
-        {"crop_size": crop_size, "crops_per_image": crops_per_image, "seed": seed}
-        if use_patch
-        else None
-    )
+        patch_info = patch_spec((0, 0), patch) if patch != "auto" else None
+    if patch_info:
+        given = {"crop_size": crop_size, "crops_per_image": crops_per_image, "seed": seed}
+        patch_info |= {k: v for k, v in given.items() if v is not None}
     device = torch.device(device or (first.device if first is not None else "cpu"))
-
-    def null(reason: str, **counts: int) -> dict[str, SetResult]:
-        return {n: SetResult(n, None, reason, patch=patch_info, **counts) for n in names}
-
     try:
         if extractor is None:
             extractor = load_inception(device)
         else:
             extractor = extractor.to(device)
-        fake, n_fake = _features(images, extractor, device, patch_info, batch_size)
-        real, n_real = _features(references, extractor, device, patch_info, batch_size)
+        fake, n_fake = extract_features(images, extractor, device, patch_info, batch_size, members)
+        real, n_real = extract_features(
+            references, extractor, device, patch_info, batch_size, members
+        )
     except MetricUnavailable as exc:
         warn_once("fid/kid", exc.reason)
-        return null(exc.reason)
+        return {n: SetResult(n, None, exc.reason, patch=patch_info) for n in names}
+    return set_metrics_from_features(
+        names, fake, real, n_fake, n_real, patch_info,
+        seed=PATCH_SEED if seed is None else seed, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+    )  # fmt: skip
+
+
+def check_set_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in ("fid", "kid")]
+    if unknown:
+        raise KeyError(f"not set-level metrics: {unknown} (set-level: fid, kid)")
+
+
+def set_metrics_from_features(
+    names: Sequence[str],
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    n_images: int,
+    n_reference: int,
+    patch_info: dict[str, int] | None,
+    *,
+    seed: int = PATCH_SEED,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> dict[str, SetResult]:
+    """FID and / or KID from features already extracted (``[N, D]``, one row per image or
+    patch, in member order): torchmetrics' `FrechetInceptionDistance` and
+    `KernelInceptionDistance` (polynomial kernel, degree 3; `kid_subsets` subsets of
+    min(`kid_subset_size`, samples) drawn with torch's RNG seeded with `seed`)."""
+    check_set_names(names)
+    fake, real = fake.double().cpu(), real.double().cpu()
     counts = {
-        "n_images": n_fake,
-        "n_reference": n_real,
+        "n_images": n_images,
+        "n_reference": n_reference,
         "n_samples": fake.shape[0],
         "n_reference_samples": real.shape[0],
     }

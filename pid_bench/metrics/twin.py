@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from pid_bench.metrics.base import MetricContext, resize
+from pid_bench.metrics.base import MetricContext, conversions
 from pid_bench.metrics.catalog import (
     MIDTONE_L,
     PYIQA_MODELS,
@@ -29,24 +29,29 @@ SHADOW_GREEN_BIAS_MAX = 3.0
 
 
 def twin_pair(image: torch.Tensor, context: MetricContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """(decode downsampled to the native size, native decode), both in [0, 1]."""
-    native = context.native
-    if native is None:
-        raise MetricUnavailable("no native decode in the cell's context")
-    size = tuple(native.shape[-2:])
-    if tuple(image.shape[-2:]) == size:
+    """(decode downsampled to the native size, native decode), both in [0, 1] (made once per
+    `measure` call: `Conversions.down` / `native`)."""
+    shared = conversions(image, context)
+    native = shared.native()
+    if tuple(image.shape[-2:]) == tuple(native.shape[-2:]):
         raise MetricUnavailable("scored at the native size: the native decode is its own twin")
-    return resize(image.float(), size), native.to(image.device, torch.float32)
+    return shared.down(), native
 
 
 def twin_psnr(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
-    down, native = twin_pair(image, context)
-    return psnr(down, MetricContext(reference=native))
+    def compute() -> torch.Tensor:
+        down, native = twin_pair(image, context)
+        return psnr(down, MetricContext(reference=native))
+
+    return conversions(image, context).get(("value", "twin_psnr"), compute)
 
 
 def twin_ssim(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
-    down, native = twin_pair(image, context)
-    return ssim(down, MetricContext(reference=native))
+    def compute() -> torch.Tensor:
+        down, native = twin_pair(image, context)
+        return ssim(down, MetricContext(reference=native))
+
+    return conversions(image, context).get(("value", "twin_ssim"), compute)
 
 
 def twin_pass(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
@@ -64,8 +69,9 @@ def twin_lpips(image: torch.Tensor, context: MetricContext) -> torch.Tensor:
 
 
 def _lab_pair(image: torch.Tensor, context: MetricContext):
-    down, native = twin_pair(image, context)
-    return srgb_to_lab(down), srgb_to_lab(native)
+    twin_pair(image, context)  # its checks
+    shared = conversions(image, context)
+    return shared.lab("down", srgb_to_lab), shared.lab("native", srgb_to_lab)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
