@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +68,7 @@ def suite_text(size: int, limit: int, backbone: str) -> str:
             "limit": limit,
             "timing": {"warmup": 1, "repeats": 2, "min_time_s": 0},
             "save_images": True,
+            "reference": "upsampled",  # every full-reference metric runs: costs, not quality
         }
     )
 
@@ -74,7 +77,9 @@ def run_sweep(size: int, limit: int, backbone: str, out: Path) -> tuple[Path, fl
     suite = out / f"suite_{size}.yaml"
     suite.write_text(suite_text(size, limit, backbone))  # JSON is YAML
     run_dir = out / f"run_{size}"
-    command = ["pid-bench", "run", str(suite), "--output", str(run_dir), "--no-report", "--force"]
+    cli = [sys.executable, "-c", "from pid_bench.cli import app; app()"]  # this interpreter's
+    shutil.rmtree(run_dir, ignore_errors=True)  # every cell computed afresh
+    command = [*cli, "run", str(suite), "--output", str(run_dir), "--no-report"]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run_dir, time.perf_counter() - started
@@ -88,12 +93,19 @@ def read_rows(run_dir: Path):
     return pd.concat([pd.read_parquet(p) for p in part_files(run_dir)], ignore_index=True)
 
 
-def persist_ms(cell_rows, scratch: Path) -> float:
-    """Milliseconds `write_part` takes for these rows (what the driver does per cell)."""
-    from pid_bench.store import write_part
+def persist_ms(run_dir: Path, cell_id: str, scratch: Path) -> float:
+    """Milliseconds `write_part` takes for the cell's rows (what the driver does per cell)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
+    from pid_bench.store import part_files, write_part
+
+    records = []
+    for part in part_files(run_dir):
+        table = pq.read_table(part)
+        records += table.filter(pc.equal(table["cell_id"], cell_id)).to_pylist()
     started = time.perf_counter()
-    write_part(scratch, cell_rows.to_dict("records"))
+    write_part(scratch, records)
     return (time.perf_counter() - started) * 1000
 
 
@@ -104,7 +116,7 @@ def _get(frame, column, how="first"):
     return float(values.iloc[0] if how == "first" else values.sum())
 
 
-def cell_table(rows, scratch: Path) -> list[dict]:
+def cell_table(rows, run_dir: Path, scratch: Path) -> list[dict]:
     table = []
     for cell_id, cell in rows[rows["status"] == "ok"].groupby("cell_id", sort=True):
         decode = sum(sum(r) for r in cell["latency_ms"]) + (_get(cell, "warmup_ms", "sum") or 0)
@@ -126,7 +138,7 @@ def cell_table(rows, scratch: Path) -> list[dict]:
                 "writes_ms": _get(cell, "images_ms"),
                 "writes_wait_ms": _get(cell, "images_wait_ms"),
                 "features_ms": _get(cell, "features_ms"),
-                "persist_ms": persist_ms(cell, scratch),
+                "persist_ms": persist_ms(run_dir, cell_id, scratch),
                 "busy": decode / wall if wall else None,
             }
         )
@@ -226,7 +238,7 @@ def main() -> None:
         run_dir, seconds = run_sweep(size, args.limit, backbone, out)
         print(f"{size}²: `pid-bench run` took {seconds:.1f} s (Ray start-up and model loading "
               "included)")  # fmt: skip
-        table += cell_table(read_rows(run_dir), out / f"persist_{size}")
+        table += cell_table(read_rows(run_dir), run_dir, out / f"persist_{size}")
     print(f"\nbackbone {backbone}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     print_table(table)
     print()
