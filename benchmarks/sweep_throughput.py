@@ -119,7 +119,10 @@ def _get(frame, column, how="first"):
 def cell_table(rows, run_dir: Path, scratch: Path) -> list[dict]:
     table = []
     for cell_id, cell in rows[rows["status"] == "ok"].groupby("cell_id", sort=True):
-        decode = sum(sum(r) for r in cell["latency_ms"]) + (_get(cell, "warmup_ms", "sum") or 0)
+        warmup = _get(cell, "warmup_ms", "sum")
+        if warmup is None:  # older rows: the warm-up estimated at the p50, as the report does
+            warmup = float((cell["latency_ms_p50"] * cell["warmup"]).sum())
+        decode = sum(sum(r) for r in cell["latency_ms"]) + warmup
         by_metric: dict[str, float] = {}
         for text in cell.get("score_ms_by_metric", []):
             for name, ms in (json.loads(text) if isinstance(text, str) else {}).items():
