@@ -76,8 +76,6 @@ def run_cell(
             images.finish(rows)
         except StorageError as exc:  # the decodes were fine: a storage failure, not the decoder's
             rows = [unsaved(row, exc, settings.run_dir) for row in rows]
-        finally:
-            images.close()
         cell_fields = {"images_ms": images.work_ms, "images_wait_ms": images.wait_ms}
     features_started = time.perf_counter()
     store_cell_features(cell, cell_id, rows, outputs, prepared.reference, settings, dev)

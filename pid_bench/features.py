@@ -82,10 +82,10 @@ def load_feature_extractor(spec: str, base_dir: Path | None = None) -> torch.nn.
 def as_saved(image: torch.Tensor) -> torch.Tensor:
     """``[1, 3, H, W]`` in [-1, 1] -> the pixels its PNG holds, in [0, 1]: rounded to 8 bits as
     `pid_bench.images.write_png` does, then read back as `load_image` + `to_unit_range` do."""
+    from pid_bench.images import quantize
     from pid_bench.metrics import to_unit_range
 
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round()
-    return to_unit_range(pixels.div(127.5).sub(1.0))
+    return to_unit_range(quantize(image).float().div(127.5).sub(1.0))
 
 
 #: (extractor spec, device, search folders) -> (the extractor, None) or (None, why not).

@@ -106,10 +106,6 @@ class CellImages:
             if None in self._futures:
                 row["reference_path"] = f"{relative}/reference.png"
 
-    def close(self) -> None:
-        """Give the threads back without waiting for a result (a cell that failed)."""
-        self._pool.shutdown(wait=True)
-
 
 def image_name(decoder: str) -> str:
     """The file of a decoder's output in its cell's folder (``native+bicubic`` ->
@@ -128,9 +124,14 @@ def unsaved(row: dict, exc: StorageError, run_dir: str) -> dict:
             "image_path": None, "reference_path": None}  # fmt: skip
 
 
+def quantize(image: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] in [-1, 1] -> uint8 on the image's device: the values its PNG holds."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+
+
 def to_pixels(image: torch.Tensor) -> np.ndarray:
     """[3, H, W] in [-1, 1] -> [H, W, 3] uint8 on the CPU (what a PNG holds)."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return quantize(image).permute(1, 2, 0).cpu().numpy()
 
 
 def write_png(image: torch.Tensor, path: Path, level: int = PNG_COMPRESS_LEVEL) -> None:

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from pid_bench.timing import TimingPolicy
 
 
+def image_policy(value: object) -> object:
+    """`save_images: true | false` read as all | none (other values pass through)."""
+    return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
 @dataclass(frozen=True)
 class CellSettings:
     """What every cell of a run shares (from the suite and the driver)."""
@@ -39,8 +44,7 @@ class CellSettings:
     png_compress_level: int = 1  # pid_bench.images.PNG_COMPRESS_LEVEL
 
     def __post_init__(self) -> None:
-        if isinstance(self.save_images, bool):  # the suite's true / false
-            object.__setattr__(self, "save_images", "all" if self.save_images else "none")
+        object.__setattr__(self, "save_images", image_policy(self.save_images))
 
     def pid_options(self, cell=None) -> dict:
         """Keyword arguments of `PiDDecoder` from the suite's `pid:` options and the cell's

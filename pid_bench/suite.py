@@ -57,6 +57,7 @@ from pid_bench.decoders import (
 from pid_bench.manifests import ManifestError, SourceItem, load_prompts, load_source
 from pid_bench.metrics import METRICS, expand_metric_names, get_metric, is_known_metric
 from pid_bench.paths import folder_or_repo_id, under_suite
+from pid_bench.settings import image_policy
 from pid_bench.yaml_errors import (
     duplicate_keys,
     format_error,
@@ -241,11 +242,6 @@ _SuiteAxes = create_model(
 )
 
 
-def _image_policy(value: object) -> object:
-    """`save_images: true | false` read as all | none."""
-    return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
-
-
 class Suite(_SuiteAxes):
     """A validated suite file; `cells()` expands it. Build it with `load_suite`. Its axis keys
     (backbones, sigmas, resolutions, ...) come from `pid_bench.axes.AXES`."""
@@ -263,7 +259,7 @@ class Suite(_SuiteAxes):
     timing: Timing = Timing()
     # which PNGs to keep: all (true), reference_and_pid (a big sweep's viewer), none (false)
     save_images: Annotated[
-        Literal["all", "reference_and_pid", "none"], BeforeValidator(_image_policy)
+        Literal["all", "reference_and_pid", "none"], BeforeValidator(image_policy)
     ] = "all"
     # let PNG writes run during timed decodes (CUDA only; the CPU decoder needs its cores):
     # turn on only where benchmarks/device_check.py's overlap step agrees on your GPU
