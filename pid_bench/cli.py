@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from pid_bench import cli_tools
+from pid_bench import cli_fetch, cli_tools
 from pid_bench.console import (
     ExitCode,
     err,
@@ -549,6 +549,7 @@ def doctor(
 
 
 app.command()(cli_tools.decode)
+app.command()(cli_fetch.fetch)
 
 
 if __name__ == "__main__":

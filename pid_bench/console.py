@@ -27,6 +27,9 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # a row failed, a regression, a check that did not pass
     BAD_INPUT = 2  # refused before anything ran or was written
+    CHECKSUM = 65  # sysexits.h EX_DATAERR: a download did not match its published checksum
+    UNREACHABLE = 69  # EX_UNAVAILABLE: the Hub (HF_ENDPOINT) or a URL could not be reached
+    GATED = 77  # EX_NOPERM: a gated or private repository refused this account
     STORAGE = 74  # sysexits.h EX_IOERR: the run directory's storage refused a write
     SIGINT = 130  # 128 + the signal's number, as shells report a signalled process
     SIGTERM = 143

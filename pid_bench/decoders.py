@@ -83,7 +83,9 @@ class BaselineOptions(BaseModel):
     ``kind: spandrel`` (the default): a learned SR network; ``path`` its weights (.safetensors
     preferred, or .pth read weights-only), relative to the suite file; spandrel detects the
     architecture. Its scale must reach PiD's (equal, or a power of it, chained). ``tile``:
-    upscale in tiles of this many input pixels with ``tile_overlap`` cropped away.
+    upscale in tiles of this many input pixels with ``tile_overlap`` cropped away. ``url``:
+    where `pid-bench fetch` gets ``path`` (https://..., or hf://owner/repo/file), checked
+    against ``sha256`` when given.
 
     ``kind: sd_x4_upscaler``: diffusers' StableDiffusionUpscalePipeline from ``source`` (a
     folder next to the suite or a repo id in the HF cache; default
@@ -96,6 +98,8 @@ class BaselineOptions(BaseModel):
     path: Annotated[str, Field(min_length=1)] | None = None
     tile: PositiveInt | None = None
     tile_overlap: NonNegativeInt = 32
+    url: Annotated[str, Field(pattern=r"^(https?|hf)://")] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     source: Annotated[str, Field(min_length=1)] | None = None
     steps: PositiveInt = 20
     guidance_scale: Annotated[float, Field(ge=0)] = 9.0
