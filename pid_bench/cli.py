@@ -123,24 +123,20 @@ def _not_statuses(text: str) -> bool:
     return text.startswith("-") or text.endswith((".yaml", ".yml")) or Path(text).is_file()
 
 
-def _retry_statuses(text: str | None) -> frozenset[str]:
-    from pid_bench.runner import FAILED_STATUSES
+def _retry_statuses(text: str | None) -> bool | str:
+    """--retry-failed's value as the API takes it (checked here, to exit 2 before any work)."""
+    from pid_bench.api import retry_statuses
 
     if text is None:
-        return frozenset()
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if names == ["all"]:
-        return frozenset(FAILED_STATUSES)
-    unknown = [name for name in names if name not in FAILED_STATUSES]
-    if unknown or not names:
-        what = f"{', '.join(unknown)} is not a failed status" if unknown else "names no status"
-        err.print(
-            f"[red]error:[/red] --retry-failed {escape(text)!r}: {escape(what)}; name some of "
-            f"{', '.join(FAILED_STATUSES)} (comma-separated), or give --retry-failed alone for "
-            "all of them"
-        )
-        raise typer.Exit(ExitCode.BAD_INPUT)
-    return frozenset(names)
+        return False
+    if text.strip() == "all":
+        return True
+    try:
+        retry_statuses(text)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --retry-failed {escape(text)!r}: {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    return text
 
 
 @app.command(cls=_RunCommand)
@@ -199,35 +195,29 @@ def run(
     failed ones only with --retry-failed. A damaged or foreign part is moved to
     parts/quarantine/ with a warning, and its cells are recomputed.
     """
+    from pid_bench import api
     from pid_bench.pool import RayAddressError
-    from pid_bench.runner import PreflightError, RunStorageError, run_suite
+    from pid_bench.runner import PreflightError, RunStorageError
     from pid_bench.store import RunDirError, StorageError
 
     suite = load_suite_or_exit(suite_path)
     retry = _retry_statuses(retry_failed)
-    run_dir = output or Path("runs") / suite.name
     with warnings_to_stderr():
-        try:
-            summary = run_suite(
-                suite,
-                run_dir,
-                ray_address,
-                cpu_workers,
-                force,
-                checkpoints=str(checkpoints) if checkpoints else None,
-                max_retries=max_retries,
-                retry_failed=retry,
-            )
+        try:  # the report is written below, so that the summary line comes first
+            result = api.run(suite, output, ray_address=ray_address, cpu_workers=cpu_workers,
+                             force=force, report=False, checkpoints=checkpoints,
+                             max_retries=max_retries, retry_failed=retry)  # fmt: skip
         except (RunDirError, RayAddressError, PreflightError) as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(ExitCode.BAD_INPUT) from exc
         except RunStorageError as exc:
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(ExitCode.STORAGE) from exc
+        summary, run_dir = result.summary, result.dir
         typer.echo(_summary_line(summary, run_dir))
         try:
             if report:
-                _report(run_dir, print_leaderboard=not summary.interrupted_by)
+                _report(result, print_leaderboard=not summary.interrupted_by)
             nulls = _print_null_metrics(run_dir)
         except StorageError as exc:
             safe = f"Every cell is safe in {run_dir}; only the report is missing"
@@ -374,7 +364,9 @@ def report_cmd(
     with warnings_to_stderr():
         try:
             if len(run_dirs) == 1 and out is None:
-                _report(run_dirs[0], print_leaderboard=True)
+                from pid_bench.api import load_run
+
+                _report(load_run(run_dirs[0]), print_leaderboard=True)
                 return
             md, html = write(run_dirs, out)
         except (RunDirError, MultiRunError) as exc:
@@ -390,12 +382,10 @@ def report_cmd(
     typer.echo(f"leaderboard: {md} and {html}")
 
 
-def _report(run_dir: Path, print_leaderboard: bool) -> None:
-    from pid_bench.report import leaderboard_text, write_report
-
-    paths = write_report(run_dir)
+def _report(result, print_leaderboard: bool) -> None:
+    paths = result.report()
     if print_leaderboard:
-        typer.echo(leaderboard_text(run_dir))
+        typer.echo(result.leaderboard())
     typer.echo(f"report: {paths.html}")
 
 
@@ -431,9 +421,9 @@ def compare_cmd(
     """
     from rich.table import Table
 
+    from pid_bench.api import Run
     from pid_bench.compare import (
         CompareError,
-        compare,
         counts_line,
         html_page,
         markdown,
@@ -449,7 +439,7 @@ def compare_cmd(
     try:
         with warnings_to_stderr():
             rules = parse_rules(fail_on)
-            results = [compare(runs[0], other, rules) for other in runs[1:]]
+            results = [Run(Path(other)).compare(runs[0], fail_on) for other in runs[1:]]
     except (CompareError, RunDirError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(ExitCode.BAD_INPUT) from exc

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pid_bench import __version__
 from pid_bench.images import PNG_COMPRESS_LEVEL, saves
 from pid_bench.models import model_identity
 from pid_bench.pool import DEFAULT_MAX_RETRIES, StopFlag, execute
@@ -41,6 +40,7 @@ from pid_bench.store import (
 )  # fmt: skip
 from pid_bench.suite import Cell, Suite, cell_id, custom_metric_paths
 from pid_bench.timing import TimingPolicy, utc_now
+from pid_bench.version import __version__
 from pid_models.registry import EMBEDDED_PAIRS, RANDOM_BACKBONES
 
 #: Test-only fault injection (JSON): {"error"|"oom"|"kill"|"storage": [cell ids], "kill_times": n,

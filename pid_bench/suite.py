@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -489,6 +489,20 @@ def load_suite(path: str | Path) -> Suite:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError([f"{path}:1: cannot read suite ({err})"]) from None
+    suite = parse_suite(text, path)
+    suite._path = path
+    return suite
+
+
+def suite_from_dict(data: Mapping[str, Any], base_dir: str | Path = ".") -> Suite:
+    """A suite given as data (the Python API), checked as a file would be. Relative paths are
+    relative to `base_dir`; problems name ``<suite dict>`` and lines of its YAML dump."""
+    text = yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+    return parse_suite(text, Path(base_dir) / "<suite dict>")
+
+
+def parse_suite(text: str, path: Path) -> Suite:
+    """Validate suite YAML `text`; `path` names it in problems and anchors relative paths."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -515,7 +529,6 @@ def load_suite(path: str | Path) -> Suite:
         problems += _source_problems(path, root, suite)
     if problems:
         raise SuiteError(sorted(problems, key=lambda problem: line_number(problem, path)))
-    suite._path = path
     _log_defaults(suite, raw)
     return suite
 
