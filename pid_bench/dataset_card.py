@@ -31,7 +31,10 @@ from pid_bench.schema import ROW_SCHEMA
 #: Row columns naming a PNG (relative to the run directory, or with --images to the export).
 PATH_COLUMNS = ("image_path", "reference_path")
 #: The Hub's size buckets (`size_categories`), by upper bound of rows.
-_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"))
+_SIZE_CATEGORIES = (
+    (10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def _config(name: str, path: str, default: bool = False) -> dict[str, Any]:
 
 
 def _size_category(rows: int) -> str:
-    return next((name for bound, name in _SIZE_CATEGORIES if rows < bound), "n>100K")
+    return next((name for bound, name in _SIZE_CATEGORIES if rows < bound), "100M<n<1B")
 
 
 def _intro(card: CardInput) -> list[str]:
@@ -99,7 +102,7 @@ def _intro(card: CardInput) -> list[str]:
         f"{sets or 'no'} set-level values (fid, kid: one per setting, decoder and metric).",
         "",
     ]
-    backbones = (meta.get("suite") or {}).get("backbones") or []
+    backbones = suite_record(meta).get("backbones") or []
     if meta.get("random_weights") or _column_true(card.rows, "random_weights"):
         lines += [f"**{RANDOM_WEIGHTS_WARNING}**", ""]
     if uses_trained_embedded(backbones):
@@ -145,11 +148,16 @@ def _files(card: CardInput) -> list[str]:
     return ["## Files", "", *_table(["file", "what"], rows), ""]
 
 
-def _status_counts(rows: pa.Table) -> list[str]:
+def status_counts(rows: pa.Table) -> dict[str, int]:
+    """Rows per status, most first."""
     counts: dict[str, int] = {}
     for status in rows.column("status").to_pylist():
         counts[str(status)] = counts.get(str(status), 0) + 1
-    table = [[_cell(s), str(n)] for s, n in sorted(counts.items(), key=lambda c: -c[1])]
+    return dict(sorted(counts.items(), key=lambda c: -c[1]))
+
+
+def _status_counts(rows: pa.Table) -> list[str]:
+    table = [[_cell(s), str(n)] for s, n in status_counts(rows).items()]
     return ["## Rows per status", "", *_table(["status", "rows"], table), ""]
 
 
@@ -184,15 +192,20 @@ def _devices(rows: pa.Table) -> str:
 
 
 def _suite(meta: Mapping[str, Any]) -> list[str]:
-    text = yaml.safe_dump(dict(meta.get("suite") or {}), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(suite_record(meta), sort_keys=False, allow_unicode=True)
     fence = _fence(text)
     return ["## Suite (as run)", "", f"{fence}yaml", text.rstrip("\n"), fence, ""]
 
 
+def suite_record(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """run.json's suite as a record (the earliest run.json stored its name alone)."""
+    suite = meta.get("suite")
+    return dict(suite) if isinstance(suite, Mapping) else {"name": suite}
+
+
 def _fence(text: str) -> str:
     """A code fence longer than any run of backticks in `text` (which could close a shorter one)."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
+    return "`" * max(3, _longest_backticks(text) + 1)
 
 
 def _columns(card: CardInput) -> list[str]:
@@ -254,9 +267,13 @@ def _cell(text: str) -> str:
 def _code(text: str) -> str:
     """Text as an inline code span (no HTML inside one), delimited by more backticks than any
     run in it; pipes escaped for tables."""
-    delimiter = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    delimiter = "`" * (_longest_backticks(text) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return md_cell(f"{delimiter}{pad}{text}{pad}{delimiter}")
+
+
+def _longest_backticks(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

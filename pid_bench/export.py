@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pid_bench.dataset_card import PATH_COLUMNS, CardInput, dataset_card
+from pid_bench.dataset_card import PATH_COLUMNS, CardInput, dataset_card, status_counts
 from pid_bench.metrics.catalog import BUILTIN_SPECS
 from pid_bench.rundb import SET_SCHEMA, connect, run_label
 from pid_bench.schema import ROW_SCHEMA
@@ -91,12 +91,13 @@ def export_run(
     run_dir, to = Path(run_dir), Path(to)
     meta = _run_meta(run_dir)
     _check_target(to, run_dir, overwrite)
-    tmp = to.parent / f".{to.name}.export-{uuid.uuid4().hex[:8]}"
+    target = to.resolve()  # `.` or `x/..` have no name to put a sibling temp folder beside
+    tmp = target.parent / f".{target.name}.export-{uuid.uuid4().hex[:8]}"
     with writing(to):
-        to.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
     try:
         summary = _write(run_dir, tmp, meta, images, license)
-        _move_into_place(tmp, to)
+        _move_into_place(tmp, target)
     except StorageError as exc:  # name the file meant, not its temp folder (gone by now)
         raise _in_target(exc, tmp, to) from exc
     finally:
@@ -153,20 +154,12 @@ def _write(
     write_table_atomic(rows, out / ROWS_FILE)
     if sets is not None:
         write_table_atomic(sets, out / SETS_FILE)
-    files = {}
-    for name, what in COPIED.items():
-        if (run_dir / name).is_file():
-            with writing(out / name):
-                shutil.copyfile(run_dir / name, out / name)
-            files[name] = what
+    files = _copy_run_files(run_dir, out)
     if copied:
         files[f"{IMAGES_DIR}/"] = f"{copied} PNGs the rows name (image_path, reference_path)"
     card = CardInput(meta, label, rows, sets, ROWS_FILE, SETS_FILE, files, images, license)
     with writing(out / "README.md"):
         (out / "README.md").write_text(dataset_card(card), encoding="utf-8")
-    statuses: dict[str, int] = {}
-    for status in rows.column("status").to_pylist():
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return {
         "files": tuple(written),
@@ -174,8 +167,19 @@ def _write(
         "set_rows": sets.num_rows if sets is not None else 0,
         "images": copied,
         "images_missing": missing,
-        "status_counts": statuses,
+        "status_counts": status_counts(rows),
     }
+
+
+def _copy_run_files(run_dir: Path, out: Path) -> dict[str, str]:
+    """Copy COPIED's files the run has; each one's name and what the card says of it."""
+    files = {}
+    for name, what in COPIED.items():
+        if (run_dir / name).is_file():
+            with writing(out / name):
+                shutil.copyfile(run_dir / name, out / name)
+            files[name] = what
+    return files
 
 
 def _rows_table(con: Any) -> pa.Table:
