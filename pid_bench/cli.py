@@ -510,6 +510,47 @@ def compact(
         raise storage_exit(exc, safe, f"pid-bench compact {run_dir}") from exc
 
 
+@app.command("export")
+@exits({
+    ExitCode.OK: "written",
+    ExitCode.BAD_INPUT: "not a run directory with rows, a damaged run.json, or --to in the way",
+    ExitCode.STORAGE: "the export could not be written (disk full, read-only, ...): nothing "
+    "is left half-written",
+})  # fmt: skip
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", metavar="RUN")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write (new, or empty).")],
+    images: Annotated[
+        bool, typer.Option("--images", help="Copy the PNGs the rows name into DIR/images/.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a --to folder that is not empty.")
+    ] = False,
+    license_id: Annotated[
+        str, typer.Option("--license", help="The card's license (a Hub license id).")
+    ] = "other",
+) -> None:
+    """Write a run's results as a Hugging Face Hub dataset: data/rows.parquet (the latest
+    attempt per cell and decoder), data/sets.parquet (fid, kid), a README.md dataset card
+    (suite, provenance, column meanings), run.json and leaderboard.md. Publish it with
+    `hf upload USER/NAME DIR --repo-type dataset`.
+    """
+    from pid_bench.export import ExportError, export_run
+    from pid_bench.store import RunDirError, StorageError
+
+    try:
+        with warnings_to_stderr():
+            done = export_run(run_dir, to, images=images, overwrite=overwrite, license=license_id)
+    except (ExportError, RunDirError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    except StorageError as exc:
+        again = f"pid-bench export {run_dir} --to {to}"
+        raise storage_exit(exc, "No export was left behind", again) from exc
+    typer.echo(done.line())
+    typer.echo(f"publish: hf upload USER/NAME {to} --repo-type dataset")
+
+
 @app.command()
 def doctor(
     suite_path: Annotated[

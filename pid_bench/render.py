@@ -64,8 +64,11 @@ def status_line(status: list[dict[str, Any]]) -> str:
 
 
 def md_cell(text: str) -> str:
-    """Text safe inside one markdown table cell (pipes escaped, one line)."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside one markdown table cell (pipes escaped, one line). Backslashes are
+    escaped first: a cell's own ``\\`` before a pipe would otherwise undo the pipe's escape;
+    every line break (``\\r`` too: markdown ends a line there) becomes a space."""
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(escaped.splitlines())
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

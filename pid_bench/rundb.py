@@ -55,6 +55,26 @@ SET_SCHEMA = pa.schema(
         ("computed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+#: What each SET_SCHEMA column means (the setting columns: their row-schema `doc`); kept apart
+#: from the schema, whose small set-*.parquet files would otherwise carry every text.
+SET_COLUMN_DOCS: dict[str, str] = {
+    "run_id": "run directory name (the report's label of the run)",
+    **{key: ROW_SCHEMA.field(key).metadata[b"doc"].decode() for key in SETTING_KEYS},
+    "decoder": "the decoder of the group's rows",
+    "metric": "set-level metric (fid | kid)",
+    "value": "the metric over the group's images (null: see reason)",
+    "reason": "why value is null (weights missing, images not saved, too few images)",
+    "n_images": "decodes in the group",
+    "n_reference": "reference images the decodes were compared with",
+    "reference_set": "what the decodes were compared with (from_clean: the references; "
+    "from_ldm: the native decodes)",
+    "feature_extractor": "the network whose features the metric compares",
+    "patch": "JSON of the patch protocol for images >= 2048 px (null: whole images)",
+    "extra": "JSON of further details (members from stored features / from PNGs; kid: its "
+    "standard deviation over subsets, subsets, subset size, seed)",
+    "members_digest": "hash of the group's members (cell ids, image files) and the extractor",
+    "computed_at": "when the value was computed",
+}
 
 #: Which row of a (cell, decoder) counts: the highest attempt; among equal attempts (rows of
 #: versions before `attempt`, a suite rerun with --force) the newest.
