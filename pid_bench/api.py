@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pid_bench.compare import Comparison
+    from pid_bench.export import ExportSummary
     from pid_bench.report import ReportPaths
     from pid_bench.runner import RunSummary
     from pid_bench.suite import Suite
@@ -97,7 +98,7 @@ class Run:
         from pid_bench.rundb import connect
 
         with connect(self.dir) as con:
-            return con.execute("SELECT * FROM rows").df()
+            return con.execute("SELECT * FROM rows ORDER BY cell_id, decoder").df()
 
     @cached_property
     def sets(self) -> pd.DataFrame:
@@ -140,6 +141,15 @@ class Run:
 
         base = other.dir if isinstance(other, Run) else Path(other)
         return compare(base, self.dir, parse_rules(fail_on))
+
+    def export(
+        self, to: str | os.PathLike, *, images: bool = False, overwrite: bool = False
+    ) -> ExportSummary:
+        """The run as a Hugging Face dataset folder (rows, set values, a dataset card), as
+        `pid-bench export`; `hf upload USER/NAME TO --repo-type dataset` publishes it."""
+        from pid_bench.export import export_run
+
+        return export_run(self.dir, Path(to), images=images, overwrite=overwrite)
 
     def log(self, trackers: Sequence[str]) -> list[str]:
         """Log the run to experiment trackers ("wandb", "mlflow"); the errors, one line each
