@@ -67,7 +67,7 @@ def fetch(
         err.print(f"[red]error:[/red] {escape(str(exc))}; or pass --checkpoints DIR")
         raise typer.Exit(ExitCode.BAD_INPUT) from exc
     console = Console(soft_wrap=True)
-    console.print(f"{suite.name}: {len(wanted)} sources from {fetching.hub_endpoint()}")
+    console.print(f"{suite.name}: what its cells need (Hub: {fetching.hub_endpoint()})")
     result = fetching.plan(wanted, verify)
     for line in plan_lines(result):
         console.print(line, highlight=False)

@@ -187,6 +187,7 @@ class PlannedFile:
     present: bool
     note: str | None = None
     origin: Any = field(default=None, repr=False)  # the Wanted it came from
+    listed: bool = True  # False: the server could not be asked (`note` says why)
     key: Any = field(default=None, repr=False)  # what the origin needs to download it
 
 
@@ -224,6 +225,12 @@ class HubFile:
         present = _present(dest, meta.size, checksum, verify)
         return [PlannedFile([self.needed_by], self.source, str(dest), meta.size, checksum, present,
                             origin=self)]  # fmt: skip
+
+    def unlisted(self, why: FetchError) -> list[PlannedFile]:
+        """The file as this machine has it, when the server could not be asked."""
+        dest = self.local_dir / self.filename
+        return [PlannedFile([self.needed_by], self.source, str(dest), None, None, dest.is_file(),
+                            str(why), origin=self, listed=False)]  # fmt: skip
 
     def download(self, planned: PlannedFile) -> Path:
         from huggingface_hub import hf_hub_download
@@ -289,6 +296,21 @@ class HubRepo:
         if not out:
             raise FetchError(f"{self.repo_id}: no file matches {', '.join(self.patterns)}")
         return out
+
+    def unlisted(self, why: FetchError) -> list[PlannedFile]:
+        """The repo as the HF cache has it (a usable snapshot counts as present)."""
+        from huggingface_hub import snapshot_download
+
+        cache = hf_cache_dir()
+        try:
+            snapshot_download(self.repo_id, cache_dir=cache, local_files_only=True)
+            present = True
+        except Exception:  # not cached, or no refs/main: not usable offline
+            present = False
+        dest = f"HF cache: {cache}/models--{self.repo_id.replace('/', '--')}"
+        source = f"{self.repo_id}:{','.join(self.patterns)}"
+        return [PlannedFile([self.needed_by], source, dest, None, None, present, str(why),
+                            origin=self, listed=False)]  # fmt: skip
 
     def download(self, planned: PlannedFile) -> Path:
         from huggingface_hub import hf_hub_download
@@ -553,9 +575,10 @@ def _plan(wanted: Sequence[Wanted], verify: bool) -> FetchResult:
     for item in wanted:
         try:
             files = item.list(verify)
-        except FetchError as exc:
-            result.failures.append(exc)
-            continue
+        except FetchError as exc:  # what this machine has still shows; a missing file fails
+            files = item.unlisted(exc)
+            if not all(f.present for f in files) and str(exc) not in map(str, result.failures):
+                result.failures.append(exc)
         for planned in files:
             if planned.source in by_source:
                 by_source[planned.source].needed_by += planned.needed_by
@@ -574,8 +597,8 @@ def fetch(wanted: Sequence[Wanted], verify: bool = False) -> FetchResult:
 
 def _fetch(result: FetchResult) -> FetchResult:
     for planned in result.files:
-        if planned.present:
-            continue
+        if planned.present or not planned.listed:
+            continue  # an unlisted file's failure is recorded already
         try:
             path = planned.origin.download(planned)
             if planned.checksum and path.is_file() and not matches(path, planned.checksum):

@@ -171,6 +171,18 @@ def test_an_unreachable_endpoint_is_one_clear_error(hub, root, tmp_path, monkeyp
     assert f"cannot reach http://127.0.0.1:{closed}" in " ".join(out.output.split())
 
 
+def test_without_the_hub_a_file_already_here_still_counts(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing answers
+    suite = write_suite(tmp_path, name="tiny_niqe", metrics=["psnr", "niqe"])
+    assert cli(str(suite), "--dry-run").exit_code == 69
+    niqe = tmp_path / "torch" / "hub" / "pyiqa" / "niqe_modelparameters.mat"
+    niqe.parent.mkdir(parents=True)
+    niqe.write_bytes(b"weights")
+    out = cli(str(suite))
+    assert out.exit_code == 0, out.output
+    assert "present" in out.output and "cannot reach http://127.0.0.1:9" in out.output
+
+
 def test_no_download_root_is_refused_naming_the_option(hub, tmp_path):
     out = cli(str(flux_suite(tmp_path)))
     assert out.exit_code == 2
