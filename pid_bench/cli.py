@@ -146,8 +146,9 @@ def _retry_statuses(text: str | None) -> frozenset[str]:
 @app.command(cls=_RunCommand)
 @exits({
     ExitCode.OK: "all ok",
-    ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null)",
-    ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json)",
+    ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null; or a --log "
+    "tracker failed, the run being ok)",
+    ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json, --log)",
     ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, no "
     "permission, I/O error): the run stopped, every cell written is safe, rerun once fixed",
     ExitCode.SIGINT: "interrupted by SIGINT (a rerun resumes)",
@@ -190,6 +191,15 @@ def run(
         bool,
         typer.Option(help="Exit 1 when any metric the suite asks for is null in any row."),
     ] = False,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TRACKER",
+            help="After the report, log the run to wandb or mlflow (repeatable or comma-"
+            "separated; extras pid-bench[wandb], pid-bench[mlflow]); a rerun logs to the same "
+            "tracker run.",
+        ),
+    ] = None,
 ) -> None:
     """Run a suite: every cell on every decoder, rows to Parquet, then the report.
 
@@ -205,6 +215,7 @@ def run(
 
     suite = load_suite_or_exit(suite_path)
     retry = _retry_statuses(retry_failed)
+    trackers = _trackers(log or [], report)
     run_dir = output or Path("runs") / suite.name
     with warnings_to_stderr():
         try:
@@ -225,9 +236,11 @@ def run(
             err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(ExitCode.STORAGE) from exc
         typer.echo(_summary_line(summary, run_dir))
+        logged = True
         try:
             if report:
                 _report(run_dir, print_leaderboard=not summary.interrupted_by)
+                logged = _log_to_trackers(run_dir, trackers)
             nulls = _print_null_metrics(run_dir)
         except StorageError as exc:
             safe = f"Every cell is safe in {run_dir}; only the report is missing"
@@ -239,8 +252,38 @@ def run(
         )
         code = ExitCode.SIGINT if summary.interrupted_by == "SIGINT" else ExitCode.SIGTERM
         raise typer.Exit(code)
-    if not summary.ok or (strict_metrics and nulls):
+    if not summary.ok or (strict_metrics and nulls) or not logged:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _trackers(values: list[str], report: bool) -> list[str]:
+    """The --log trackers, checked before anything runs: known, installed, and with a report."""
+    from pid_bench.trackers import TrackerError, parse_trackers, require
+
+    try:
+        names = parse_trackers(values)
+        for name in names:
+            require(name)
+    except TrackerError as exc:
+        err.print(f"[red]error:[/red] --log: {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    if names and not report:
+        err.print("[red]error:[/red] --log logs the run with its report: drop --no-report")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    return names
+
+
+def _log_to_trackers(run_dir: Path, names: list[str]) -> bool:
+    """Log the run to each tracker, one line each; whether all of them took it."""
+    from pid_bench.trackers import TrackerFailure, log_runs
+
+    results = log_runs(run_dir, names)
+    for result in results:
+        if isinstance(result, TrackerFailure):
+            err.print(f"[red]error:[/red] {escape(result.line(run_dir))}")
+        else:
+            typer.echo(result.line())
+    return not any(isinstance(r, TrackerFailure) for r in results)
 
 
 def _summary_line(summary, run_dir: Path) -> str:

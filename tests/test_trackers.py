@@ -14,13 +14,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from pid_bench import report, trackers
+from pid_bench.cli import app
 from pid_bench.store import listed_parts
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SUITE = FIXTURES / "smoke_no_images.yaml"
 OLD_RUN = FIXTURES / "run_smoke_v0"  # 8 cells x 3 decoders, no images (test_old_run_dir.py)
 N_ROWS = 24
+runner = CliRunner()
 # MLflow's SQLite store on SQLAlchemy 2.1: its own deprecation, nothing of ours
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
@@ -237,3 +241,37 @@ def test_a_missing_or_unknown_tracker_names_the_fix(run_dir, monkeypatch):
     assert line.startswith("--log wandb: logging to W&B needs the wandb package: pip install")
     assert f"safe in {run_dir}; rerun the same command" in line
     assert not (run_dir / "trackers.json").exists()
+
+
+@pytest.mark.usefixtures("shared_local_ray")
+def test_run_logs_to_mlflow_after_the_report_and_a_failure_loses_nothing(
+    tmp_path, local_mlflow, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run_dir)  # resumed: 0 cells to compute, then report and log
+    command = ["run", str(SUITE), "--output", str(run_dir), "--log", "mlflow"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "mlflow: run " in result.output and "24 rows" in result.output
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert "report.html" in {f.path for f in MlflowClient().list_artifacts(run_id)}
+    assert "trackers.json" not in (run_dir / "leaderboard.md").read_text()  # not a foreign file
+
+    # a tracker that cannot be reached: the run is ok, so exit 1, the error naming the fix
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nowhere://tracker")
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert "--log mlflow:" in result.output and "MLFLOW_TRACKING_URI" in result.output
+    assert "rerun the same command" in result.output
+    assert (run_dir / "report.html").is_file()
+
+
+def test_run_refuses_an_unknown_tracker_before_running(tmp_path):
+    result = runner.invoke(
+        app, ["run", str(SUITE), "--output", str(tmp_path / "r"), "--log", "neptune"]
+    )
+    assert result.exit_code == 2
+    assert "neptune" in result.output and "wandb, mlflow" in result.output
+    assert not (tmp_path / "r").exists()
