@@ -196,7 +196,7 @@ def run(
         typer.Option(
             metavar="TRACKER",
             help="After the report, log the run to wandb or mlflow (repeatable or comma-"
-            "separated; extras pid-bench[wandb], pid-bench[mlflow]); a rerun logs to the same "
+            "separated; extras pid-bench\\[wandb], pid-bench\\[mlflow]); a rerun logs to the same "
             "tracker run.",
         ),
     ] = None,

@@ -307,13 +307,22 @@ def _log_wandb(wandb: Any, content: RunContent, previous: dict[str, Any]) -> Tra
         # a resumed run's config may differ (the suite grew): the latest wins
         run.config.update(content.config, allow_val_change=True)
         table = wandb.Table(columns=content.columns, data=content.rows, allow_mixed_types=True)
-        run.log({"rows": table, "leaderboard": _wandb_table(wandb, content.leaderboard)})
+        report = _wandb_report(wandb, content)
+        logged = {"leaderboard": _wandb_table(wandb, content.leaderboard)}
+        # W&B cuts a table logged to the run at Table.MAX_ROWS (10k); in an artifact it holds
+        # MAX_ARTIFACT_ROWS (200k), beyond which it too is cut
+        if len(content.rows) <= wandb.Table.MAX_ROWS:
+            logged["rows"] = table
+        else:
+            report.add(table, "rows")
+        run.log(logged)
         if content.pairs:
             run.log({"image_pairs": _wandb_pairs(wandb, content.pairs)})
         run.summary.update({"n_rows": len(content.rows), **content.means})
-        run.log_artifact(_wandb_report(wandb, content))
+        run.log_artifact(report)
         where = getattr(run, "url", None) or str(run.settings.sync_dir)
-        return TrackerRecord("wandb", run.id, where, resume_id is not None, _counts(content))
+        counts = _counts(content) | {"rows": min(len(content.rows), wandb.Table.MAX_ARTIFACT_ROWS)}
+        return TrackerRecord("wandb", run.id, where, resume_id is not None, counts)
 
 
 def _wandb_table(wandb: Any, records: list[dict[str, Any]]) -> Any:
@@ -359,7 +368,7 @@ def _log_mlflow(mlflow: Any, content: RunContent, previous: dict[str, Any]) -> T
         run_id = client.create_run(experiment_id, run_name=content.suite).info.run_id
     _remember(content.run_dir, "mlflow", {"run_id": run_id, "tracking_uri": uri})
     try:
-        _mlflow_content(mlflow, client, run_id, content)
+        _mlflow_content(client, run_id, content)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -370,23 +379,25 @@ def _log_mlflow(mlflow: Any, content: RunContent, previous: dict[str, Any]) -> T
 
 def _mlflow_resumable(client: Any, previous: dict[str, Any], uri: str) -> str | None:
     """The recorded run, if it is in this tracking store and not deleted."""
+    from mlflow.exceptions import MlflowException
+
     run_id = previous.get("run_id")
     if not run_id or previous.get("tracking_uri") != uri:
         return None
     try:
         run = client.get_run(run_id)
-    except Exception:  # MlflowException: not in this store (another store, or purged)
+    except MlflowException:  # not in this store (deleted for good, or a store made anew)
         return None
     return run_id if run.info.lifecycle_stage == "active" else None
 
 
-def _mlflow_content(mlflow: Any, client: Any, run_id: str, content: RunContent) -> None:
+def _mlflow_content(client: Any, run_id: str, content: RunContent) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     logged = client.get_run(run_id).data.params
     # a param once logged cannot change; a resumed suite's new values are in run.json below
     params = [Param(k, v) for k, v in _params(content.meta).items() if k not in logged]
-    tags = [RunTag(k, v) for k, v in _tags(content.meta).items()]
+    tags = [RunTag(_mlflow_key(k), v) for k, v in _tags(content.meta).items()]
     now = _millis()
     metrics = [Metric(_mlflow_key(k), v, now, 0) for k, v in content.means.items()]
     metrics.append(Metric("n_rows", float(len(content.rows)), now, 0))
@@ -428,7 +439,9 @@ def _mlflow_pairs(client: Any, run_id: str, pairs: list[ImagePair]) -> None:
         for side, path in ((pair.left, pair.left_path), (pair.right, pair.right_path)):
             with Image.open(path) as image:
                 client.log_image(run_id, image, f"{folder}/{_file_name(side)}.png")
-        index.append({"folder": folder, "setting": pair.label, "left": pair.left, "right": pair.right})  # fmt: skip
+        index.append(
+            {"folder": folder, "setting": pair.label, "left": pair.left, "right": pair.right}
+        )
     if index:
         client.log_dict(run_id, index, "image_pairs/pairs.json")
 
@@ -436,7 +449,7 @@ def _mlflow_pairs(client: Any, run_id: str, pairs: list[ImagePair]) -> None:
 def _params(meta: dict[str, Any]) -> dict[str, str]:
     """The suite's short values as params (`suite.sigmas` = "[0.0, 0.3]"); long ones (lists of
     many images, nested records) only in the run.json artifact, the UI's params being a list."""
-    flat = dict(_flatten(meta.get("suite") or {}, "suite"))
+    flat = {_mlflow_key(k): v for k, v in _flatten(meta.get("suite") or {}, "suite")}
     return {k: v for k, v in flat.items() if len(k) <= 250 and len(v) <= 250}
 
 
@@ -460,8 +473,8 @@ def _flatten(value: Any, prefix: str) -> Iterator[tuple[str, str]]:
 
 
 def _mlflow_key(name: str) -> str:
-    """A metric name MLflow accepts (letters, digits, _ - . space : /): `native+bicubic/psnr`
-    becomes `native_bicubic/psnr`."""
+    """A metric, param or tag name MLflow accepts (letters, digits, _ - . space : /):
+    `native+bicubic/psnr` becomes `native_bicubic/psnr`."""
     return re.sub(r"[^\w\-. :/]", "_", name)
 
 

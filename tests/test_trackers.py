@@ -6,6 +6,7 @@ W&B runs offline, MLflow's store is a local file, MLflow's telemetry is off."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -126,7 +127,9 @@ def _wandb_records(path: Path):
 def _wandb_logged(runs_dir: Path, run_id: str) -> dict:
     """What the offline runs of `run_id` logged: config, summary keys, artifacts, files."""
     out = {"config": {}, "summary": {}, "artifacts": [], "files": [], "folders": []}
-    for folder in sorted(runs_dir.glob(f"offline-run-*-{run_id}")):
+    # offline-run-<date>_<time>-<id>, and -1, -2 ... after it for a resume in the same second
+    named = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?")
+    for folder in sorted(p for p in runs_dir.iterdir() if named.fullmatch(p.name)):
         out["folders"].append(folder)
         for record in _wandb_records(folder / f"run-{run_id}.wandb"):
             kind = record.WhichOneof("record_type")
@@ -149,7 +152,11 @@ def _wandb_logged(runs_dir: Path, run_id: str) -> dict:
     return out
 
 
-def test_wandb_logs_config_rows_leaderboard_pairs_and_report_and_resumes(run_dir, offline_wandb):
+def test_wandb_logs_config_rows_leaderboard_pairs_and_report_and_resumes(
+    run_dir, offline_wandb, monkeypatch
+):
+    import wandb
+
     first = trackers.log_run(run_dir, "wandb")
     assert first.tracker == "wandb" and not first.resumed
     assert first.logged == _counts(run_dir)
@@ -184,9 +191,15 @@ def test_wandb_logs_config_rows_leaderboard_pairs_and_report_and_resumes(run_dir
     table = json.loads(rows_file.read_text())
     assert len(table["data"]) == N_ROWS and "metric_psnr" in table["columns"]
 
-    again = trackers.log_run(run_dir, "wandb")  # a resumed run logs to the same W&B run
-    assert again.run_id == first.run_id and again.resumed
-    assert len(_wandb_logged(offline_wandb, first.run_id)["folders"]) == 2
+    # a resumed run logs to the same W&B run; rows past what W&B keeps in a logged table go
+    # into the report artifact, where it keeps 20 times as many
+    monkeypatch.setattr(wandb.Table, "MAX_ROWS", N_ROWS - 1)
+    again = trackers.log_run(run_dir, "wandb")
+    assert again.run_id == first.run_id and again.resumed and again.logged["rows"] == N_ROWS
+    logged = _wandb_logged(offline_wandb, first.run_id)
+    assert len(logged["folders"]) == 2
+    reports = [entries for kind, _, entries in logged["artifacts"] if kind == "report"]
+    assert len(reports) == 2 and "rows.table.json" in reports[1]
 
 
 def test_mlflow_logs_params_tags_metrics_tables_pairs_and_report_and_resumes(run_dir, local_mlflow):
@@ -274,4 +287,8 @@ def test_run_refuses_an_unknown_tracker_before_running(tmp_path):
     )
     assert result.exit_code == 2
     assert "neptune" in result.output and "wandb, mlflow" in result.output
+    assert not (tmp_path / "r").exists()
+    command = ["run", str(SUITE), "--output", str(tmp_path / "r"), "--no-report", "--log", "mlflow"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "drop --no-report" in result.output
     assert not (tmp_path / "r").exists()
