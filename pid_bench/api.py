@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pid_bench.report import ReportPaths
     from pid_bench.runner import RunSummary
     from pid_bench.suite import Suite
+    from pid_bench.trackers import TrackerFailure, TrackerRecord
 
     #: What `run` accepts as a suite.
     SuiteLike = str | os.PathLike | Mapping[str, Any] | Suite
@@ -151,19 +152,16 @@ class Run:
 
         return export_run(self.dir, Path(to), images=images, overwrite=overwrite)
 
-    def log(self, trackers: Sequence[str]) -> list[str]:
-        """Log the run to experiment trackers ("wandb", "mlflow"); the errors, one line each
-        (a tracker that fails never loses the run)."""
-        from pid_bench.trackers import log_run
+    def log(self, trackers: Sequence[str]) -> list[TrackerRecord | TrackerFailure]:
+        """Log the run (its report written) to experiment trackers ("wandb", "mlflow"), to the
+        same tracker run as an earlier log of this directory. One result per tracker: a
+        `TrackerRecord`, or a `TrackerFailure` (never an exception: the run stands), whose
+        lines also go to `tracker_errors`."""
+        from pid_bench.trackers import TrackerFailure, log_runs
 
-        errors = []
-        for tracker in trackers:
-            try:
-                log_run(self.dir, tracker)
-            except Exception as exc:  # a tracker's failure is reported, the run stands
-                errors.append(f"{tracker}: {exc}")
-        self.tracker_errors += errors
-        return errors
+        results = log_runs(self.dir, trackers)
+        self.tracker_errors += [r.line(self.dir) for r in results if isinstance(r, TrackerFailure)]
+        return results
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
@@ -197,12 +195,19 @@ def run(
     existing Ray cluster (else $RAY_ADDRESS, else a local Ray on loopback). `retry_failed`:
     recompute failed cells (True: every failed status; or names). `report`: write the report at
     the end. `log`: experiment trackers to log to ("wandb", "mlflow"; failures land in
-    `Run.tracker_errors`). An interrupted run (SIGINT/SIGTERM) returns with
+    `Run.tracker_errors`; an unknown or uninstalled one is a `TrackerError` before anything
+    runs). An interrupted run (SIGINT/SIGTERM) returns with
     `summary.interrupted_by` set.
     """
     from pid_bench.pool import DEFAULT_MAX_RETRIES
     from pid_bench.runner import run_suite
+    from pid_bench.trackers import TrackerError, parse_trackers, require
 
+    trackers = parse_trackers(log)
+    for tracker in trackers:  # refused before any cell runs, not after
+        require(tracker)
+    if trackers and not report:
+        raise TrackerError("log= logs the run with its report: pass report=True")
     loaded = as_suite(suite)
     run_dir = Path(output) if output is not None else Path("runs") / loaded.name
     summary = run_suite(
@@ -214,6 +219,6 @@ def run(
     result = Run(run_dir, summary)
     if report:
         result.report()
-    if log:
-        result.log(log)
+    if trackers:
+        result.log(trackers)
     return result

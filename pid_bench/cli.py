@@ -142,8 +142,9 @@ def _retry_statuses(text: str | None) -> bool | str:
 @app.command(cls=_RunCommand)
 @exits({
     ExitCode.OK: "all ok",
-    ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null)",
-    ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json)",
+    ExitCode.FAILED: "some row failed (or, with --strict-metrics, a metric is null; or a --log "
+    "tracker failed, the run being ok)",
+    ExitCode.BAD_INPUT: "bad input (suite, checkpoints, images, run directory, run.json, --log)",
     ExitCode.STORAGE: "the run directory's storage refused a write (disk full, read-only, no "
     "permission, I/O error): the run stopped, every cell written is safe, rerun once fixed",
     ExitCode.SIGINT: "interrupted by SIGINT (a rerun resumes)",
@@ -186,6 +187,15 @@ def run(
         bool,
         typer.Option(help="Exit 1 when any metric the suite asks for is null in any row."),
     ] = False,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TRACKER",
+            help="After the report, log the run to wandb or mlflow (repeatable or comma-"
+            "separated; extras pid-bench\\[wandb], pid-bench\\[mlflow]); a rerun logs to the same "
+            "tracker run.",
+        ),
+    ] = None,
 ) -> None:
     """Run a suite: every cell on every decoder, rows to Parquet, then the report.
 
@@ -202,6 +212,7 @@ def run(
 
     suite = load_suite_or_exit(suite_path)
     retry = _retry_statuses(retry_failed)
+    trackers = _trackers(log or [], report)
     with warnings_to_stderr():
         try:  # the report is written below, so that the summary line comes first
             result = api.run(suite, output, ray_address=ray_address, cpu_workers=cpu_workers,
@@ -215,9 +226,11 @@ def run(
             raise typer.Exit(ExitCode.STORAGE) from exc
         summary, run_dir = result.summary, result.dir
         typer.echo(_summary_line(summary, run_dir))
+        logged = True
         try:
             if report:
                 _report(result, print_leaderboard=not summary.interrupted_by)
+                logged = _log_to_trackers(result, trackers)
             nulls = _print_null_metrics(run_dir)
         except StorageError as exc:
             safe = f"Every cell is safe in {run_dir}; only the report is missing"
@@ -229,8 +242,38 @@ def run(
         )
         code = ExitCode.SIGINT if summary.interrupted_by == "SIGINT" else ExitCode.SIGTERM
         raise typer.Exit(code)
-    if not summary.ok or (strict_metrics and nulls):
+    if not summary.ok or (strict_metrics and nulls) or not logged:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _trackers(values: list[str], report: bool) -> list[str]:
+    """The --log trackers, checked before anything runs: known, installed, and with a report."""
+    from pid_bench.trackers import TrackerError, parse_trackers, require
+
+    try:
+        names = parse_trackers(values)
+        for name in names:
+            require(name)
+    except TrackerError as exc:
+        err.print(f"[red]error:[/red] --log: {escape(str(exc))}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from exc
+    if names and not report:
+        err.print("[red]error:[/red] --log logs the run with its report: drop --no-report")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    return names
+
+
+def _log_to_trackers(run, names: list[str]) -> bool:
+    """Log the run to each tracker, one line each; whether all of them took it."""
+    from pid_bench.trackers import TrackerFailure
+
+    results = run.log(names)
+    for result in results:
+        if isinstance(result, TrackerFailure):
+            err.print(f"[red]error:[/red] {escape(result.line(run.dir))}")
+        else:
+            typer.echo(result.line())
+    return not any(isinstance(r, TrackerFailure) for r in results)
 
 
 def _summary_line(summary, run_dir: Path) -> str:

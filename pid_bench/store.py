@@ -509,12 +509,14 @@ def _is_run_record(data: object) -> bool:
     return named or isinstance(suite, str)
 
 
-#: What pid-bench writes at the top of a run directory (`sets` is pid_bench.sets.SETS_DIR) and
-#: in parts/; anything else is someone else's: left alone, and listed by the report.
+#: What pid-bench writes at the top of a run directory (`sets` is pid_bench.sets.SETS_DIR,
+#: `trackers.json` pid_bench.trackers.RECORD_FILE) and in parts/; anything else is someone
+#: else's: left alone, and listed by the report.
 _OWN_TOP = {
     "run.json", "run.json.tmp", "cells.parquet", ".cells.parquet.tmp", "parts", "images", "sets",
     "features",
     "plots", "leaderboard.md", "report.html", "recommendations.json", "run.lock", "compare.md", "compare.html",
+    "trackers.json", "trackers.json.tmp",
 }  # fmt: skip
 _OWN_IN_PARTS = re.compile(
     r"^(part-.+\.parquet|\.part-.+\.parquet\.tmp|\.part-.+\.compact-tmp|compact\.json(\.tmp)?"
