@@ -112,3 +112,11 @@ def test_the_cli_run_is_the_api_run(monkeypatch, tmp_path, first):
     assert seen["suite"] == "smoke" and seen["output"] == tmp_path / "o"
     assert seen["retry_failed"] == "oom" and seen["max_retries"] == 1
     assert "report:" in out.output
+
+
+def test_an_unknown_tracker_is_refused_before_any_cell(tmp_path):
+    from pid_bench.trackers import TrackerError
+
+    with pytest.raises(TrackerError, match="unknown tracker 'bogus'"):
+        pid_bench.run(api.as_suite(SUITE, base_dir=REPO), output=tmp_path / "r", log=["bogus"])
+    assert not (tmp_path / "r").exists()
