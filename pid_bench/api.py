@@ -111,12 +111,6 @@ class Run:
         rows = read_sets(self.dir)
         return pd.DataFrame(rows, columns=SET_SCHEMA.names)
 
-    def refresh(self) -> Run:
-        """Forget the rows and sets read so far (after another run into the same directory)."""
-        for name in ("rows", "sets"):
-            self.__dict__.pop(name, None)
-        return self
-
     def report(self, out: str | os.PathLike | None = None) -> ReportPaths | list[Path]:
         """Write the run's report (leaderboard.md, report.html, plots/, recommendations.json)
         into its directory; with `out`, the cross-run leaderboard of this run into `out`."""
@@ -201,13 +195,9 @@ def run(
     """
     from pid_bench.pool import DEFAULT_MAX_RETRIES
     from pid_bench.runner import run_suite
-    from pid_bench.trackers import TrackerError, parse_trackers, require
+    from pid_bench.trackers import checked_trackers
 
-    trackers = parse_trackers(log)
-    for tracker in trackers:  # refused before any cell runs, not after
-        require(tracker)
-    if trackers and not report:
-        raise TrackerError("log= logs the run with its report: pass report=True")
+    trackers = checked_trackers(log, report)  # refused before any cell runs, not after
     loaded = as_suite(suite)
     run_dir = Path(output) if output is not None else Path("runs") / loaded.name
     summary = run_suite(

@@ -248,19 +248,13 @@ def run(
 
 def _trackers(values: list[str], report: bool) -> list[str]:
     """The --log trackers, checked before anything runs: known, installed, and with a report."""
-    from pid_bench.trackers import TrackerError, parse_trackers, require
+    from pid_bench.trackers import TrackerError, checked_trackers
 
     try:
-        names = parse_trackers(values)
-        for name in names:
-            require(name)
+        return checked_trackers(values, report)
     except TrackerError as exc:
         err.print(f"[red]error:[/red] --log: {escape(str(exc))}")
         raise typer.Exit(ExitCode.BAD_INPUT) from exc
-    if names and not report:
-        err.print("[red]error:[/red] --log logs the run with its report: drop --no-report")
-        raise typer.Exit(ExitCode.BAD_INPUT)
-    return names
 
 
 def _log_to_trackers(run, names: list[str]) -> bool:

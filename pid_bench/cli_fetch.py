@@ -73,7 +73,7 @@ def fetch(
         console.print(line, highlight=False)
     if not dry_run:
         _warn_if_short(result, checkpoints)
-        result = fetching.fetch(wanted, verify)
+        result = fetching.download(result)
     _report(console, result, dry_run, suite_path)
 
 

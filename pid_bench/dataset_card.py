@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from pid_bench.render import (
     EMBEDDED_WARNING,
     RANDOM_WEIGHTS_WARNING,
     md_cell,
+    md_table_of_safe_cells,
     uses_trained_embedded,
 )
 from pid_bench.rundb import SET_COLUMN_DOCS, suite_name
@@ -145,7 +146,7 @@ def _files(card: CardInput) -> list[str]:
     if card.sets is not None:
         rows.append([_code(card.sets_file), "the set-level values (config `sets`)"])
     rows += [[_code(path), _cell(what)] for path, what in card.files.items()]
-    return ["## Files", "", *_table(["file", "what"], rows), ""]
+    return ["## Files", "", *md_table_of_safe_cells(["file", "what"], rows), ""]
 
 
 def status_counts(rows: pa.Table) -> dict[str, int]:
@@ -158,7 +159,7 @@ def status_counts(rows: pa.Table) -> dict[str, int]:
 
 def _status_counts(rows: pa.Table) -> list[str]:
     table = [[_cell(s), str(n)] for s, n in status_counts(rows).items()]
-    return ["## Rows per status", "", *_table(["status", "rows"], table), ""]
+    return ["## Rows per status", "", *md_table_of_safe_cells(["status", "rows"], table), ""]
 
 
 def _provenance(card: CardInput) -> list[str]:
@@ -178,7 +179,7 @@ def _provenance(card: CardInput) -> list[str]:
         ("devices (rows)", _devices(card.rows)),
     ]
     table = [[_cell(k), _cell(str(v))] for k, v in pairs if v not in (None, "")]
-    return ["## Provenance", "", *_table(["", "value"], table), ""]
+    return ["## Provenance", "", *md_table_of_safe_cells(["", "value"], table), ""]
 
 
 def _devices(rows: pa.Table) -> str:
@@ -212,12 +213,12 @@ def _columns(card: CardInput) -> list[str]:
     lines = ["## Columns", "", f"### rows ({_code(card.rows_file)})", ""]
     rows = [[_code(f.name), _code(type_name(f.type)), _cell(_row_doc(f.name, card.images))]
             for f in card.rows.schema]  # fmt: skip
-    lines += [*_table(["column", "type", "meaning"], rows), ""]
+    lines += [*md_table_of_safe_cells(["column", "type", "meaning"], rows), ""]
     if card.sets is not None:
         lines += [f"### sets ({_code(card.sets_file)})", ""]
         sets = [[_code(f.name), _code(type_name(f.type)), _cell(SET_COLUMN_DOCS.get(f.name, ""))]
                 for f in card.sets.schema]  # fmt: skip
-        lines += [*_table(["column", "type", "meaning"], sets), ""]
+        lines += [*md_table_of_safe_cells(["column", "type", "meaning"], sets), ""]
     return lines
 
 
@@ -274,9 +275,3 @@ def _code(text: str) -> str:
 
 def _longest_backticks(text: str) -> int:
     return max((len(run) for run in re.findall(r"`+", text)), default=0)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A markdown table of cells already made safe (`_cell`, `_code`)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]

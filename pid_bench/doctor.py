@@ -29,7 +29,7 @@ from typing import Any
 
 from pid_bench.paths import hf_cache_dir, torch_hub_dir
 from pid_models.caption import GEMMA_ID
-from pid_models.checkpoints import CHECKPOINTS_ENV
+from pid_models.checkpoints import CHECKPOINTS_ENV, PID_REPO
 from pid_models.codecs import CODEC_FILES, RAE_ENCODERS
 from pid_models.registry import EMBEDDED_PAIRS, canonical_backbone, released_pairs, resolve
 
@@ -52,7 +52,6 @@ __all__ = [
 COMPONENTS = ("pid_checkpoint", "codec", "caption_encoder", "ldm_pipeline")
 #: Statuses a cell can run with.
 USABLE = ("present", "embedded")
-PID_REPO = "nvidia/PiD"
 
 _LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "ray", "pyiqa", "torchmetrics")
 

@@ -27,12 +27,14 @@ import re
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pid_bench.metrics.weights import IQA_REPO
 from pid_bench.paths import hf_cache_dir, torch_hub_dir
+from pid_models.checkpoints import PID_REPO
 
 __all__ = [
     "ChecksumMismatch",
@@ -45,14 +47,13 @@ __all__ = [
     "PyiqaCreated",
     "Unreachable",
     "UrlFile",
+    "download",
     "fetch",
     "hub_endpoint",
     "plan",
     "suite_needs",
 ]
 
-PID_REPO = "nvidia/PiD"
-IQA_REPO = "chaofengc/IQA-PyTorch-Weights"
 #: What `from_pretrained(..., local_files_only=True)` reads of a diffusers pipeline: the configs,
 #: tokenizers and the default (not variant, not .bin) safetensors of every component.
 PIPELINE_PATTERNS = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors")
@@ -359,9 +360,7 @@ class UrlFile:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             note = f"size unknown: {getattr(exc, 'reason', exc)}"
         checksum = self._checksum(etag)
-        present = _present(self.dest, size, checksum, verify)
-        if note and self.dest.is_file() and not present:
-            present = not (verify and checksum) or matches(self.dest, checksum)
+        present = _present(self.dest, size, checksum, verify)  # size unknown: the file's there
         return [PlannedFile([self.needed_by], self.url, str(self.dest), size, checksum, present,
                             note, origin=self)]  # fmt: skip
 
@@ -424,12 +423,7 @@ def suite_needs(suite, root: str | os.PathLike | None) -> list[Wanted]:
         wanted += _pair_needs(suite, pair, components, root)
     wanted += _baseline_needs(suite)
     wanted += _metric_needs(suite)
-    return _unique(wanted)
-
-
-def _unique(wanted: Iterable[Wanted]) -> list[Wanted]:
-    """The first of each source, with the `needed_by` of the others merged in later (plan)."""
-    return list(dict.fromkeys(wanted))
+    return list(dict.fromkeys(wanted))  # plan merges the needed_by of one file's sources
 
 
 def _pair_needs(suite, pair: tuple[str, str], components: set[str], root) -> list[Wanted]:
@@ -589,13 +583,18 @@ def _plan(wanted: Sequence[Wanted], verify: bool) -> FetchResult:
 
 
 def fetch(wanted: Sequence[Wanted], verify: bool = False) -> FetchResult:
-    """Download every file of `wanted` not already present, checking each against its
-    published checksum. A failure is recorded and the other files are still fetched."""
+    """Download every file of `wanted` not already present (`plan`, then `download`)."""
+    return download(plan(wanted, verify))
+
+
+def download(result: FetchResult) -> FetchResult:
+    """Download the files of a plan not already present, checking each against its published
+    checksum; a failure is recorded and the other files are still fetched."""
     with _online():
-        return _fetch(_plan(wanted, verify))
+        return _download(result)
 
 
-def _fetch(result: FetchResult) -> FetchResult:
+def _download(result: FetchResult) -> FetchResult:
     for planned in result.files:
         if planned.present or not planned.listed:
             continue  # an unlisted file's failure is recorded already

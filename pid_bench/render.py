@@ -8,7 +8,7 @@ imported only when a page is rendered.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pid_bench.board import Table
@@ -72,11 +72,15 @@ def md_cell(text: str) -> str:
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table's lines."""
-    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
-    return lines
+    """A markdown table's lines, every cell made safe (`md_cell`)."""
+    return md_table_of_safe_cells([md_cell(h) for h in headers],
+                                  [[md_cell(c) for c in row] for row in rows])  # fmt: skip
+
+
+def md_table_of_safe_cells(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines, of cells already made safe by the caller."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def md_leaderboard(table: Table) -> list[str]:

@@ -140,6 +140,19 @@ def parse_trackers(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def checked_trackers(values: Iterable[str], report: bool) -> list[str]:
+    """The trackers to log to, checked before a run starts: known, installed, and with the
+    report they log (a TrackerError otherwise)."""
+    names = parse_trackers(values)
+    for name in names:
+        require(name)
+    if names and not report:
+        raise TrackerError(
+            "a run is logged with its report: drop --no-report (report=False in the API)"
+        )
+    return names
+
+
 def install_hint(tracker: str) -> str:
     return f"pip install 'pid-bench[{tracker}]'"
 

@@ -19,7 +19,9 @@ from pid_models.pid_net import PidNet
 from pid_models.registry import Experiment, resolve
 
 CHECKPOINTS_ENV = "PID_BENCH_CHECKPOINTS"
-DOWNLOAD_HINT = 'hf download nvidia/PiD --include "checkpoints/*" --local-dir DIR'
+#: The Hub repository of the released checkpoints and the codec files they plug into.
+PID_REPO = "nvidia/PiD"
+DOWNLOAD_HINT = f'hf download {PID_REPO} --include "checkpoints/*" --local-dir DIR'
 DROPPED_PREFIXES = ("net_ema.", "fake_score.", "discriminator.")
 
 
@@ -50,7 +52,7 @@ def checkpoint_path(experiment: Experiment, root: str | os.PathLike | None = Non
     download_root = candidates[0].parents[len(Path(experiment.checkpoint_relpath).parts) - 1]
     raise CheckpointError(
         f"PiD checkpoint for {experiment.name} not found: expected {candidates[0]}. "
-        f'Fetch it with: hf download nvidia/PiD --include "{experiment.checkpoint_relpath}" '
+        f'Fetch it with: hf download {PID_REPO} --include "{experiment.checkpoint_relpath}" '
         f"--local-dir {download_root}"
     )
 

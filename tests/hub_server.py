@@ -175,9 +175,10 @@ GEMMA_FILES = ["config.json", "tokenizer.json", "tokenizer.model", "model.safete
 def released_hub() -> FakeHub:
     """A hub with every released PiD file (checkpoints, teachers, codecs), the caption and RAE
     encoders and pyiqa's declared weights, all as small stand-in files."""
-    from pid_bench.fetch import IQA_REPO, PID_REPO
     from pid_bench.metrics import METRICS
+    from pid_bench.metrics.weights import IQA_REPO
     from pid_models.caption import GEMMA_ID
+    from pid_models.checkpoints import PID_REPO
     from pid_models.codecs import CODEC_FILES, RAE_ENCODERS
     from pid_models.registry import TEACHERS, released_pairs, resolve
 

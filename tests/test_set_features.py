@@ -116,12 +116,7 @@ def test_a_run_computes_fid_and_kid_from_stored_features_and_a_new_extractor_fro
         assert np.load(cell / "pid.npy").dtype == np.float32
 
     # the same run from its PNGs (no stored features): the same values
-    shutil.move(out / "features", tmp_path / "features-aside")
-    shutil.rmtree(out / "sets")
-    again = _by(sets.compute_run_sets(out, ["fid", "kid"], "cellfeat:make", tmp_path))
-    for key, row in stored.items():
-        assert json.loads(again[key]["extra"])["members_from_pngs"] == 2
-        assert again[key]["value"] == pytest.approx(row["value"], rel=1e-5, abs=1e-7), key
+    again = _recomputed_from_pngs(out, tmp_path / "features-aside", "cellfeat:make", stored)
     assert again[("pid", "fid")]["members_digest"] == stored[("pid", "fid")]["members_digest"]
 
     # a rerun with another extractor: its features are not stored, so it reads the PNGs
@@ -184,12 +179,7 @@ def test_patches_above_the_threshold_at_per_member_positions_agree_with_the_png_
     for row in stored.values():
         assert row["value"] is not None, row["reason"]
 
-    shutil.move(out / "features", tmp_path / "aside")
-    shutil.rmtree(out / "sets")
-    again = _by(sets.compute_run_sets(out, ["fid", "kid"], "patchfeat:make", tmp_path))
-    for key, row in stored.items():
-        assert json.loads(again[key]["extra"])["members_from_pngs"] == 2
-        assert again[key]["value"] == pytest.approx(row["value"], rel=1e-5, abs=1e-7), key
+    _recomputed_from_pngs(out, tmp_path / "aside", "patchfeat:make", stored)
 
     # one member stored, the other read: the mix gives the same values too
     shutil.rmtree(out / "sets")
@@ -255,3 +245,15 @@ def test_a_refused_feature_write_keeps_the_rows_and_leaves_the_features_absent(
     assert all(json.loads(r["extra"])["members_from_pngs"] == 2 for r in results)
     assert all(r["value"] is not None for r in results)
     _forget("patchfeat")
+
+
+def _recomputed_from_pngs(out: Path, aside: Path, extractor: str, stored: dict) -> dict:
+    """The run's set values from its PNGs alone (stored features moved to `aside`, sets
+    removed); each equals the stored one."""
+    shutil.move(out / "features", aside)
+    shutil.rmtree(out / "sets")
+    again = _by(sets.compute_run_sets(out, ["fid", "kid"], extractor, aside.parent))
+    for key, row in stored.items():
+        assert json.loads(again[key]["extra"])["members_from_pngs"] == 2
+        assert again[key]["value"] == pytest.approx(row["value"], rel=1e-5, abs=1e-7), key
+    return again

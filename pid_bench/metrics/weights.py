@@ -12,8 +12,8 @@ from typing import Literal, NamedTuple
 from pid_bench.metrics.errors import MetricUnavailable
 from pid_bench.paths import hf_cache_dir, torch_hub_dir
 
-_IQA_REPO = "chaofengc/IQA-PyTorch-Weights"
-_IQA_URL = f"https://huggingface.co/{_IQA_REPO}/resolve/main/"
+IQA_REPO = "chaofengc/IQA-PyTorch-Weights"
+_IQA_URL = f"https://huggingface.co/{IQA_REPO}/resolve/main/"
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class WeightFile:
         hub = torch_hub_dir()
         out = [hub / folder / self.filename for folder in self.folders]
         if self.loader == "pyiqa":
-            out += _hf_snapshot_files(_IQA_REPO, self.filename)
+            out += _hf_snapshot_files(IQA_REPO, self.filename)
         return out
 
     def expected(self) -> Path:
